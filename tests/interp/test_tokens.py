@@ -1,0 +1,235 @@
+"""Token streams: windows against a hand-built concatenation, exact resumption, memmaps, sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechscope.interp.tokens import (
+    DocumentTokenStream,
+    MemmapTokenStream,
+    TokenStreamError,
+    open_token_memmap,
+    open_token_stream,
+    write_token_memmap,
+)
+
+DOCS = [
+    "the cat sat on the mat and the dog sat on the log",
+    "hello world, hello there",
+    "",
+    "a dog ran in the park while the cat slept on the warm mat",
+    "short",
+    "to be or not to be, that is the question: whether tis nobler in the mind to suffer",
+    "the end",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(DOCS, trainer)
+    folder = tmp_path_factory.mktemp("tok")
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                            eos_token="<|endoftext|>").save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def reference_windows(tokenizer, docs, n_ctx, prepend_bos=True):
+    """Oracle: encode each document alone, join with EOS, cut bodies, prepend BOS."""
+    eos = tokenizer.eos_token_id
+    flat = [t for d in docs for t in tokenizer.encode(d, add_special_tokens=False) + [eos]]
+    m = n_ctx - 1 if prepend_bos else n_ctx
+    bos = [tokenizer.bos_token_id] if prepend_bos else []
+    return [torch.tensor(bos + flat[i * m:(i + 1) * m]) for i in range(len(flat) // m)]
+
+
+def take(stream, k):
+    return [w for _, w in zip(range(k), stream)]
+
+
+@pytest.mark.parametrize("prepend_bos", [True, False])
+@pytest.mark.parametrize("tokenize_batch", [1, 4])
+def test_windows_match_reference(tokenizer, prepend_bos, tokenize_batch):
+    s = DocumentTokenStream.from_texts(DOCS, tokenizer, 8, prepend_bos=prepend_bos, tokenize_batch=tokenize_batch)
+    got = list(s)
+    ref = reference_windows(tokenizer, DOCS, 8, prepend_bos)
+    assert len(got) == len(ref) > 10
+    for g, r in zip(got, ref):
+        assert g.dtype == torch.int64 and torch.equal(g, r)
+
+
+def test_keep_mask_excludes_bos_and_separator(tokenizer):
+    s = DocumentTokenStream.from_texts(DOCS, tokenizer, 8)
+    batch = next(s.batches(4))
+    assert batch.shape == (4, 8)
+    mask = s.keep_mask(batch)
+    assert not mask[:, 0].any()
+    assert torch.equal(mask, batch != tokenizer.eos_token_id)
+
+
+def _check_resume(make, k_values, total):
+    full = [(i, w) for i, w in make().iter_indexed()]
+    assert len(full) == total
+    for k in k_values:
+        s = make()
+        it = s.iter_indexed()
+        head = [next(it) for _ in range(k)]
+        state = s.state_dict()
+        rest_original = list(it)
+        fresh = make()
+        fresh.load_state_dict(state)
+        rest_resumed = list(fresh.iter_indexed())
+        assert [i for i, _ in head + rest_resumed] == [i for i, _ in full]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(head + rest_resumed, full))
+        assert len(rest_original) == len(rest_resumed)
+
+
+@pytest.mark.parametrize("shuffle_windows", [0, 5])
+def test_document_stream_resumes_exactly(tokenizer, shuffle_windows, tmp_path):
+    def make():
+        return DocumentTokenStream.from_texts(DOCS, tokenizer, 8, shuffle_windows=shuffle_windows,
+                                              seed=3, epochs=2, tokenize_batch=3)
+    total = 2 * len(reference_windows(tokenizer, DOCS, 8))
+    _check_resume(make, [0, 1, 7, total // 2, total - 1, total], total)
+    # a state survives a safe (weights_only) round trip through torch.save
+    s = make()
+    take(s, 9)
+    torch.save(s.state_dict(), tmp_path / "state.pt")
+    fresh = make()
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert all(torch.equal(a, b) for a, b in zip(s, fresh))
+
+
+def test_buffer_shuffle_is_a_seeded_permutation(tokenizer):
+    natural = list(DocumentTokenStream.from_texts(DOCS, tokenizer, 8).iter_indexed())
+
+    def run(seed):
+        return list(DocumentTokenStream.from_texts(DOCS, tokenizer, 8, shuffle_windows=6, seed=seed).iter_indexed())
+
+    a, b, c = run(1), run(1), run(2)
+    assert [i for i, _ in a] == [i for i, _ in b]
+    assert [i for i, _ in a] != [i for i, _ in natural] and [i for i, _ in a] != [i for i, _ in c]
+    assert sorted(i for i, _ in a) == [i for i, _ in natural]
+    for i, w in a:  # each window keeps its content and natural index
+        assert torch.equal(w, natural[i][1])
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".bin"])
+def test_memmap_matches_document_stream(tokenizer, tmp_path, suffix):
+    path = write_token_memmap(tmp_path / f"toks{suffix}", DOCS, tokenizer, tokenize_batch=5)
+    arr, meta = open_token_memmap(path)
+    assert arr.dtype == np.uint16 and meta["sep_id"] == tokenizer.eos_token_id
+    mm = MemmapTokenStream(path, 8)
+    ref = reference_windows(tokenizer, DOCS, 8)
+    assert len(mm) == len(ref)
+    assert all(torch.equal(a, b) for a, b in zip(mm, ref))
+    assert torch.equal(mm.window(3), ref[3])
+    assert mm.special_ids == {tokenizer.eos_token_id}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_memmap_shuffle_and_resume(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(1, 70000, size=int(n)).tolist() for n in rng.integers(5, 40, size=30)]
+    path = write_token_memmap(tmp_path / "ids.bin", docs, sep_id=0, bos_id=0)
+    assert open_token_memmap(path)[0].dtype == np.uint32
+    flat = np.concatenate([np.asarray(d + [0]) for d in docs])
+    mm = MemmapTokenStream(path, 16, shuffle=True, seed=5, epochs=2)
+    order = [i for i, _ in mm.iter_indexed()]
+    n = len(flat) // 15
+    assert len(mm) == n and sorted(order[:n]) == list(range(n)) and sorted(order[n:]) == list(range(n))
+    assert order[:n] != list(range(n)) and order[:n] != order[n:]
+    for i in (0, n - 1):
+        assert torch.equal(mm.window(i)[1:], torch.from_numpy(flat[i * 15:(i + 1) * 15]).long())
+
+    def make():
+        return MemmapTokenStream(path, 16, shuffle=True, seed=5, epochs=2)
+
+    _check_resume(make, [0, 3, n, 2 * n - 1], 2 * n)
+    other = MemmapTokenStream(path, 16, shuffle=True, seed=6)
+    with pytest.raises(TokenStreamError, match="another config"):
+        other.load_state_dict(make().state_dict())
+
+
+def test_memmap_write_errors(tmp_path):
+    with pytest.raises(TokenStreamError, match="does not fit uint16"):
+        write_token_memmap(tmp_path / "a.bin", [[1, 70000]], dtype="uint16")
+    with pytest.raises(TokenStreamError, match="no tokenizer"):
+        write_token_memmap(tmp_path / "b.bin", ["text"])
+    write_token_memmap(tmp_path / "c.bin", [[1, 2, 3]], sep_id=0)
+    with open(tmp_path / "c.bin", "ab") as f:
+        f.write(b"\x00\x00")
+    with pytest.raises(TokenStreamError, match="sidecar says"):
+        MemmapTokenStream(tmp_path / "c.bin", 2, bos_id=0)
+    with pytest.raises(TokenStreamError, match="fewer than one window"):
+        MemmapTokenStream(write_token_memmap(tmp_path / "d.bin", [[1, 2, 3]], sep_id=0), 64, bos_id=0)
+
+
+def test_text_files_and_globs(tokenizer, tmp_path):
+    for i, d in enumerate(DOCS[:7]):
+        sub = tmp_path / ("a" if i % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        (sub / f"doc{i}.txt").write_text(d)
+    files = sorted(tmp_path.rglob("*.txt"))
+    texts = [f.read_text() for f in files]
+    ref = reference_windows(tokenizer, texts, 6)
+    by_folder = list(DocumentTokenStream.from_files(tmp_path, tokenizer, 6))
+    by_glob = list(open_token_stream(str(tmp_path / "*" / "doc*.txt"), 6, tokenizer))
+    assert len(ref) > 3
+    assert all(torch.equal(a, b) for a, b in zip(by_folder, ref)) and len(by_folder) == len(ref)
+    assert all(torch.equal(a, b) for a, b in zip(by_glob, ref)) and len(by_glob) == len(ref)
+    (tmp_path / "para.txt").write_text("first para here\n\n\nsecond one\n\nthird")
+    split = list(DocumentTokenStream.from_files(tmp_path / "para.txt", tokenizer, 3, split="\n\n"))
+    want = reference_windows(tokenizer, ["first para here", "\nsecond one", "third"], 3)
+    assert len(split) == len(want) and all(torch.equal(a, b) for a, b in zip(split, want))
+    with pytest.raises(TokenStreamError, match="no text files"):
+        DocumentTokenStream.from_files(tmp_path / "nothing*.txt", tokenizer, 6)
+
+
+def test_streaming_dataset_path(tokenizer, tmp_path, monkeypatch):
+    """The Hub path (`load_dataset(..., streaming=True)`) exercised on a local text file."""
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    lines = [d for d in DOCS if d]
+    file = tmp_path / "corpus.txt"
+    file.write_text("\n".join(lines) + "\n")
+
+    def make():
+        ds = datasets.load_dataset("text", data_files=str(file), split="train", streaming=True)
+        return DocumentTokenStream.from_dataset(ds, tokenizer, 8, tokenize_batch=4)
+
+    ref = reference_windows(tokenizer, lines, 8)
+    assert all(torch.equal(a, b) for a, b in zip(make(), ref)) and len(list(make())) == len(ref)
+    _check_resume(make, [5], len(ref))
+    local = datasets.Dataset.from_dict({"body": lines})
+    got = list(DocumentTokenStream.from_dataset(local, tokenizer, 8, text_column="body"))
+    assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(got, ref))
+    s = DocumentTokenStream.from_dataset(local, tokenizer, 8, text_column="body")
+    take(s, 4)
+    r = DocumentTokenStream.from_dataset(local, tokenizer, 8, text_column="body")
+    r.load_state_dict(s.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(r, ref[4:]))
+    with pytest.raises(TokenStreamError, match="no column 'text'"):
+        list(DocumentTokenStream.from_dataset(local, tokenizer, 8))
+
+
+def test_bad_configs(tokenizer):
+    with pytest.raises(TokenStreamError, match="n_ctx must be"):
+        DocumentTokenStream.from_texts(DOCS, tokenizer, 1)
+    with pytest.raises(TokenStreamError, match="needs a tokenizer"):
+        DocumentTokenStream.from_texts(DOCS, None, 8)
+    with pytest.raises(TokenStreamError, match="epochs"):
+        DocumentTokenStream.from_texts(DOCS, tokenizer, 8, epochs=0)
+    s = DocumentTokenStream.from_texts(DOCS, tokenizer, 8)
+    with pytest.raises(TokenStreamError, match="'memmap' token stream"):
+        s.load_state_dict({"kind": "memmap"})

@@ -1,0 +1,80 @@
+"""On-disk format of a zoo model folder, and loading it back as a ``HookedTransformer``.
+
+A folder ``models/<name>/`` holds, with no nesting:
+
+* ``model.safetensors`` - the parameters (``named_parameters`` of the HookedTransformer; buffers
+  such as causal masks and rotary tables are rebuilt from the config), fp16 or fp32;
+* ``config.json``       - the ``HookedTransformerConfig`` keyword arguments that rebuild it;
+* ``tokenizer.json``, ``tokenizer_config.json`` - the tokenizer, loaded with
+  ``AutoTokenizer.from_pretrained(folder)`` (TransformerLens reloads it by path, hence a folder);
+* ``card.json``         - the model card (data, recipe, losses, bounds, scores, provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+CARD = "card.json"
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic write (temp file + rename), so a crashed build never leaves half a card."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped package data must be world-readable
+    os.replace(tmp, path)
+
+
+def save_weights(model, folder: Path, dtype: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    tensors = {n: p.detach().to("cpu", torch_dtype).contiguous() for n, p in model.named_parameters()}
+    tmp = Path(folder) / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "dtype": dtype})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, Path(folder) / WEIGHTS)
+
+
+def build_model(cfg: dict, tokenizer=None, device: str = "cpu"):
+    """A freshly initialised HookedTransformer from config fields (seeded by ``cfg['seed']``)."""
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    config = HookedTransformerConfig(**{**cfg, "device": device})
+    with warnings.catch_warnings():
+        # TL warns that a config-built model has no pretrained name; expected here
+        warnings.simplefilter("ignore")
+        return HookedTransformer(config, tokenizer=tokenizer, move_to_device=True)
+
+
+def load_folder(folder: Path, device: str = "cpu"):
+    """``(model, card)`` from a zoo folder: model in eval mode, fp32, tokenizer attached."""
+    import torch
+    from safetensors.torch import load_file
+
+    from .tokenizer import load_folder as load_tokenizer
+
+    folder = Path(folder)
+    for required in (WEIGHTS, CONFIG, CARD, "tokenizer.json"):
+        if not (folder / required).exists():
+            raise FileNotFoundError(f"zoo folder {folder} lacks {required}; rebuild the model")
+    cfg = json.loads((folder / CONFIG).read_text())
+    model = build_model(cfg, tokenizer=load_tokenizer(folder), device=device)
+    state = {k: v.to(torch.float32) for k, v in load_file(str(folder / WEIGHTS)).items()}
+    params = dict(model.named_parameters())
+    if set(state) != set(params):
+        raise ValueError(f"{folder / WEIGHTS}: parameters {sorted(set(state) ^ set(params))} "
+                         "differ from those of the config")
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    return model, json.loads((folder / CARD).read_text())

@@ -1,0 +1,142 @@
+"""Activation streams: rows against direct capture, shuffling as a permutation, exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechscope.interp.activations import ActivationBatch
+from mechscope.interp.capture import capture
+from mechscope.interp.sites import Site
+from mechscope.interp.stream import ActivationSource, ActivationStream, StreamStateError
+from mechscope.interp.tokens import MemmapTokenStream, write_token_memmap
+
+SITES = ["L0.resid_post", "L1.mlp_out", "L1.z.H1"]
+N_CTX = 12
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(2, 100, size=int(n)).tolist() for n in rng.integers(3, 30, size=12)]
+    return write_token_memmap(tmp_path_factory.mktemp("toks") / "ids.npy", docs, sep_id=1, bos_id=0)
+
+
+def tokens(token_file, **kw):
+    return MemmapTokenStream(token_file, N_CTX, **kw)
+
+
+def sort_rows(batch: ActivationBatch) -> ActivationBatch:
+    key = batch.seq_index * 10_000 + batch.positions
+    return batch.index(torch.argsort(key))
+
+
+def assert_same(a: ActivationBatch, b: ActivationBatch) -> None:
+    assert a.sites == b.sites
+    for s in a.sites:
+        assert torch.equal(a.acts[s], b.acts[s]), s
+    for f in ("token_ids", "seq_index", "positions"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def reference_rows(model, token_file, sites, exclude_special):
+    """Oracle: capture every window alone and flatten by hand."""
+    ts = tokens(token_file)
+    acts = {s: [] for s in sites}
+    ids, seq, pos = [], [], []
+    for i, w in ts.iter_indexed():
+        out = capture(model, w[None], sites)
+        keep = ts.keep_mask(w) if exclude_special else torch.ones(N_CTX, dtype=torch.bool)
+        for s in sites:
+            acts[s].append(out[s][0].reshape(N_CTX, -1)[keep])
+        ids.append(w[keep]), seq.append(torch.full((int(keep.sum()),), i)), pos.append(torch.arange(N_CTX)[keep])
+    return ActivationBatch({s: torch.cat(v) for s, v in acts.items()}, torch.cat(ids), torch.cat(seq), torch.cat(pos))
+
+
+@pytest.mark.parametrize("exclude_special", [False, True])
+def test_rows_match_direct_capture(tiny_gpt2, token_file, exclude_special):
+    sites = [tiny_gpt2.site(s) for s in SITES]
+    stream = ActivationStream(tiny_gpt2, tokens(token_file), sites, batch_tokens=50, model_batch_size=3,
+                              shuffle_buffer=0, exclude_special=exclude_special)
+    assert isinstance(stream, ActivationSource)
+    batches = list(stream)
+    assert all(len(b) == 50 for b in batches[:-1]) and 0 < len(batches[-1]) <= 50
+    got = ActivationBatch.concat(batches)
+    ref = reference_rows(tiny_gpt2, token_file, sites, exclude_special)
+    assert got.sites == tuple(sites)
+    assert stream.d == {sites[0]: 32, sites[1]: 32, sites[2]: 8}
+    for s in sites:  # batched vs single-window forward: equal up to float reassociation
+        torch.testing.assert_close(got.acts[s], ref.acts[s], rtol=1e-5, atol=1e-5)
+    for f in ("token_ids", "seq_index", "positions"):
+        assert torch.equal(getattr(got, f), getattr(ref, f))
+    if exclude_special:
+        assert not torch.isin(got.token_ids, torch.tensor([0, 1])).any()
+    else:
+        assert (got.token_ids[got.positions == 0] == 0).all()
+
+
+def test_pattern_site_rows(tiny_gpt2, token_file):
+    stream = ActivationStream(tiny_gpt2, tokens(token_file), ["L1.pattern", "L0.pattern.H2"], batch_tokens=N_CTX,
+                              model_batch_size=1, shuffle_buffer=0, exclude_special=False)
+    first = next(iter(stream))
+    w = tokens(token_file).window(0)
+    full = capture(tiny_gpt2, w[None], ["L1.pattern"])[Site(1, "pattern")][0]  # [h, q, k]
+    assert torch.equal(first["L1.pattern"], full.transpose(0, 1).reshape(N_CTX, -1))
+    assert torch.allclose(first["L0.pattern.H2"].sum(-1), torch.ones(N_CTX))
+
+
+def test_shuffle_is_seeded_permutation(tiny_gpt2, token_file):
+    def run(seed, buf=40):
+        s = ActivationStream(tiny_gpt2, tokens(token_file), SITES, batch_tokens=16, model_batch_size=4,
+                             shuffle_buffer=buf, seed=seed)
+        return list(s)
+
+    plain = ActivationBatch.concat(run(0, buf=0))
+    a, b, c = run(1), run(1), run(2)
+    assert all(len(x) == 16 for x in a[:-1])
+    for x, y in zip(a, b):
+        assert_same(x, y)
+    cat_a = ActivationBatch.concat(a)
+    assert not torch.equal(cat_a.seq_index * 100 + cat_a.positions, plain.seq_index * 100 + plain.positions)
+    assert not torch.equal(cat_a.positions, ActivationBatch.concat(c).positions)
+    assert_same(sort_rows(cat_a), plain)  # same rows, bit for bit
+
+
+@pytest.mark.parametrize("buf", [0, 40])
+def test_resume_yields_exactly_the_remaining_batches(tiny_gpt2, tmp_path, buf):
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(2, 100, size=int(n)).tolist() for n in rng.integers(3, 30, size=8)]
+    path = write_token_memmap(tmp_path / "small.bin", docs, sep_id=1, bos_id=0)
+
+    def make():
+        return ActivationStream(tiny_gpt2, MemmapTokenStream(path, N_CTX, shuffle=True, seed=3, epochs=2), SITES,
+                                batch_tokens=16, model_batch_size=3, shuffle_buffer=buf, seed=7)
+
+    original, states, full = make(), {}, []
+    for batch in original:
+        full.append(batch)
+        if len(full) in (1, 4, 9):
+            torch.save(original.state_dict(), tmp_path / f"s{len(full)}.pt")
+    assert len(full) > 10
+    for k in (1, 4, 9):
+        fresh = make()
+        fresh.load_state_dict(torch.load(tmp_path / f"s{k}.pt", weights_only=True))
+        rest = list(fresh)
+        assert len(rest) == len(full) - k
+        for x, y in zip(rest, full[k:]):
+            assert_same(x, y)
+        assert fresh.batches_yielded == len(full)
+
+
+def test_bad_arguments(tiny_gpt2, token_file):
+    with pytest.raises(ValueError, match="shuffle_buffer"):
+        ActivationStream(tiny_gpt2, tokens(token_file), SITES, batch_tokens=16, shuffle_buffer=8)
+    with pytest.raises(ValueError, match="n_ctx=40"):
+        ActivationStream(tiny_gpt2, MemmapTokenStream(token_file, 40), SITES)
+    with pytest.raises(ValueError, match="valid layers"):
+        ActivationStream(tiny_gpt2, tokens(token_file), ["L5.resid_post"])
+    s = ActivationStream(tiny_gpt2, tokens(token_file), SITES, batch_tokens=16, shuffle_buffer=32)
+    other = ActivationStream(tiny_gpt2, tokens(token_file), SITES[:1], batch_tokens=16, shuffle_buffer=32)
+    with pytest.raises(StreamStateError, match="another config"):
+        other.load_state_dict(s.state_dict())

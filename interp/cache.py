@@ -1,0 +1,355 @@
+"""On-disk activation cache: an activation stream written once to safetensors shards.
+
+Running the model is most of the cost of training a sparse dictionary on a small model, and a
+sweep that trains many dictionaries on the same rows (or several passes over them) can read
+them from disk instead. A cache folder holds
+
+* ``shard_00000.safetensors, ...``: ``rows_per_shard`` rows each (the last may be shorter), with
+  one tensor per site (``acts.L3.resid_post`` ``[rows, d_site]``) and the provenance vectors
+  ``token_ids``, ``seq_index``, ``positions`` (``[rows]`` int64) of `ActivationBatch`;
+* ``manifest.json``: format and version, model name, sites with their widths ``d``, dtype,
+  rows per shard, total rows, the token stream's config, and per shard its file, rows, byte size
+  and SHA-256.
+
+Shards are written in stream order (no shuffling at build time) to a temporary name and
+renamed into place (``os.replace`` is atomic on POSIX), and the manifest is written last the
+same way, so a folder whose build died has no manifest and is never mistaken for a cache.
+
+`CachedActivations` reads a cache back as an `ActivationSource`: batches of rows, optionally
+shuffled (shard order per epoch and rows within each shard, both by seeded permutations,
+which is the usual two-level shuffle of shard-based loaders), with a position
+``(epoch, shard, offset)`` that `state_dict`/`load_state_dict` save and restore exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mechscope.interp.activations import ActivationBatch
+from mechscope.interp.sites import Site
+
+if TYPE_CHECKING:
+    from mechscope.interp.models import Model
+    from mechscope.interp.tokens import TokenStream
+
+FORMAT = "mechscope-activation-cache"
+VERSION = 1
+MANIFEST = "manifest.json"
+_SHARD_RE = re.compile(r"^shard_\d{5}\.safetensors(\.tmp)?$")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_PROVENANCE = ("token_ids", "seq_index", "positions")
+
+
+class CacheError(ValueError):
+    """A folder that is not a complete, intact cache, or one that does not match what was asked."""
+
+
+def _dtype_name(dtype: torch.dtype | str | None) -> str:
+    if dtype is None:
+        return "float32"
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise CacheError(f"cache dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    return name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+def _prepare_dir(out: Path, overwrite: bool) -> None:
+    if (out / MANIFEST).exists():
+        if not overwrite:
+            raise CacheError(f"{out} already holds an activation cache; pass overwrite=True to replace it")
+        (out / MANIFEST).unlink()  # first, so a crash below never leaves a manifest over mixed shards
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():
+        if _SHARD_RE.match(f.name) or f.name == MANIFEST + ".tmp":
+            f.unlink()
+
+
+def _write_shard(out: Path, index: int, rows: ActivationBatch, dtype: torch.dtype) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    name = f"shard_{index:05d}.safetensors"
+    tensors = {f"acts.{s}": a.detach().to("cpu", dtype).contiguous() for s, a in rows.acts.items()}
+    tensors.update({k: getattr(rows, k).detach().to("cpu", torch.int64).contiguous() for k in _PROVENANCE})
+    tmp = out / (name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION), "shard": str(index)})
+    os.replace(tmp, out / name)
+    return {"file": name, "rows": len(rows), "bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+
+
+def write_cache(
+    batches: Iterable[ActivationBatch],
+    out_dir: str | os.PathLike,
+    n_rows: int,
+    rows_per_shard: int = 65536,
+    dtype: torch.dtype | str | None = None,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the first ``n_rows`` rows of ``batches`` (any `ActivationSource`) as a cache.
+
+    ``meta`` (JSON-able: model name, token config, ...) goes into the manifest. If the source
+    ends early, the cache holds the rows there were, with ``"exhausted": true``, and a warning.
+    """
+    if n_rows < 1 or rows_per_shard < 1:
+        raise CacheError(f"n_rows and rows_per_shard must be >= 1, got {n_rows}, {rows_per_shard}")
+    out, name = Path(out_dir), _dtype_name(dtype)
+    _prepare_dir(out, overwrite)
+    shards: list[dict[str, Any]] = []
+    pending: list[ActivationBatch] = []
+    have = total = 0
+    sites: tuple[Site, ...] | None = None
+    d: dict[str, int] = {}
+
+    def flush(n: int) -> None:
+        nonlocal pending, have, total
+        rows = ActivationBatch.concat(pending)
+        shards.append(_write_shard(out, len(shards), rows.index(slice(0, n)), _DTYPES[name]))
+        pending = [rows.index(slice(n, None))] if len(rows) > n else []
+        have, total = have - n, total + n
+
+    for batch in batches:
+        if sites is None:
+            sites = batch.sites
+            d = {str(s): int(a.shape[1]) for s, a in batch.acts.items()}
+        batch = batch.index(slice(0, n_rows - total - have))
+        pending.append(batch)
+        have += len(batch)
+        while have >= rows_per_shard:
+            flush(rows_per_shard)
+        if total + have >= n_rows:
+            break
+    if have:
+        flush(have)
+    if not shards:
+        raise CacheError("the activation source yielded no rows; nothing was cached")
+    if total < n_rows:
+        warnings.warn(f"activation source ended after {total} of {n_rows} requested rows", stacklevel=2)
+    manifest = {
+        "format": FORMAT, "version": VERSION, **(meta or {}),
+        "sites": [str(s) for s in sites], "d": d, "dtype": name, "rows_per_shard": rows_per_shard,
+        "total_rows": total, "requested_rows": n_rows, "exhausted": total < n_rows, "shards": shards,
+    }
+    _atomic_json(out / MANIFEST, manifest)
+    return out
+
+
+def build_cache(
+    model: "Model",
+    token_stream: "TokenStream",
+    sites: "Iterable[Site | str] | Site | str",
+    out_dir: str | os.PathLike,
+    n_tokens: int,
+    rows_per_shard: int = 65536,
+    model_batch_size: int = 8,
+    dtype: torch.dtype | str | None = None,
+    exclude_special: bool = True,
+    device: torch.device | str = "cpu",
+    overwrite: bool = False,
+) -> Path:
+    """Run ``model`` over ``token_stream`` and cache ``n_tokens`` rows at ``sites`` in ``out_dir``.
+
+    This is ``mechscope cache --model M --sites ... --tokens N --out DIR``. Rows are in stream
+    order; shuffle when reading (`CachedActivations(shuffle=True)`).
+    """
+    from mechscope.interp.stream import ActivationStream
+
+    stream = ActivationStream(model, token_stream, sites, batch_tokens=min(rows_per_shard, n_tokens),
+                              model_batch_size=model_batch_size, shuffle_buffer=0,
+                              exclude_special=exclude_special, device=device,
+                              dtype=_DTYPES[_dtype_name(dtype)])
+    meta = {"model": model.name, "tokens": token_stream.config(), "exclude_special": exclude_special}
+    return write_cache(stream, out_dir, n_tokens, rows_per_shard, dtype, meta, overwrite)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+def read_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a complete cache; `CacheError` with the reason otherwise."""
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        hint = " (it has shards but no manifest: its build did not finish)" if any(
+            _SHARD_RE.match(p.name) for p in Path(cache_dir).glob("shard_*")) else ""
+        raise CacheError(f"{cache_dir} is not a mechscope activation cache: no {MANIFEST}{hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CacheError(f"{path} is not valid JSON: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise CacheError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("version") != VERSION:
+        raise CacheError(f"{path}: cache version {manifest.get('version')!r}, this mechscope reads version {VERSION}")
+    rows = sum(s["rows"] for s in manifest["shards"])
+    if rows != manifest["total_rows"]:
+        raise CacheError(f"{path}: shards hold {rows} rows but total_rows is {manifest['total_rows']}")
+    return manifest
+
+
+class CachedActivations:
+    """A cache folder as an `ActivationSource` of ``batch_tokens``-row `ActivationBatch`es.
+
+    ``sites`` selects a subset of the cached sites (default all); ``model`` (a name or a
+    `Model`) is checked against the cache's model. ``shuffle`` permutes shard order per epoch
+    and rows within each shard (seeded by ``seed``, epoch and shard). ``epochs=None`` repeats
+    forever. ``verify=True`` checks every shard's SHA-256 up front.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, batch_tokens: int = 4096, *, shuffle: bool = False,
+                 seed: int = 0, sites: "Iterable[Site | str] | None" = None, model: "Model | str | None" = None,
+                 epochs: int | None = 1, device: torch.device | str = "cpu", drop_last: bool = False,
+                 verify: bool = False) -> None:
+        self.dir = Path(cache_dir)
+        self.manifest = read_manifest(self.dir)
+        cached = [Site.parse(s) for s in self.manifest["sites"]]
+        if model is not None:
+            name = model if isinstance(model, str) else model.name
+            if name != self.manifest.get("model"):
+                raise CacheError(f"cache {self.dir} was built from model {self.manifest.get('model')!r}, not {name!r}")
+        want = cached if sites is None else [Site.parse(s) for s in sites]
+        missing = [s for s in want if s not in cached]
+        if missing or not want:
+            raise CacheError(f"sites {', '.join(map(str, missing)) or '(none)'} not in cache {self.dir}; "
+                             f"cached sites: {', '.join(map(str, cached))}")
+        if batch_tokens < 1 or (epochs is not None and epochs < 1):
+            raise CacheError(f"batch_tokens must be >= 1 and epochs >= 1 or None, got {batch_tokens}, {epochs}")
+        self.sites = tuple(want)
+        self.d = {s: int(self.manifest["d"][str(s)]) for s in self.sites}
+        self.dtype = _DTYPES[self.manifest["dtype"]]
+        self.batch_tokens, self.shuffle, self.seed, self.epochs = batch_tokens, shuffle, int(seed), epochs
+        self.device, self.drop_last = torch.device(device), drop_last
+        self.shards = self.manifest["shards"]
+        for s in self.shards:
+            f = self.dir / s["file"]
+            if not f.is_file():
+                raise CacheError(f"cache {self.dir}: shard {s['file']} is missing")
+            if f.stat().st_size != s["bytes"]:
+                raise CacheError(f"cache {self.dir}: shard {s['file']} has {f.stat().st_size} bytes, "
+                                 f"manifest says {s['bytes']} (truncated or rewritten)")
+        if verify:
+            self.verify()
+        self._epoch = self._shard_pos = self._offset = 0
+        self.batches_yielded = 0
+        self._loaded: tuple[tuple[int, int], ActivationBatch] | None = None
+
+    def __len__(self) -> int:
+        return int(self.manifest["total_rows"])
+
+    def verify(self) -> None:
+        """Check every shard's SHA-256 against the manifest."""
+        for s in self.shards:
+            if _sha256(self.dir / s["file"]) != s["sha256"]:
+                raise CacheError(f"cache {self.dir}: shard {s['file']} is corrupt (SHA-256 differs from manifest)")
+
+    # -- shards -------------------------------------------------------------------------------
+    def _order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.shards)))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.shards), generator=g).tolist()
+
+    def read_shard(self, index: int) -> ActivationBatch:
+        """All rows of shard ``index`` in stored order (selected sites only)."""
+        from safetensors import safe_open
+
+        info = self.shards[index]
+        path = self.dir / info["file"]
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = set(f.keys())
+                need = [f"acts.{s}" for s in self.sites] + list(_PROVENANCE)
+                absent = [k for k in need if k not in keys]
+                if absent:
+                    raise CacheError(f"cache {self.dir}: shard {info['file']} lacks tensors {absent}")
+                t = {k: f.get_tensor(k) for k in need}
+        except CacheError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise CacheError(f"cache {self.dir}: shard {info['file']} is corrupt or unreadable: {e}") from None
+        for s in self.sites:
+            a = t[f"acts.{s}"]
+            if a.shape != (info["rows"], self.d[s]) or a.dtype != self.dtype:
+                raise CacheError(f"cache {self.dir}: shard {info['file']} site {s} is {a.dtype} {tuple(a.shape)}, "
+                                 f"manifest says {self.dtype} ({info['rows']}, {self.d[s]})")
+        return ActivationBatch({s: t[f"acts.{s}"] for s in self.sites}, *(t[k] for k in _PROVENANCE))
+
+    def _shard_rows(self, epoch: int, pos: int) -> ActivationBatch:
+        shard = self._order(epoch)[pos]
+        if self._loaded is None or self._loaded[0] != (epoch, shard):
+            rows = self.read_shard(shard)
+            if self.shuffle:
+                g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + shard)
+                rows = rows.index(torch.randperm(len(rows), generator=g))
+            self._loaded = ((epoch, shard), rows.to(self.device))
+        return self._loaded[1]
+
+    def read_all(self) -> ActivationBatch:
+        """Every row in stored order (small caches, tests)."""
+        return ActivationBatch.concat(self.read_shard(i) for i in range(len(self.shards))).to(self.device)
+
+    # -- iteration ----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[ActivationBatch]:
+        while True:
+            parts, need = [], self.batch_tokens
+            while need and (self.epochs is None or self._epoch < self.epochs):
+                rows = self._shard_rows(self._epoch, self._shard_pos)
+                take = rows.index(slice(self._offset, self._offset + need))
+                parts.append(take)
+                need -= len(take)
+                self._offset += len(take)
+                if self._offset >= len(rows):
+                    self._shard_pos, self._offset = self._shard_pos + 1, 0
+                    if self._shard_pos == len(self.shards):
+                        self._epoch, self._shard_pos = self._epoch + 1, 0
+            if not parts or (need and self.drop_last):
+                return
+            self.batches_yielded += 1
+            yield ActivationBatch.concat(parts)
+
+    def config(self) -> dict[str, Any]:
+        # the shards' checksums identify the cache, so a moved folder still resumes
+        shards = hashlib.sha256(json.dumps([s["sha256"] for s in self.shards]).encode()).hexdigest()
+        return {"cache": shards, "total_rows": len(self), "sites": [str(s) for s in self.sites],
+                "batch_tokens": self.batch_tokens, "shuffle": self.shuffle, "seed": self.seed,
+                "epochs": self.epochs, "drop_last": self.drop_last}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "cached_activations", "version": VERSION, "config": self.config(),
+                "epoch": self._epoch, "shard_pos": self._shard_pos, "offset": self._offset,
+                "batches_yielded": self.batches_yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("kind") != "cached_activations":
+            raise CacheError("not a CachedActivations state dict")
+        if state.get("version") != VERSION:
+            raise CacheError(f"state version {state.get('version')!r} unsupported (expected {VERSION})")
+        if state["config"] != self.config():
+            raise CacheError(f"state was saved by a reader with another config: saved {state['config']}, "
+                             f"this reader {self.config()}")
+        self._epoch, self._shard_pos, self._offset = int(state["epoch"]), int(state["shard_pos"]), int(state["offset"])
+        self.batches_yielded = int(state["batches_yielded"])

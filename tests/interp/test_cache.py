@@ -1,0 +1,164 @@
+"""Activation cache: bitwise round trip against the live stream, shuffled reading, resume, damage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mechscope.interp.activations import ActivationBatch
+from mechscope.interp.cache import CacheError, CachedActivations, build_cache, write_cache
+from mechscope.interp.sites import Site
+from mechscope.interp.stream import ActivationSource, ActivationStream
+from mechscope.interp.tokens import MemmapTokenStream, write_token_memmap
+
+SITES = ["L0.resid_post", "L1.z.H1"]
+N_CTX = 12
+N_TOKENS = 150  # not a multiple of the shard size
+SHARD = 64
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(2, 100, size=int(n)).tolist() for n in rng.integers(3, 30, size=14)]
+    return write_token_memmap(tmp_path_factory.mktemp("toks") / "ids.bin", docs, sep_id=1, bos_id=0)
+
+
+@pytest.fixture(scope="module")
+def live_rows(tiny_gpt2, token_file):
+    """Oracle: the first N_TOKENS rows of the live stream in order."""
+    s = ActivationStream(tiny_gpt2, MemmapTokenStream(token_file, N_CTX), SITES, batch_tokens=40,
+                         model_batch_size=4, shuffle_buffer=0)
+    return ActivationBatch.concat(list(s)).index(slice(0, N_TOKENS))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tiny_gpt2, token_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "c"
+    return build_cache(tiny_gpt2, MemmapTokenStream(token_file, N_CTX), SITES, out, N_TOKENS,
+                       rows_per_shard=SHARD, model_batch_size=4)
+
+
+def assert_same(a: ActivationBatch, b: ActivationBatch) -> None:
+    assert a.sites == b.sites
+    for s in a.sites:
+        assert a.acts[s].dtype == b.acts[s].dtype and torch.equal(a.acts[s], b.acts[s]), s
+    for f in ("token_ids", "seq_index", "positions"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_round_trip_is_bitwise(cache_dir, live_rows, token_file):
+    m = json.loads((cache_dir / "manifest.json").read_text())
+    assert m["model"] == "tiny-gpt2" and m["sites"] == SITES and m["d"] == {"L0.resid_post": 32, "L1.z.H1": 8}
+    assert m["total_rows"] == N_TOKENS and [s["rows"] for s in m["shards"]] == [64, 64, 22]
+    assert m["tokens"] == MemmapTokenStream(token_file, N_CTX).config() and not m["exhausted"]
+    assert not list(cache_dir.glob("*.tmp"))
+    cached = CachedActivations(cache_dir, batch_tokens=50, model="tiny-gpt2", verify=True)
+    assert isinstance(cached, ActivationSource) and len(cached) == N_TOKENS
+    batches = list(cached)
+    assert [len(b) for b in batches] == [50, 50, 50]
+    assert_same(ActivationBatch.concat(batches), live_rows)
+    assert_same(cached.read_all(), live_rows)
+    only = CachedActivations(cache_dir, batch_tokens=1000, sites=["L1.z.H1"])
+    assert only.sites == (Site(1, "z", 1),)
+    assert torch.equal(next(iter(only))["L1.z.H1"], live_rows["L1.z.H1"])
+
+
+def test_half_precision_cache(tiny_gpt2, token_file, live_rows, tmp_path):
+    out = build_cache(tiny_gpt2, MemmapTokenStream(token_file, N_CTX), SITES, tmp_path / "bf", N_TOKENS,
+                      rows_per_shard=100, model_batch_size=4, dtype="bfloat16")
+    got = CachedActivations(out).read_all()
+    for s in got.sites:
+        assert got.acts[s].dtype == torch.bfloat16
+        assert torch.equal(got.acts[s], live_rows.acts[s].to(torch.bfloat16))
+
+
+def test_shuffled_reading_is_a_seeded_permutation(cache_dir, live_rows):
+    def run(seed):
+        return list(CachedActivations(cache_dir, batch_tokens=32, shuffle=True, seed=seed))
+
+    a, b, c = run(4), run(4), run(5)
+    for x, y in zip(a, b):
+        assert_same(x, y)
+    cat = ActivationBatch.concat(a)
+    assert [len(x) for x in a] == [32] * 4 + [22]
+    key = cat.seq_index * 100 + cat.positions
+    assert not torch.equal(key, live_rows.seq_index * 100 + live_rows.positions)
+    assert not torch.equal(key, ActivationBatch.concat(c).seq_index * 100 + ActivationBatch.concat(c).positions)
+    assert_same(cat.index(torch.argsort(key)), live_rows)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_reader_resumes_exactly(cache_dir, tmp_path, shuffle):
+    def make():
+        return CachedActivations(cache_dir, batch_tokens=23, shuffle=shuffle, seed=1, epochs=2)
+
+    full = list(make())
+    assert sum(len(x) for x in full) == 2 * N_TOKENS
+    for k in (0, 3, len(full) - 1):
+        s = make()
+        it = iter(s)
+        head = [next(it) for _ in range(k)]
+        torch.save(s.state_dict(), tmp_path / "s.pt")
+        fresh = make()
+        fresh.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+        rest = list(fresh)
+        assert len(head) + len(rest) == len(full)
+        for x, y in zip(head + rest, full):
+            assert_same(x, y)
+    with pytest.raises(CacheError, match="another config"):
+        CachedActivations(cache_dir, batch_tokens=10).load_state_dict(make().state_dict())
+
+
+def test_mismatch_and_damage_are_clear_errors(cache_dir, tmp_path, tiny_gpt2, token_file):
+    with pytest.raises(CacheError, match="built from model 'tiny-gpt2', not 'gpt2'"):
+        CachedActivations(cache_dir, model="gpt2")
+    with pytest.raises(CacheError, match="cached sites: L0.resid_post, L1.z.H1"):
+        CachedActivations(cache_dir, sites=["L1.resid_post"])
+    with pytest.raises(CacheError, match="already holds an activation cache"):
+        build_cache(tiny_gpt2, MemmapTokenStream(token_file, N_CTX), SITES, cache_dir, 10)
+    with pytest.raises(CacheError, match="no manifest.json"):
+        CachedActivations(tmp_path)
+
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(cache_dir, bad)
+    shard = bad / "shard_00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF  # same size, one flipped byte in the tensor data
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="shard_00001.safetensors is corrupt"):
+        CachedActivations(bad, verify=True)
+    shard.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CacheError, match="truncated"):
+        CachedActivations(bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["shards"][1]["bytes"] = len(data) // 2
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CacheError, match="corrupt or unreadable"):
+        list(CachedActivations(bad))
+    m["version"] = 99
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CacheError, match="version 99"):
+        CachedActivations(bad)
+
+
+def test_interrupted_build_leaves_no_manifest(live_rows, tmp_path):
+    def dying():
+        yield live_rows.index(slice(0, 100))
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_cache(dying(), tmp_path / "c", 150, rows_per_shard=64)
+    assert (tmp_path / "c" / "shard_00000.safetensors").exists()
+    with pytest.raises(CacheError, match="build did not finish"):
+        CachedActivations(tmp_path / "c")
+    with pytest.warns(UserWarning, match="ended after 100 of 150"):
+        out = write_cache(iter([live_rows.index(slice(0, 100))]), tmp_path / "c", 150, rows_per_shard=64)
+    c = CachedActivations(out)
+    assert len(c) == 100 and c.manifest["exhausted"]
+    assert_same(c.read_all(), live_rows.index(slice(0, 100)))

@@ -1,0 +1,161 @@
+"""`SparseDictionary`: what every trainable mechscope dictionary shares.
+
+Shared state: decoder atoms ``W_dec [d_dict, d_out]`` and bias ``b_dec [d_out]``, the activation
+scales ``scale_in``/``scale_out`` and a per-latent count of tokens since the latent last fired.
+
+Normalisation (Gao et al. 2024, Anthropic April-2024 update). The dictionary works on
+``x̃ = s_in · x`` with ``s_in = sqrt(d_in / E||x||²)`` so that ``E||x̃||² = d_in`` (same for the
+output site), which makes hyper-parameters transfer across layers and models. The public
+`encode` / `decode` take and return raw activations:
+
+    encode(x) = code of x̃,      decode(f) = (f W_dec + b_dec) / s_out
+
+so ``directions = W_dec / s_out`` satisfies the `Dictionary` identity ``decode(f) = f ·
+directions + b_dec / s_out``; `mechscope.sae.io` folds the scales into saved weights.
+
+Decoder constraint. With ``unit_norm_decoder`` the rows of ``W_dec`` are renormalised after every
+optimiser step and, before it, the gradient component parallel to each row is removed,
+``g_i ← g_i − <g_i, w_i> w_i`` (Bricken et al. 2023), so Adam moves along the sphere.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from mechscope.kernels import SparseCode, sparse_decode
+from mechscope.sae.config import TrainConfig
+
+
+class LossOutput(NamedTuple):
+    """``loss`` to minimise; ``x_hat`` and ``code`` in normalised units; named ``terms``."""
+
+    loss: Tensor
+    x_hat: Tensor
+    code: SparseCode
+    terms: dict[str, Tensor]
+
+
+class SparseDictionary(nn.Module):
+    """Base class; subclasses implement ``_encode`` and ``loss`` (both on normalised inputs)."""
+
+    architecture: ClassVar[str] = ""
+    unit_norm_decoder: ClassVar[bool] = True
+
+    def __init__(self, cfg: TrainConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.d_in, self.d_dict, self.d_out = cfg.d_in, cfg.d_dict, cfg.d_output
+        # an SAE centres its input with b_dec; a transcoder's b_dec lives at another site
+        self.b_dec_to_input = not cfg.transcoder
+        g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        w = torch.randn(self.d_dict, self.d_out, generator=g)
+        self.W_dec = nn.Parameter(w / w.norm(dim=-1, keepdim=True))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_out))
+        self.register_buffer("scale_in", torch.ones(()))
+        self.register_buffer("scale_out", torch.ones(()))
+        self.register_buffer("tokens_since_fired", torch.zeros(self.d_dict, dtype=torch.int64))
+
+    # --- the Dictionary protocol, on raw activations ---
+    @property
+    def directions(self) -> Float[Tensor, "d_dict d_out"]:
+        return self.W_dec / self.scale_out
+
+    def encode(self, x: Float[Tensor, "n d_in"]) -> SparseCode:
+        self._check_width(x, self.d_in, "x")
+        return self._encode(x * self.scale_in)
+
+    def decode(self, code: SparseCode) -> Float[Tensor, "n d_out"]:
+        return self._decode(code) / self.scale_out
+
+    def forward(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_out"]:
+        return self.decode(self.encode(x))
+
+    # --- normalised-space pieces ---
+    def _encode(self, x: Tensor) -> SparseCode:
+        raise NotImplementedError
+
+    def _decode(self, code: SparseCode) -> Tensor:
+        return sparse_decode(SparseCode(code.values.to(self.W_dec.dtype), code.indices),
+                             self.W_dec, self.b_dec)
+
+    def _centred(self, x: Tensor) -> Tensor:
+        return x - self.b_dec if self.b_dec_to_input else x
+
+    def loss(self, x_in: Tensor, x_out: Tensor, step: int) -> LossOutput:
+        raise NotImplementedError
+
+    # --- training hooks ---
+    def dead_mask(self) -> Tensor:
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    @torch.no_grad()
+    def update_firing(self, code: SparseCode) -> None:
+        fired = torch.zeros(self.d_dict, dtype=torch.bool, device=code.indices.device)
+        fired[code.indices[code.values != 0]] = True
+        self.tokens_since_fired += code.values.shape[0]
+        self.tokens_since_fired[fired] = 0
+
+    @torch.no_grad()
+    def after_step(self, x_in: Tensor, x_out: Tensor, generator: torch.Generator) -> None:
+        """Called after each optimiser step (codebooks replace dead codes here)."""
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        if self.unit_norm_decoder and self.W_dec.grad is not None:
+            w, g = self.W_dec, self.W_dec.grad
+            g -= (g * w).sum(-1, keepdim=True) * w
+
+    @torch.no_grad()
+    def project_decoder(self) -> None:
+        if self.unit_norm_decoder:
+            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def init_from_data(self, x_in: Tensor, x_out: Tensor) -> None:
+        """Set the scales and b_dec from a first batch of raw activations."""
+        if self.cfg.normalize:
+            self.scale_in.fill_(_scale(x_in))
+            self.scale_out.fill_(_scale(x_out) if self.cfg.transcoder else float(self.scale_in))
+        y = x_out * self.scale_out
+        if self.cfg.b_dec_init == "mean":
+            self.b_dec.copy_(y.mean(0))
+        elif self.cfg.b_dec_init == "geometric_median":
+            self.b_dec.copy_(geometric_median(y))
+
+    @staticmethod
+    def _check_width(x: Tensor, d: int, name: str) -> None:
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"{name} must be [n, {d}], got shape {tuple(x.shape)}")
+
+
+def _scale(x: Tensor) -> float:
+    ms = float(x.pow(2).sum(-1).mean())
+    if not ms > 0:
+        raise ValueError("cannot normalise activations whose mean squared norm is 0")
+    return (x.shape[1] / ms) ** 0.5
+
+
+def geometric_median(x: Float[Tensor, "n d"], iters: int = 50, eps: float = 1e-8) -> Float[Tensor, "d"]:
+    """Weiszfeld's iteration for ``argmin_m Σ_i ||x_i − m||``, started at the mean."""
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=-1).clamp_min(eps)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() <= 1e-6 * m.norm().clamp_min(1.0):
+            return new
+        m = new
+    return m
+
+
+def mse(x_hat: Tensor, y: Tensor) -> Tensor:
+    """Mean over rows of the squared error summed over features."""
+    return (x_hat - y).pow(2).sum(-1).mean()
+
+
+def fvu(x_hat: Tensor, y: Tensor) -> Tensor:
+    """Fraction of variance unexplained ``Σ||y − ŷ||² / Σ||y − ȳ||²``."""
+    return (x_hat - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)

@@ -1,0 +1,84 @@
+"""Crash-safe checkpoints of a set of training runs, for exact resume.
+
+One checkpoint is one safetensors file: every run's weights and buffers (``run{i}.model.*``), its
+Adam state (``run{i}.opt.{param}.{name}``) and its random-generator state (``run{i}.rng``); the
+safetensors header metadata carries JSON for the rest (step, data-source position, optimiser
+param groups, configs). It is written to a temporary file in the same folder and moved into
+place with ``os.replace`` (atomic on POSIX), so a crash leaves either the old or the new
+checkpoint, never a torn one. Nothing is pickled. The LR schedule is a pure function of the step,
+so restoring the step restores the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+FORMAT = 1
+
+
+def save_checkpoint(path: Path, runs: Sequence[Any], step: int, source_state: Any) -> None:
+    """``runs``: objects with ``.model``, ``.opt``, ``.gen``, ``.cfg`` (see trainer.Run)."""
+    tensors: dict[str, torch.Tensor] = {}
+    groups = []
+    for i, r in enumerate(runs):
+        for k, v in r.model.state_dict().items():
+            tensors[f"run{i}.model.{k}"] = v.detach().contiguous().clone()
+        sd = r.opt.state_dict()
+        for p, state in sd["state"].items():
+            for name, v in state.items():
+                tensors[f"run{i}.opt.{p}.{name}"] = v.detach().contiguous().clone()
+        groups.append(sd["param_groups"])
+        tensors[f"run{i}.rng"] = r.gen.get_state()
+    meta = {"format": FORMAT, "step": step, "source": source_state, "param_groups": groups,
+            "configs": [r.cfg.to_dict() for r in runs]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"mechscope": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["mechscope"])
+        tensors = load_file(str(path))
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+        raise ValueError(f"{path} is not a readable mechscope checkpoint ({type(e).__name__}: {e}); "
+                         "delete it or train with resume=False") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {meta.get('format')} is not {FORMAT}")
+    return meta, tensors
+
+
+def load_checkpoint(path: Path, runs: Sequence[Any]) -> dict[str, Any]:
+    """Restore every run in place; returns the metadata (``step``, ``source``)."""
+    meta, tensors = read_checkpoint(path)
+    saved = meta["configs"]
+    if len(saved) != len(runs) or any(s != r.cfg.to_dict() for s, r in zip(saved, runs)):
+        raise ValueError(f"{path} was written for different configs; resume needs the same "
+                         "configs (or train with resume=False / another out_dir)")
+    for i, r in enumerate(runs):
+        pre = f"run{i}.model."
+        r.model.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        pre = f"run{i}.opt."
+        for k, v in tensors.items():
+            if k.startswith(pre):
+                p, name = k[len(pre):].split(".", 1)
+                state.setdefault(int(p), {})[name] = v
+        r.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][i]})
+        r.gen.set_state(tensors[f"run{i}.rng"])
+    return meta

@@ -1,0 +1,75 @@
+"""Codebook features: an activation replaced by a sum of k learned codes.
+
+Tamkin et al. 2023, "Codebook Features: Sparse and Discrete Interpretability for Neural
+Networks". With codebook C = W_dec ``[d_dict, d]`` and cosine similarity s_j = <x, c_j> /
+(||x|| ||c_j||):
+
+    S(x) = the k indices with largest s_j,     x̂ = Σ_{j ∈ S(x)} c_j
+
+The code values are all 1. Selection has no gradient; the codes learn from the reconstruction
+(VQ codebook loss ``||sg(x) − x̂||²``), and when x itself is trainable (the codebook spliced into a
+model) a commitment term ``β ||x − sg(x̂)||²`` pulls activations toward their codes while
+`straight_through` passes the downstream gradient to x unchanged (van den Oord et al. 2017).
+Codes that have not been selected for ``dead_tokens`` tokens are replaced by randomly chosen
+activations of the current batch (dead-code replacement).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mechscope.kernels import SparseCode, sparse_decode, topk_encode
+from mechscope.sae.base import LossOutput, SparseDictionary, mse
+
+
+def _unit(x: Tensor) -> Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class CodebookDictionary(SparseDictionary):
+    architecture = "codebook"
+    unit_norm_decoder = False
+
+    def __init__(self, cfg, generator=None) -> None:
+        super().__init__(cfg, generator)
+        self.b_dec.requires_grad_(False)  # a codebook output is a plain sum of codes
+
+    def _encode(self, x: Tensor) -> SparseCode:
+        with torch.no_grad():
+            sel = topk_encode(_unit(x), _unit(self.W_dec), x.new_zeros(self.d_dict), self.cfg.k,
+                              relu=False)
+        return SparseCode(torch.ones_like(sel.values), sel.indices)
+
+    def straight_through(self, x: Tensor) -> Tensor:
+        """Forward value x̂ (normalised units); gradient to x is the identity, codes get theirs."""
+        x_hat = self._decode(self._encode(x))
+        return x_hat + (x - x.detach())
+
+    def loss(self, x_in: Tensor, x_out: Tensor, step: int) -> LossOutput:
+        code = self._encode(x_in)
+        x_hat = sparse_decode(code, self.W_dec, self.b_dec)
+        rec = mse(x_hat, x_out.detach())
+        commit = mse(x_in, x_hat.detach())
+        loss = rec + self.cfg.codebook_commitment * commit
+        return LossOutput(loss, x_hat, code, {"mse": rec.detach(), "commitment": commit.detach()})
+
+    @torch.no_grad()
+    def init_from_data(self, x_in: Tensor, x_out: Tensor) -> None:
+        super().init_from_data(x_in, x_out)
+        self.b_dec.zero_()
+        # codes start as (scaled) data points so that every code is near some activations
+        y = x_out * self.scale_out
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        rows = torch.randint(0, y.shape[0], (self.d_dict,), generator=g)
+        self.W_dec.copy_(y[rows] / self.cfg.k)
+
+    @torch.no_grad()
+    def after_step(self, x_in: Tensor, x_out: Tensor, generator: torch.Generator) -> None:
+        dead = self.dead_mask().nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return
+        rows = torch.randint(0, x_in.shape[0], (dead.numel(),), generator=generator)
+        # a code's scale matters (codes are summed): start it at a typical activation's scale / k
+        self.W_dec[dead] = x_in[rows].to(self.W_dec.dtype) / self.cfg.k
+        self.tokens_since_fired[dead] = 0

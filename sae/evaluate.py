@@ -1,0 +1,96 @@
+"""Evaluation of any `Dictionary` over a data source.
+
+Over N rows with targets y (x itself for an SAE, the output site for a transcoder) and
+reconstructions ŷ = decode(encode(x)):
+
+    MSE = (1/N) Σ ||y − ŷ||²            FVU = Σ ||y − ŷ||² / Σ ||y − ȳ||²      EV = 1 − FVU
+    L0  = mean number of non-zero code entries per row
+    density_i = fraction of rows on which latent i is non-zero
+    dead = density_i == 0,   dense = density_i > dense_threshold
+
+(the SAEBench / SAELens definitions; Karvonen et al. 2025). Sums are accumulated in float64, so a
+stream of batches gives the same numbers as one big batch. ``Σ||y − ȳ||²`` is computed as
+``Σ||y||² − N||ȳ||²``.
+
+The language-model half (cross-entropy loss recovered with the dictionary spliced in) needs a
+model; `ce_loss_recovered` is the formula ``(L_zero − L_spliced) / (L_zero − L_clean)`` for the
+losses that caller measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechscope.sae.batches import split_batch
+from mechscope.sae.dictionary import Dictionary
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    n_tokens: int
+    l0: float
+    mse: float
+    fvu: float
+    explained_variance: float
+    dead_fraction: float
+    dense_fraction: float
+    density: Float[Tensor, "d_dict"]
+    log10_density_hist: tuple[Tensor, Tensor]  # (counts [bins], edges [bins + 1]) over live latents
+
+    def to_dict(self) -> dict[str, Any]:
+        """Scalars only (JSON-able)."""
+        return {k: getattr(self, k) for k in ("n_tokens", "l0", "mse", "fvu", "explained_variance",
+                                              "dead_fraction", "dense_fraction")}
+
+
+@torch.no_grad()
+def evaluate(dictionary: Dictionary, source: Iterable[Any], n_batches: int | None = None, *,
+             site_in: str = "", site_out: str = "", transcoder: bool | None = None,
+             dense_threshold: float = 0.1, bins: int = 50) -> EvalResult:
+    """Metrics of ``dictionary`` over up to ``n_batches`` batches of ``source``."""
+    if n_batches is not None and n_batches <= 0:
+        raise ValueError(f"n_batches must be > 0 or None, got {n_batches}")
+    cfg = getattr(dictionary, "cfg", None)
+    site_in = site_in or getattr(cfg, "site_in", "")
+    site_out = site_out or getattr(cfg, "site_out", "")
+    transcoder = getattr(cfg, "transcoder", False) if transcoder is None else transcoder
+    n, sq_err, sum_y, sum_y2, nnz = 0, 0.0, None, 0.0, 0.0
+    fires = torch.zeros(dictionary.d_dict, dtype=torch.float64)
+    for i, batch in enumerate(source):
+        if n_batches is not None and i >= n_batches:
+            break
+        x, y = split_batch(batch, site_in, site_out, transcoder)
+        code = dictionary.encode(x)
+        y_hat = dictionary.decode(code)
+        y, y_hat = y.double(), y_hat.double()
+        n += x.shape[0]
+        sq_err += float((y - y_hat).pow(2).sum())
+        sum_y = y.sum(0) if sum_y is None else sum_y + y.sum(0)
+        sum_y2 += float(y.pow(2).sum())
+        nz = code.values != 0
+        nnz += float(nz.sum())
+        per_row = torch.zeros(x.shape[0], dictionary.d_dict, dtype=torch.bool)
+        per_row[torch.arange(x.shape[0])[:, None].expand_as(nz)[nz], code.indices[nz]] = True
+        fires += per_row.sum(0)
+    if n == 0:
+        raise ValueError("the source yielded no batches")
+    total = sum_y2 - float(sum_y.pow(2).sum()) / n
+    fvu = sq_err / total if total > 0 else float("nan")
+    density = (fires / n).float()
+    live = density[density > 0]
+    edges = torch.linspace(-float(torch.log10(torch.tensor(float(n)))), 0.0, bins + 1)
+    counts = torch.histc(live.log10(), bins, float(edges[0]), float(edges[-1])) if live.numel() else torch.zeros(bins)
+    return EvalResult(n, nnz / n, sq_err / n, fvu, 1 - fvu, float((density == 0).float().mean()),
+                      float((density > dense_threshold).float().mean()), density, (counts, edges))
+
+
+def ce_loss_recovered(clean: float, spliced: float, zero_ablated: float) -> float:
+    """``(L_zero − L_spliced) / (L_zero − L_clean)``: 1 = as good as the model, 0 = as bad as ablating."""
+    if zero_ablated == clean:
+        raise ValueError("zero-ablated and clean losses are equal: the site does not matter")
+    return (zero_ablated - spliced) / (zero_ablated - clean)

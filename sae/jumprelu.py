@@ -1,0 +1,87 @@
+"""JumpReLU sparse autoencoder with straight-through pseudo-derivatives.
+
+Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU
+Sparse Autoencoders". With pre-activations ``z = (x − b_dec) W_encᵀ + b_enc`` and learned
+per-latent thresholds ``θ = exp(log θ) > 0``:
+
+    f = JumpReLU_θ(z) = z · H(z − θ),    L = ||x − x̂||² + λ Σ_i H(z_i − θ_i)
+
+H has zero derivative almost everywhere, so θ gets its gradient from a kernel-density
+estimate (rectangle kernel K(u) = 1[|u| < ½], bandwidth ε):
+
+    ∂f/∂θ   := −(θ/ε) K((z − θ)/ε)          ∂H(z − θ)/∂θ := −(1/ε) K((z − θ)/ε)
+
+while ∂f/∂z = H(z − θ) as usual and the L0 term sends no gradient to z.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.kernels import SparseCode
+from mechscope.sae.base import LossOutput, mse
+from mechscope.sae.config import TrainConfig
+from mechscope.sae.topk import _Encoder
+
+
+def _rect(u: Tensor) -> Tensor:
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return z * (z > theta)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        z, theta = ctx.saved_tensors
+        gz = g * (z > theta)
+        gt = (g * -(theta / ctx.eps) * _rect((z - theta) / ctx.eps)).sum(0)
+        return gz, gt, None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        z, theta = ctx.saved_tensors
+        gt = (g * -(1.0 / ctx.eps) * _rect((z - theta) / ctx.eps)).sum(0)
+        return None, gt, None
+
+
+class JumpReluSAE(_Encoder):
+    architecture = "jumprelu"
+
+    def __init__(self, cfg: TrainConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator)
+        self.log_threshold = nn.Parameter(torch.full((self.d_dict,), math.log(cfg.jumprelu_init_threshold)))
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.log_threshold.exp()
+
+    def _encode(self, x: Tensor) -> SparseCode:
+        z = self.pre_activations(x)
+        return SparseCode.from_dense(z * (z > self.threshold))
+
+    def loss(self, x_in: Tensor, x_out: Tensor, step: int) -> LossOutput:
+        z = self.pre_activations(x_in)
+        theta, eps = self.threshold, self.cfg.jumprelu_bandwidth
+        f = _JumpReLU.apply(z, theta, eps)
+        x_hat = f @ self.W_dec + self.b_dec
+        rec = mse(x_hat, x_out)
+        l0 = _Step.apply(z, theta, eps).sum(-1).mean()
+        loss = rec + self.cfg.l0_coeff * l0
+        return LossOutput(loss, x_hat, SparseCode.from_dense(f.detach()),
+                          {"mse": rec.detach(), "l0_penalty": l0.detach()})

@@ -1,0 +1,121 @@
+"""Top-k and batch-top-k sparse autoencoders, with the aux-k loss against dead latents.
+
+Top-k (Makhzani & Frey 2013; Gao et al. 2024, "Scaling and evaluating sparse autoencoders"):
+
+    f = topk_k(relu((x − b_dec) W_encᵀ + b_enc)),    x̂ = f W_dec + b_dec,    L = ||x − x̂||²
+
+Batch-top-k (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders"): during training the n·k
+largest activations of the whole batch are kept, so sparsity adapts per row with mean L0 = k. At
+inference a row keeps the activations above a threshold θ, estimated during training as an
+exponential moving average of the smallest activation the batch selection kept. Rows are capped
+at ``batchtopk_max_per_row`` candidates (default 4k) taken with the top-k kernel; the batch
+selection is exact whenever no row would have kept more than the cap.
+
+Aux-k (Gao et al. §A.2): with residual ``e = x − x̂`` (no gradient) and the ``k_aux`` largest
+pre-activations among dead latents, ``ê = f_dead W_dec[dead]``,
+``L_aux = ||e − ê||² / ||e − ē||²``; it revives latents that have not fired for
+``dead_tokens`` tokens by teaching them to explain what the live ones miss.
+
+Every encoder forward/backward goes through `mechscope.kernels.topk_encode` and every decoder
+through `mechscope.kernels.sparse_decode`, whose backwards touch only the selected latents.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.kernels import SparseCode, sparse_decode, topk_encode
+from mechscope.sae.base import LossOutput, SparseDictionary, mse
+from mechscope.sae.config import TrainConfig
+
+
+class _Encoder(SparseDictionary):
+    """Adds ``W_enc [d_dict, d_in]`` and ``b_enc [d_dict]``; W_enc starts as W_dec (SAEs)."""
+
+    def __init__(self, cfg: TrainConfig, generator: torch.Generator | None = None) -> None:
+        g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        super().__init__(cfg, g)
+        if self.d_in == self.d_out:
+            w = self.W_dec.detach().clone()
+        else:
+            w = torch.randn(self.d_dict, self.d_in, generator=g) / self.d_in**0.5
+        self.W_enc = nn.Parameter(w)
+        self.b_enc = nn.Parameter(torch.zeros(self.d_dict))
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Dense ``(x̃ − b_dec) W_encᵀ + b_enc`` on normalised input (for analysis and tests)."""
+        return self._centred(x) @ self.W_enc.T + self.b_enc
+
+
+class _AuxK:
+    def aux_k_loss(self, x_c: Tensor, residual: Tensor) -> Tensor:
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if n_dead == 0 or self.cfg.aux_coeff == 0:
+            return residual.new_zeros(())
+        idx = dead.nonzero().squeeze(1)
+        code = topk_encode(x_c.detach(), self.W_enc[idx], self.b_enc[idx],
+                           min(self.cfg.effective_aux_k, n_dead))
+        e_hat = sparse_decode(code, self.W_dec[idx], residual.new_zeros(self.d_out))
+        var = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        return self.cfg.aux_coeff * mse(e_hat, residual) / var
+
+
+class TopKSAE(_AuxK, _Encoder):
+    architecture = "topk"
+
+    def _encode(self, x: Tensor) -> SparseCode:
+        return topk_encode(self._centred(x), self.W_enc, self.b_enc, self.cfg.k)
+
+    def loss(self, x_in: Tensor, x_out: Tensor, step: int) -> LossOutput:
+        x_c = self._centred(x_in)
+        code = topk_encode(x_c, self.W_enc, self.b_enc, self.cfg.k)
+        x_hat = sparse_decode(code, self.W_dec, self.b_dec)
+        rec = mse(x_hat, x_out)
+        aux = self.aux_k_loss(x_c, x_out - x_hat.detach())
+        return LossOutput(rec + aux, x_hat, code, {"mse": rec.detach(), "aux": aux.detach()})
+
+
+class BatchTopKSAE(_AuxK, _Encoder):
+    architecture = "batchtopk"
+
+    def __init__(self, cfg: TrainConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator)
+        # < 0 until the first training batch has set it
+        self.register_buffer("threshold", torch.full((), -1.0))
+
+    @property
+    def max_per_row(self) -> int:
+        return min(self.d_dict, self.cfg.batchtopk_max_per_row or 4 * self.cfg.k)
+
+    def _encode(self, x: Tensor) -> SparseCode:
+        cand = topk_encode(self._centred(x), self.W_enc, self.b_enc, self.max_per_row)
+        keep = cand.values > self.threshold.clamp_min(0)
+        return SparseCode(cand.values * keep, cand.indices)
+
+    def loss(self, x_in: Tensor, x_out: Tensor, step: int) -> LossOutput:
+        x_c = self._centred(x_in)
+        cand = topk_encode(x_c, self.W_enc, self.b_enc, self.max_per_row)
+        flat = cand.values.detach().flatten()
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[flat.topk(min(x_in.shape[0] * self.cfg.k, flat.numel())).indices] = True
+        keep &= flat > 0
+        self._update_threshold(flat[keep])
+        code = SparseCode(cand.values * keep.view_as(cand.values), cand.indices)
+        x_hat = sparse_decode(code, self.W_dec, self.b_dec)
+        rec = mse(x_hat, x_out)
+        aux = self.aux_k_loss(x_c, x_out - x_hat.detach())
+        return LossOutput(rec + aux, x_hat, code,
+                          {"mse": rec.detach(), "aux": aux.detach(), "threshold": self.threshold.clone()})
+
+    @torch.no_grad()
+    def _update_threshold(self, kept: Tensor) -> None:
+        if kept.numel() == 0:
+            return
+        lo = kept.min()
+        if self.threshold < 0:
+            self.threshold.copy_(lo)
+        else:
+            m = self.cfg.batchtopk_threshold_momentum
+            self.threshold.mul_(m).add_((1 - m) * lo)

@@ -1,0 +1,267 @@
+"""Attribution primitives over sites with dictionaries spliced in: metrics, the traced problem
+(`Setup`), reference values for an ablation, and node scores.
+
+For a metric ``m`` of the logits and nodes ``a`` (dictionary features, error terms, heads or
+whole components at chosen sites, see `mechscope.circuits.splice`):
+
+* gradient x activation: ``s(a) = dm/da · a`` (Simonyan et al. 2013; Shrikumar et al. 2016);
+* attribution patching: ``s(a) = dm/da|_clean · (a_ref - a_clean)``, the first-order estimate of
+  the effect of setting ``a`` to its reference value (Nanda 2023; Syed et al. 2023,
+  arXiv:2310.10348; Marks et al. 2024, eq. 3);
+* integrated gradients (Sundararajan et al. 2017): ``s(a) = (a_ref - a_clean) · (1/N) sum_k
+  dm/da(x_S(alpha_k))`` with all nodes of a site ``S`` moved together along
+  ``x_S(alpha) = x_clean + alpha (x_ref - x_clean)`` at midpoints ``alpha_k = (k + 1/2)/N`` while
+  the other sites are computed normally (Marks et al. 2024, eq. 4). The N steps run as one
+  batch of ``N x batch`` rows. IG satisfies completeness: summed over the nodes of a site it
+  approaches ``m(x_S = x_ref) - m(clean)`` as N grows.
+
+The reference ``a_ref`` is explicit and recorded: ``"patch"`` (contrastive pairs: the nodes'
+values on the corrupted prompts), ``"zero"``, ``"mean"`` (mean over the prompts and positions),
+or ``"resample"`` (the values of another prompt of the batch, rolled by one).
+
+Gradients are those of the unmodified model: splicing ``x = merge(split(x))`` changes no value and
+no gradient, so every site's gradient is ``dm/dx`` and node gradients are its adjoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechscope.circuits.splice import Parts, SiteNodes, site_rank
+from mechscope.interp.capture import hooks_for
+from mechscope.interp.sites import Site
+
+Metric = Callable[[Tensor], Tensor]  # logits [b, pos, vocab] -> one value per prompt [b]
+ABLATIONS = ("patch", "zero", "mean", "resample")
+METHODS = ("grad_x_act", "atp", "ig")
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def _named(fn: Metric, name: str) -> Metric:
+    fn.__name__ = name  # type: ignore[attr-defined]
+    return fn
+
+
+def logit_diff(correct: Int[Tensor, "b"], incorrect: Int[Tensor, "b"], position: int = -1) -> Metric:
+    """``logit[correct] - logit[incorrect]`` at ``position`` of each prompt."""
+    def metric(logits: Tensor) -> Tensor:
+        last = logits[:, position]
+        rows = torch.arange(last.shape[0], device=last.device)
+        return last[rows, correct.to(last.device)] - last[rows, incorrect.to(last.device)]
+    return _named(metric, "logit_diff")
+
+
+def logprob(target: Int[Tensor, "b"], position: int = -1) -> Metric:
+    """``log p(target)`` at ``position`` of each prompt."""
+    def metric(logits: Tensor) -> Tensor:
+        lp = logits[:, position].log_softmax(-1)
+        return lp[torch.arange(lp.shape[0], device=lp.device), target.to(lp.device)]
+    return _named(metric, "logprob")
+
+
+def next_token_logprob(tokens: Int[Tensor, "b p"], mask: Tensor | None = None) -> Metric:
+    """Mean ``log p(tokens[t+1])`` over positions ``t`` where ``mask[:, t + 1]`` (all if None);
+    for induction, the mask of the repeated half."""
+    def metric(logits: Tensor) -> Tensor:
+        toks = tokens.to(logits.device)
+        lp = logits[:, :-1].log_softmax(-1).gather(-1, toks[:, 1:, None])[..., 0]
+        m = torch.ones_like(lp) if mask is None else mask[:, 1:].to(lp)
+        return (lp * m).sum(1) / m.sum(1).clamp_min(1)
+    return _named(metric, "next_token_logprob")
+
+
+# -- the traced problem -------------------------------------------------------------------------
+@dataclass(eq=False)
+class Setup:
+    """Model, sites (each with a dictionary or None), metric, prompts and the reference."""
+
+    model: Any
+    nodes: dict[Site, SiteNodes]
+    metric: Metric
+    clean: Int[Tensor, "b p"]
+    ablation: str = "mean"
+    patch: Tensor | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, model: Any, sites: "Iterable[Site | str] | Mapping[Site | str, Any]",
+              metric: Metric, clean: Tensor, ablation: str | None = None,
+              patch: Tensor | None = None) -> "Setup":
+        """Validate everything once. ``sites``: site names, or ``{site: dictionary or None}``.
+        ``ablation`` defaults to ``"patch"`` when corrupted prompts ``patch`` are given, else
+        ``"mean"``."""
+        from mechscope.interp.capture import capture
+
+        ablation = ablation or ("patch" if patch is not None else "mean")
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
+        if (ablation == "patch") != (patch is not None):
+            raise ValueError("ablation 'patch' needs corrupted prompts `patch` (and only it uses them)")
+        clean = clean[None] if clean.ndim == 1 else clean
+        if patch is not None and patch.shape != clean.shape:
+            raise ValueError(f"patch prompts have shape {list(patch.shape)}, clean {list(clean.shape)}; "
+                             f"contrastive pairs must match token for token in length")
+        if ablation == "resample" and clean.shape[0] < 2:
+            raise ValueError("ablation 'resample' needs at least 2 prompts")
+        mapping = dict(sites) if isinstance(sites, Mapping) else {s: None for s in sites}
+        if not mapping:
+            raise ValueError("no sites given")
+        parsed = {model.site(s): d for s, d in mapping.items()}
+        acts = capture(model, clean[:1, :2], list(parsed))
+        nodes = {s: SiteNodes.make(s, d, tuple(acts[s].shape[2:]))
+                 for s, d in sorted(parsed.items(), key=lambda kv: site_rank(kv[0]))}
+        return cls(model, nodes, metric, clean.to(model.device), ablation,
+                   None if patch is None else patch.to(model.device))
+
+    @property
+    def sites(self) -> list[Site]:
+        return list(self.nodes)
+
+    def params(self) -> dict[str, Any]:
+        """What a graph records about how it was traced."""
+        dicts = {str(s): (None if n.dictionary is None else
+                          f"{type(n.dictionary).__name__}(d_dict={n.dictionary.d_dict})")
+                 for s, n in self.nodes.items()}
+        return {"sites": [str(s) for s in self.nodes], "dictionaries": dicts,
+                "ablation": self.ablation, "metric": getattr(self.metric, "__name__", "custom"),
+                "n_prompts": int(self.clean.shape[0]), "seq_len": int(self.clean.shape[1])}
+
+
+# -- forward passes -----------------------------------------------------------------------------
+def run(setup: Setup, tokens: Tensor, fns: Mapping[Site, Callable[[Tensor], Tensor]],
+        stop_at_layer: int | None = None) -> Tensor:
+    """One forward with ``fns[site](act) -> new act`` at sites; returns the logits (or the last
+    residual stream when stopping early)."""
+    setup._cache["passes"] = setup._cache.get("passes", 0) + 1
+    with hooks_for(setup.model, dict(fns)):
+        return setup.model.tl(tokens, stop_at_layer=stop_at_layer)
+
+
+def metric_of(setup: Setup, logits: Tensor) -> Tensor:
+    """The metric per row of logits from ``K`` stacked copies of the prompts (metrics are
+    defined per prompt, e.g. with a target token per prompt)."""
+    b = setup.clean.shape[0]
+    return torch.cat([setup.metric(chunk) for chunk in logits.split(b)])
+
+
+def clean_run(setup: Setup) -> dict[str, Any]:
+    """Clean activations, their metric gradients and the clean metric (cached on the setup)."""
+    if "clean" in setup._cache:
+        return setup._cache["clean"]
+    acts: dict[Site, Tensor] = {}
+
+    def keep(site: Site) -> Callable[[Tensor], Tensor]:
+        def fn(a: Tensor) -> Tensor:
+            a = a.clone() if a.requires_grad else a.detach().clone().requires_grad_()
+            acts[site] = a
+            return a
+        return fn
+
+    with torch.enable_grad():
+        m = setup.metric(run(setup, setup.clean, {s: keep(s) for s in setup.sites}))
+        grads = torch.autograd.grad(m.sum(), [acts[s] for s in setup.sites], allow_unused=True)
+        setup._cache["backward"] = setup._cache.get("backward", 0) + 1
+    out = {"acts": {s: a.detach() for s, a in acts.items()},
+           "grads": {s: (torch.zeros_like(acts[s]) if g is None else g.detach())
+                     for s, g in zip(setup.sites, grads)},
+           "metric": m.detach()}
+    setup._cache["clean"] = out
+    return out
+
+
+def split_all(setup: Setup, acts: Mapping[Site, Tensor]) -> dict[Site, Parts]:
+    with torch.no_grad():
+        return {s: tuple(p.detach() for p in setup.nodes[s].split(acts[s])) for s in setup.sites}
+
+
+def reference(setup: Setup) -> dict[Site, Parts]:
+    """Reference node values per site, by the setup's ablation (cached)."""
+    if "ref" in setup._cache:
+        return setup._cache["ref"]
+    clean = split_all(setup, clean_run(setup)["acts"])
+    if setup.ablation == "patch":
+        store: dict[Site, Tensor] = {}
+
+        def save(site: Site) -> Callable[[Tensor], Tensor]:
+            def fn(a: Tensor) -> Tensor:
+                store[site] = a.detach()
+                return a
+            return fn
+
+        with torch.no_grad():
+            run(setup, setup.patch, {s: save(s) for s in setup.sites})
+        ref = split_all(setup, store)
+    elif setup.ablation == "zero":
+        ref = {s: tuple(torch.zeros_like(p) for p in parts) for s, parts in clean.items()}
+    elif setup.ablation == "mean":
+        ref = {s: tuple(p.mean((0, 1), keepdim=True).expand_as(p) for p in parts)
+               for s, parts in clean.items()}
+    else:  # resample: prompt i takes the values of prompt i - 1
+        ref = {s: tuple(p.roll(1, dims=0) for p in parts) for s, parts in clean.items()}
+    setup._cache["ref"] = ref
+    return ref
+
+
+def masked_run(setup: Setup, keep: Mapping[Site, Tensor], repeat: int = 1) -> Tensor:
+    """Metric ``[repeat x b]`` with each site's nodes where ``keep`` is False set to their
+    reference values (the kept nodes are recomputed from the modified upstream), sites not in
+    ``keep`` untouched. ``keep[site]`` is ``[n]``, ``[p, n]`` or ``[repeat x b, p, n]``."""
+    ref = reference(setup)
+
+    def fn(site: Site) -> Callable[[Tensor], Tensor]:
+        sn, r = setup.nodes[site], tuple(p.repeat(repeat, *[1] * (p.ndim - 1)) for p in ref[site])
+
+        def apply(a: Tensor) -> Tensor:
+            return sn.merge(sn.mix(sn.split(a), r, keep[site].to(a.device)))
+        return apply
+
+    tokens = setup.clean.repeat(repeat, 1)
+    with torch.no_grad():
+        return metric_of(setup, run(setup, tokens, {s: fn(s) for s in keep}))
+
+
+# -- node scores --------------------------------------------------------------------------------
+def node_scores(setup: Setup, method: str = "atp", steps: int = 10) -> dict[Site, Float[Tensor, "b p n"]]:
+    """Score of every node of every site, per prompt and position (see module doc)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; valid: {', '.join(METHODS)}")
+    if method == "ig" and steps < 1:
+        raise ValueError(f"integrated gradients needs steps >= 1, got {steps}")
+    clean = clean_run(setup)
+    parts = split_all(setup, clean["acts"])
+    if method == "grad_x_act":
+        return {s: SiteNodes.score(setup.nodes[s].grads(clean["grads"][s]), parts[s]) for s in setup.sites}
+    ref = reference(setup)
+    delta = {s: tuple(r - p for r, p in zip(ref[s], parts[s])) for s in setup.sites}
+    if method == "atp":
+        return {s: SiteNodes.score(setup.nodes[s].grads(clean["grads"][s]), delta[s]) for s in setup.sites}
+    return {s: SiteNodes.score(setup.nodes[s].grads(ig_gradient(setup, s, steps)), delta[s])
+            for s in setup.sites}
+
+
+def ig_gradient(setup: Setup, site: Site, steps: int) -> Float[Tensor, "b p ..."]:
+    """Mean of ``dm/dx_S`` along the straight path from the clean to the reference activation
+    of one site (midpoint rule, the ``steps`` points batched)."""
+    sn = setup.nodes[site]
+    x0 = clean_run(setup)["acts"][site]
+    x1 = sn.merge(reference(setup)[site]).expand_as(x0)
+    b = x0.shape[0]
+    alpha = ((torch.arange(steps, device=x0.device) + 0.5) / steps).repeat_interleave(b)
+    alpha = alpha.view(-1, *[1] * (x0.ndim - 1))
+    path = (x0.repeat(steps, *[1] * (x0.ndim - 1)) * (1 - alpha)
+            + x1.repeat(steps, *[1] * (x0.ndim - 1)) * alpha).requires_grad_()
+    with torch.enable_grad():
+        logits = run(setup, setup.clean.repeat(steps, 1), {site: lambda a: path})
+        (g,) = torch.autograd.grad(metric_of(setup, logits).sum(), path)
+        setup._cache["backward"] = setup._cache.get("backward", 0) + 1
+    return g.view(steps, *x0.shape).mean(0)
+
+
+def later(setup: Setup, site: Site) -> list[Site]:
+    """Sites strictly downstream of ``site`` in forward order."""
+    return [s for s in setup.sites if site_rank(s) > site_rank(site)]

@@ -1,0 +1,129 @@
+"""Known circuits as data, and the toy tasks whose ground truth they are.
+
+* ``attn-only-induction`` (the zoo model): repeated random segments ``[BOS] + x + x``; the
+  circuit is the previous-token head in layer 0 and the induction head in layer 1, as recorded
+  on the model's zoo card (found there by previous-token / induction scores and confirmed by
+  ablation and K-composition; Elhage et al. 2021, Olsson et al. 2022).
+* ``planted-copy``: a 2-layer attention-only model (no LayerNorm) whose weights are written by
+  hand, with one mechanism planted among small random distractor heads. Prompts are
+  ``[BOS, a, x_2 ... x_n]`` and the model must predict ``a`` at the last position:
+
+  - head ``(0, 1)`` attends from every position to position 1 (constant query ``b_Q`` against
+    a key that reads position 1's one-hot positional embedding) and its OV circuit copies the
+    token subspace into a "stash" subspace;
+  - head ``(1, 2)`` attends to its own position (positional query and key) and its OV circuit
+    copies the stash back into the token subspace, which the unembedding reads.
+
+  The metric is ``logit[a] - logit[b]`` with the contrastive prompt ``[BOS, b, x_2 ...]``. The
+  planted circuit is ``{(head, 0, 1), (head, 1, 2)}`` with the V-composition edge between them;
+  every other head has weights of scale ``distractor`` and no systematic role.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mechscope.circuits.attribution import Setup, logit_diff, next_token_logprob
+
+INDUCTION_MODEL = "attn-only-induction"
+
+
+@dataclass(frozen=True)
+class KnownCircuit:
+    name: str
+    components: tuple[tuple[str, int, int | None], ...]  # (node kind, layer, index)
+    source: str
+
+
+def _find(card: Any, key: str) -> Any:
+    if isinstance(card, dict):
+        if key in card:
+            return card[key]
+        for v in card.values():
+            hit = _find(v, key)
+            if hit is not None:
+                return hit
+    return None
+
+
+def induction_circuit(card: dict | None = None) -> KnownCircuit:
+    """The previous-token and induction heads recorded on the zoo card."""
+    if card is None:
+        from mechscope.interp import zoo
+
+        card = zoo.card(INDUCTION_MODEL)
+    prev, ind = _find(card, "prev_token_head"), _find(card, "induction_head")
+    if prev is None or ind is None:
+        raise ValueError(f"the {INDUCTION_MODEL} card records no 'prev_token_head' / 'induction_head'")
+    return KnownCircuit("induction", (("head", int(prev[0]), int(prev[1])), ("head", int(ind[0]), int(ind[1]))),
+                        f"zoo card of {INDUCTION_MODEL}")
+
+
+def induction_setup(model: Any, n_prompts: int = 8, period: int = 12, ablation: str = "mean",
+                    sites: Any = ("L0.z", "L1.z"), seed: int = 0) -> Setup:
+    """``[BOS] + x + x`` prompts; metric: mean log-prob of the next token over the second copy."""
+    from mechscope.interp.zoo.induction import FIRST_SYMBOL, repeated_batch
+
+    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    gen = torch.Generator().manual_seed(seed)
+    tokens, mask = repeated_batch(n_prompts, 2 * period + 1, model.d_vocab, period, period,
+                                  1 if bos is None else bos, gen)
+    assert int(tokens[:, 1:].min()) >= FIRST_SYMBOL
+    return Setup.build(model, sites, next_token_logprob(tokens, mask), tokens, ablation=ablation)
+
+
+# -- the planted-copy toy model -----------------------------------------------------------------
+PLANTED = KnownCircuit("planted-copy", (("head", 0, 1), ("head", 1, 2)), "planted by construction")
+_V, _CTX = 16, 16  # vocabulary and context; residual = tokens | positions | stash | spare
+
+
+def planted_copy_model(seed: int = 0, distractor: float = 0.05, sharpness: float = 10.0) -> Any:
+    """The ``planted-copy`` model (see module doc); token 0 is BOS."""
+    from mechscope.interp.models import Model
+
+    cfg = dict(n_layers=2, d_model=64, d_head=16, n_heads=4, n_ctx=_CTX, d_vocab=_V, attn_only=True,
+               normalization_type=None, act_fn=None, positional_embedding_type="standard")
+    model = Model.from_config(cfg, name="planted-copy", seed=seed)
+    tl, gen = model.tl, torch.Generator().manual_seed(seed)
+    tok, pos, stash = slice(0, _V), slice(_V, _V + _CTX), slice(_V + _CTX, 2 * _V + _CTX)
+    eye, s = torch.eye(16), sharpness
+    with torch.no_grad():
+        for p in tl.parameters():
+            p.copy_(distractor * torch.randn(p.shape, generator=gen))
+        tl.W_E.zero_()
+        tl.W_E[:, tok] = eye
+        tl.W_pos.zero_()
+        tl.W_pos[:, pos] = eye
+        tl.W_U.zero_()
+        tl.W_U[tok, :] = eye
+        tl.b_U.zero_()
+        a0, a1 = tl.blocks[0].attn, tl.blocks[1].attn
+        for a, h in ((a0, 1), (a1, 2)):
+            for w in (a.W_Q, a.W_K, a.W_V, a.W_O, a.b_Q, a.b_K, a.b_V):
+                w[h].zero_()
+        a0.b_Q[1, 0] = s                       # constant query ...
+        a0.W_K[1, _V + 1, 0] = s               # ... matching only position 1's key
+        a0.W_V[1, tok] = eye
+        a0.W_O[1][:, stash] = eye              # token -> stash
+        a1.W_Q[2, pos] = s * eye               # positional query and key: attend to self
+        a1.W_K[2, pos] = s * eye
+        a1.W_V[2, stash] = eye
+        a1.W_O[2][:, tok] = 5 * eye            # stash -> logits
+    return model
+
+
+def planted_setup(model: Any, n_prompts: int = 8, length: int = 8, seed: int = 0,
+                  ablation: str = "patch", sites: Any = ("L0.z", "L1.z")) -> Setup:
+    """Contrastive ``[BOS, a, ...]`` vs ``[BOS, b, ...]``; metric ``logit[a] - logit[b]`` at the end."""
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randint(1, _V, (n_prompts, length), generator=gen)
+    clean[:, 0] = 0
+    a = clean[:, 1].clone()
+    b = (a - 1 + torch.randint(1, _V - 1, (n_prompts,), generator=gen)) % (_V - 1) + 1
+    patch = clean.clone()
+    patch[:, 1] = b
+    return Setup.build(model, sites, logit_diff(a, b), clean, ablation=ablation,
+                       patch=patch if ablation == "patch" else None)

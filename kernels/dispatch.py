@@ -158,16 +158,22 @@ def topk_encode(
     Returns ``SparseCode(values [n, k], indices [n, k] int64)``, values sorted descending (ties
     broken arbitrarily). ``relu=False`` ranks the raw pre-activations. Differentiable w.r.t.
     ``x``, ``W_enc`` and ``b_enc``; the backward touches only the k selected latents of each row
-    (see `mechscope.kernels.reference` for the maths). Runs the Triton fused kernel on CUDA (see
-    `mechscope.kernels.triton_encode` for its preconditions), the eager reference otherwise.
+    (see `mechscope.kernels.reference` for the maths). Runs the Triton fused kernel on CUDA, the
+    eager reference otherwise; inputs outside the kernel's preconditions (float64, k > 128; see
+    `mechscope.kernels.triton_encode`) run the reference under ``auto`` and raise under
+    ``MECHSCOPE_KERNELS=triton``.
     """
     _check_encode(x, W_enc, b_enc, k)
     if _use_triton(x.device):
-        from mechscope.kernels.triton_encode import topk_encode_triton
+        from mechscope.kernels import triton_encode
 
-        values, indices = topk_encode_triton(x, W_enc, b_enc, k, relu)
-    else:
-        values, indices = topk_encode_reference(x, W_enc, b_enc, k, relu)
+        why = triton_encode.check_preconditions(x, W_enc, k)
+        if why is None:
+            values, indices = triton_encode.topk_encode_triton(x, W_enc, b_enc, k, relu)
+            return SparseCode(values, indices)
+        if _mode() == "triton":
+            raise ValueError(f"{why}; {ENV_VAR}=triton forbids falling back to the reference")
+    values, indices = topk_encode_reference(x, W_enc, b_enc, k, relu)
     return SparseCode(values, indices)
 
 
@@ -181,7 +187,11 @@ def sparse_decode(
     """
     _check_decode(code, W_dec, b_dec)
     if _use_triton(W_dec.device):
-        from mechscope.kernels.triton_decode import sparse_decode_triton
+        from mechscope.kernels import triton_decode
 
-        return sparse_decode_triton(code.values, code.indices, W_dec, b_dec)
+        if W_dec.dtype in triton_decode.DTYPES:
+            return triton_decode.sparse_decode_triton(code.values, code.indices, W_dec, b_dec)
+        if _mode() == "triton":
+            raise ValueError(f"dtype {W_dec.dtype} is not supported by the Triton decoder "
+                             f"(valid: {triton_decode.DTYPES})")
     return sparse_decode_reference(code.values, code.indices, W_dec, b_dec)

@@ -104,3 +104,4 @@ def parity_errors(
         "grad_b_dec": _rel(b_dec.grad, ob_dec.grad),
         "bad_indices": float(bad.sum()),
     }
+

@@ -1,0 +1,88 @@
+"""Feature-browser builders and the offline bundle (no browser needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+
+from mechscope.apps.browser import (FeatureView, contexts_html, histogram_figure, index_figure, logits_figure,
+                                    write_feature_browser)
+from mechscope.apps.html import script_json
+from mechscope.sae.features import FeatureCard
+
+from .helpers import NASTY
+
+
+def test_cards_carry_the_injection_tokens(nasty_cards):
+    """The fixture is a real attack surface: the strings reach contexts and top logits."""
+    assert len(nasty_cards) == 40 and sum(c.dead for c in nasty_cards) == 3
+    toks = {t for c in nasty_cards for ctx in c.top_contexts for t in ctx.tokens}
+    assert set(NASTY) <= toks
+    assert {t for t, _ in nasty_cards[0].top_logits[:2]} == set(NASTY)
+
+
+def test_index_figure_one_webgl_trace(nasty_cards):
+    fig = index_figure(nasty_cards)
+    assert [t.type for t in fig.data] == ["scattergl"]
+    assert list(fig.data[0].customdata) == list(range(40))
+    live = index_figure(nasty_cards, hide_dead=True, colour_by="density")
+    assert len(live.data[0].x) == 37 and min(live.data[0].x) > min(fig.data[0].x)
+    sparse = index_figure(nasty_cards, max_density=0.05)
+    assert all(nasty_cards[i].density <= 0.05 for i in sparse.data[0].customdata)
+    with pytest.raises(ValueError, match="colour_by must be one of"):
+        index_figure(nasty_cards, colour_by="nope")
+
+
+def test_feature_figures(nasty_cards):
+    card = next(c for c in nasty_cards if not c.dead)
+    h = histogram_figure(card)
+    assert [t.type for t in h.data] == ["bar"] and list(h.data[0].y) == list(card.hist_counts)
+    assert sum(h.data[0].width) == pytest.approx(card.hist_edges[-1] - card.hist_edges[0])
+    lg = logits_figure(nasty_cards[0])
+    assert len(lg.data[0].x) == 10 and list(lg.data[0].x[:5]) == sorted(v for _, v in nasty_cards[0].top_logits)
+    assert not any("<script>" in t for t in lg.layout.yaxis.ticktext)
+
+
+def test_html_fragments_escape_model_text(nasty_cards):
+    html = contexts_html(nasty_cards[0]) + FeatureView(nasty_cards[0])._repr_html_()
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert contexts_html(nasty_cards[-1]) == "<p>This feature never fired.</p>"
+
+
+def test_script_json_cannot_close_a_script():
+    text = script_json({"t": "</script><script>alert(1)</script>", "u": "\u2028&"})
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == {"t": "</script><script>alert(1)</script>", "u": "\u2028&"}
+
+
+def test_bundle_layout(nasty_cards, tmp_path):
+    index = write_feature_browser(nasty_cards, tmp_path / "fb", chunk_size=16)
+    assert index == tmp_path / "fb" / "index.html"
+    chunks = sorted(p.name for p in (tmp_path / "fb" / "features").iterdir())
+    assert chunks == ["chunk_00000.js", "chunk_00001.js", "chunk_00002.js"]
+    page = index.read_text()
+    assert "Content-Security-Policy" in page and "https://" not in page.split("</title>")[0]
+    for path in [index, *(tmp_path / "fb" / "features").iterdir()]:
+        text = path.read_text()
+        for bad in NASTY:
+            assert bad not in text, f"raw injection string in {path.name}"
+    # the chunk files hold the cards: parse one back
+    body = (tmp_path / "fb" / "features" / "chunk_00001.js").read_text()
+    cards = json.loads(re.match(r"window\.mechscopeChunk\(1, (.*)\);\s*$", body, re.S).group(1))
+    assert [c["index"] for c in cards] == list(range(16, 32)) and FeatureCard.from_dict(cards[0]) == nasty_cards[16]
+    # rewriting a smaller dictionary leaves no stale chunks behind
+    write_feature_browser(nasty_cards[:5], tmp_path / "fb", chunk_size=16)
+    assert sorted(p.name for p in (tmp_path / "fb" / "features").iterdir()) == ["chunk_00000.js"]
+
+
+def test_bundle_rejects_bad_cards(nasty_cards, tmp_path):
+    with pytest.raises(ValueError, match="no feature cards"):
+        write_feature_browser([], tmp_path)
+    with pytest.raises(ValueError, match="one per feature"):
+        write_feature_browser([dataclasses.replace(nasty_cards[1], index=7)], tmp_path)
+    with pytest.raises(ValueError, match="chunk_size"):
+        write_feature_browser(nasty_cards, tmp_path, chunk_size=0)

@@ -1,0 +1,178 @@
+"""Recursive attention-SVD tracing: the head-communication graph (Franco & Crovella 2024, §4).
+
+Start from chosen heads (and optionally chosen destination positions). For every firing of a head
+— destination ``i``, source ``j`` with attention weight ``A[i, j] >= firing_threshold`` (the BOS
+sink excluded by default) — `decompose_firing` splits its sparse signal among the upstream parts
+on the destination (query) side at ``i`` and the source (key) side at ``j``. On each side, the
+parts sorted by contribution, the shortest prefix carrying ``share`` (default 70%) of the signal
+is kept; each kept upstream head ``(l, c)`` becomes an edge ``head(l, c) -> head(L, h)`` and is
+traced in turn at the position it was read from (``i`` or ``j``), up to ``max_depth`` levels.
+Each (head, destination) is traced once per prompt.
+
+Edge weight: the mean over the target head's traced firings of the part's share of the signal
+(0 for firings where it was not kept), per prompt; `Graph.aggregate` then averages over prompts.
+``metadata["sides"]`` splits each edge's weight into its query- and key-side shares. Embeddings
+and MLPs that carry the signal appear as source nodes (they are not traced further).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import TYPE_CHECKING, Sequence
+
+from torch import Tensor
+
+from mechscope.circuits.attention_svd import (Part, activations, check_supported, decompose_firing,
+                                              qk_svd)
+from mechscope.circuits.graph import Graph, Node
+
+if TYPE_CHECKING:
+    from mechscope.interp.models import Model
+
+_HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
+
+
+def parse_heads(specs: Sequence[str], model: "Model") -> list[tuple[int, int]]:
+    """``["L1H3", ...]`` -> ``[(1, 3), ...]``, checked against the model."""
+    out = []
+    for spec in specs:
+        m = _HEAD_RE.match(spec.strip())
+        if not m:
+            raise ValueError(f"cannot parse head {spec!r}; expected 'L<layer>H<head>', e.g. 'L1H3'")
+        layer, head = int(m[1]), int(m[2])
+        if not (0 <= layer < model.n_layers and 0 <= head < model.n_heads):
+            raise ValueError(f"head {spec}: valid layers 0..{model.n_layers - 1}, heads 0..{model.n_heads - 1}")
+        out.append((layer, head))
+    if not out:
+        raise ValueError("no heads given")
+    return out
+
+
+def kept_parts(contrib: Tensor, total: float, share: float) -> list[int]:
+    """Indices of the fewest parts (largest first) whose contributions reach ``share * total``."""
+    if total <= 0:
+        return []
+    order = contrib.argsort(descending=True).tolist()
+    kept, acc = [], 0.0
+    for k in order:
+        if acc >= share * total or contrib[k] <= 0:
+            break
+        kept.append(k)
+        acc += float(contrib[k])
+    return kept
+
+
+def _node(part: Part) -> Node | None:
+    if part[0] == "head":
+        return Node("head", part[1], None, part[2], label=f"L{part[1]}H{part[2]}")
+    if part[0] in ("embed", "pos_embed"):
+        return Node("embedding", -1, None, label=part[0], site=part[0])
+    if part[0] == "mlp":
+        return Node("mlp", part[1], None, label=f"MLP{part[1]}")
+    return None  # biases carry signal but are not components
+
+
+def trace_prompt(model: "Model", tokens: Tensor, heads: Sequence[tuple[int, int]],
+                 positions: Sequence[int] | None = None, firing_threshold: float = 0.3,
+                 share: float = 0.7, signal_share: float = 1.0, max_depth: int | None = None,
+                 skip_bos: bool = True) -> Graph:
+    """Head-communication graph of one prompt (module doc)."""
+    check_supported(model)
+    if not 0 < share <= 1 or not 0 <= firing_threshold <= 1:
+        raise ValueError(f"need 0 < share <= 1 and 0 <= firing_threshold <= 1, got {share}, {firing_threshold}")
+    tokens = tokens.view(-1)
+    n_pos = tokens.numel()
+    acts = activations(model, tokens, max(L for L, _ in heads))
+    decs: dict[tuple[int, int], object] = {}
+    g = Graph(metadata={"method": "attention_svd", "model": model.name,
+                        "units": "mean share of the firing's sparse signal",
+                        "params": {"firing_threshold": firing_threshold, "share": share,
+                                   "signal_share": signal_share, "max_depth": max_depth,
+                                   "skip_bos": skip_bos, "heads": [f"L{L}H{h}" for L, h in heads]},
+                        "prompt_tokens": model.to_str_tokens(tokens)})
+    sides: dict[str, dict[str, float]] = {}
+    n_firings: dict[str, int] = {}
+    queue = [(L, h, i, 0) for L, h in heads for i in (positions if positions is not None else range(n_pos))]
+    seen = set()
+    while queue:
+        L, h, i, depth = queue.pop(0)
+        if (L, h, i) in seen:
+            continue
+        seen.add((L, h, i))
+        target = g.add_node(Node("head", L, None, h, label=f"L{L}H{h}", score=1.0))
+        pattern = acts[(L, "pattern")][h, i]
+        srcs = [j for j in range(i + 1) if pattern[j] >= firing_threshold and not (skip_bos and j == 0)]
+        if not srcs:
+            continue
+        dec = decs.setdefault((L, h), qk_svd(model, L, h))
+        for j in srcs:
+            fd = decompose_firing(model, acts, dec, i, j, signal_share)
+            total = fd.signal_total
+            n_firings[target] = n_firings.get(target, 0) + 1
+            for side, pos, contrib in (("query", i, fd.query), ("key", j, fd.key)):
+                for k in kept_parts(contrib, total, share):
+                    src = _node(fd.parts[k])
+                    if src is None:
+                        continue
+                    if src.id not in g.nodes:
+                        g.add_node(replace(src, score=1.0))
+                    w = float(contrib[k]) / total
+                    g.add_edge(src.id, target, w, accumulate=True)
+                    key = f"{src.id}->{target}"
+                    sides.setdefault(key, {"query": 0.0, "key": 0.0})[side] += w
+                    if src.kind == "head" and (max_depth is None or depth + 1 < max_depth):
+                        queue.append((src.layer, src.index, pos, depth + 1))
+    for (s, t), w in list(g.edges.items()):
+        g.edges[(s, t)] = w / n_firings[t]
+        for side in sides[f"{s}->{t}"]:
+            sides[f"{s}->{t}"][side] /= n_firings[t]
+    g.metadata.update(sides=sides, firings=n_firings)
+    return g
+
+
+def trace_attention(model: "Model", prompts: Sequence[Tensor], heads: Sequence[tuple[int, int]],
+                    **kwargs) -> Graph:
+    """`trace_prompt` on every prompt, averaged with `Graph.aggregate` (sides averaged too)."""
+    graphs = [trace_prompt(model, p, heads, **kwargs) for p in prompts]
+    if not graphs:
+        raise ValueError("no prompts given")
+    agg = Graph.aggregate(graphs, reduce="mean")
+    sides: dict[str, dict[str, float]] = {}
+    for g in graphs:
+        for e, sw in g.metadata["sides"].items():
+            acc = sides.setdefault(e, {"query": 0.0, "key": 0.0})
+            for side, w in sw.items():
+                acc[side] += w / len(graphs)
+    agg.metadata.update(sides=sides, firings=[g.metadata["firings"] for g in graphs])
+    return agg
+
+
+def key_sources(g: Graph, head: tuple[int, int], min_share: float = 0.0) -> set[tuple[int, int]]:
+    """Upstream heads whose key-side share into ``head`` exceeds ``min_share``."""
+    tid = Node("head", head[0], None, head[1]).id
+    out = set()
+    for e, sw in g.metadata["sides"].items():
+        s, t = e.split("->")
+        if t == tid and sw["key"] > min_share and g.nodes[s].kind == "head":
+            out.add((g.nodes[s].layer, g.nodes[s].index))
+    return out
+
+
+def trace_attention_cli(model: "Model", prompts: Sequence[str], heads: Sequence[str],
+                        firing_threshold: float = 0.3, share: float = 0.7,
+                        max_depth: int | None = None) -> Graph:
+    """``mechscope trace-attention``: text prompts and ``L<l>H<h>`` heads -> aggregated graph."""
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise ValueError("the prompts file has no non-empty lines")
+    parsed = parse_heads(heads, model)
+    rows = [model.to_tokens(p)[0] for p in prompts]
+    g = trace_attention(model, rows, parsed, firing_threshold=firing_threshold, share=share,
+                        max_depth=max_depth)
+    g.metadata["prompts"] = list(prompts)
+    return g
+
+
+__all__ = ["parse_heads", "trace_prompt", "trace_attention", "trace_attention_cli", "key_sources",
+           "kept_parts"]

@@ -141,13 +141,17 @@ class Page:
         return res["result"].get("value")
 
     def wait_for(self, expr: str, timeout: float = 15.0) -> Any:
-        end = time.monotonic() + timeout
+        end, last = time.monotonic() + timeout, None
         while time.monotonic() < end:
-            value = self.eval(expr)
+            try:  # the page may still be loading (or navigating): an exception means "not yet"
+                value = self.eval(expr)
+            except RuntimeError as exc:
+                value, last = None, exc
             if value:
                 return value
             time.sleep(0.05)
-        raise TimeoutError(f"{expr!r} still false after {timeout}s; errors: {self.errors()}")
+        raise TimeoutError(f"{expr!r} still false after {timeout}s (last error: {last}); "
+                           f"page errors: {self.errors()}")
 
     def click(self, x: float, y: float) -> None:
         base = {"x": x, "y": y, "button": "left", "clickCount": 1}

@@ -1,0 +1,84 @@
+"""Graph viewer figure: layout, threshold buckets, route highlights, links, escaping."""
+
+from __future__ import annotations
+
+import pytest
+
+from mechscope.apps.graph_viewer import ancestors, graph_figure, layout_positions, write_graph_html
+from mechscope.circuits.graph import Graph, Node
+
+
+def small_graph() -> Graph:
+    """Embeddings → head → feature → logits over 3 tokens, one token an injection string."""
+    g = Graph(metadata={"method": "routes", "model": "m", "n_layers": 2,
+                        "prompt_tokens": ["a", "<script>alert(1)</script>", "c"]})
+    e = [g.add_node(Node("embedding", -1, p, label=t)) for p, t in enumerate(["a", "b", "c"])]
+    h = [g.add_node(Node("head", 0, p, index=1, label=f"L0H1@{p}")) for p in range(3)]
+    f = g.add_node(Node("feature", 1, 2, index=5, site="L1.resid_post", score=2.0,
+                        label='"><img src=x onerror=alert(2)>'))
+    lg = [g.add_node(Node("logit", 2, p)) for p in range(3)]
+    for s, t, w in [(e[0], h[1], 0.5), (h[1], f, -1.0), (f, lg[2], 2.0), (e[2], lg[2], 0.1),
+                    (e[1], lg[1], 0.3), (e[1], h[1], 0.01)]:
+        g.add_edge(s, t, w)
+    return g
+
+
+def test_layout_tokens_across_layers_up():
+    g = small_graph()
+    xy = layout_positions(g)
+    for i, n in g.nodes.items():
+        assert xy[i][0] == pytest.approx(n.position, abs=0.41)
+        assert n.layer <= xy[i][1] < n.layer + 1
+    assert xy["embedding/L-1@0"][1] < xy["head/L0/1@0"][1] < xy["feature/L1.resid_post/5@2"][1] < xy["logit/L2@2"][1]
+
+
+def test_traces_and_threshold_slider():
+    g = small_graph()
+    fig = graph_figure(g, n_levels=4, feature_url="fb/index.html#f{index}")
+    names = [t.name for t in fig.data]
+    routes = [t for t in fig.data if t.name.startswith("route")]
+    nodes = {t.name: t for t in fig.data if t.mode == "markers" and not t.name.startswith("edge")}
+    assert set(nodes) == {"embedding", "head", "feature", "logit"}
+    assert sum(len(t.x) for t in nodes.values()) == len(g.nodes)
+    assert list(nodes["feature"].customdata) == ["fb/index.html#f5"]
+    assert set(nodes["head"].customdata) == {""}
+    assert len(names) == len(routes) + 3 * 4 + 4
+    # slider step j shows exactly the edges with |w| >= its level: count line segments
+    slider = fig.layout.sliders[0]
+    for step in slider.steps:
+        level = float(step.label)
+        visible, ids = step.args[0]["visible"], step.args[1]
+        shown = sum(fig.data[i].x.count(None) for i, v in zip(ids, visible) if v and fig.data[i].mode == "lines")
+        assert shown == sum(abs(w) >= level * (1 - 1e-3) for w in g.edges.values())
+    # positive and negative edges go to differently coloured traces
+    neg = [t for t in fig.data if t.name.startswith("edges −") and t.x]
+    assert neg and all("192,57,43" in t.line.color for t in neg)
+
+
+def test_routes_are_ancestors_of_the_selected_token():
+    g = small_graph()
+    assert ancestors(g, ["logit/L2@2"]) == {"logit/L2@2", "feature/L1.resid_post/5@2", "head/L0/1@1",
+                                            "embedding/L-1@0", "embedding/L-1@1", "embedding/L-1@2"}
+    fig = graph_figure(g)
+    routes = [t for t in fig.data if t.name.startswith("route")]
+    assert [t.name for t in routes] == ["route 1", "route 2"]  # position 0 has no incoming edge
+    assert routes[1].x.count(None) == 5 and routes[0].x.count(None) == 1
+    labels = [b.label for b in fig.layout.updatemenus[0].buttons]
+    assert labels[0] == "no route" and "<script>" not in "".join(labels)
+
+
+def test_escaping_and_errors(tmp_path):
+    g = small_graph()
+    fig = graph_figure(g, threshold=0.2)
+    text = " ".join(str(t.text) for t in fig.data) + " ".join(fig.layout.xaxis.ticktext)
+    assert "<img" not in text and "<script>" not in text and "&lt;script&gt;" in text
+    assert sum(t.x.count(None) for t in fig.data if t.mode == "lines" and not t.name.startswith("route")) == 4
+    path = write_graph_html(g, tmp_path / "g.html", feature_url="fb/index.html#f{index}")
+    page = path.read_text()
+    assert "<script>alert(1)" not in page and "<img src=x" not in page
+    with pytest.raises(ValueError, match="no nodes"):
+        graph_figure(Graph())
+    with pytest.raises(ValueError, match="threshold"):
+        graph_figure(g, threshold=-1)
+    with pytest.raises(ValueError, match="feature_url"):
+        graph_figure(g, feature_url=3)

@@ -196,3 +196,15 @@ def write_feature_browser(cards: Sequence[FeatureCard], out_dir: "str | Path", t
     page = standalone_page(f"mechscope features: {title}", body, data, [asset("browser.js")],
                            css=asset("common.css"))
     return write_text(out / "index.html", page)
+
+
+def build_feature_browser(model: Any, dictionary: Any, site: Any, token_stream: Any, n_tokens: int,
+                          out_dir: "str | Path", *, title: str | None = None, chunk_size: int = 256,
+                          **card_kwargs: Any) -> Path:
+    """`compute_feature_cards` → ``out_dir/cards.json`` → `write_feature_browser`; returns the
+    path of ``index.html`` (what ``mechscope features`` and ``mechscope demo`` print)."""
+    from mechscope.sae.features import compute_feature_cards, save_cards
+
+    cards = compute_feature_cards(model, dictionary, site, token_stream, n_tokens, **card_kwargs)
+    save_cards(cards, Path(out_dir) / "cards.json")
+    return write_feature_browser(cards, out_dir, title=title, chunk_size=chunk_size)

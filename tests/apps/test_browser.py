@@ -86,3 +86,18 @@ def test_bundle_rejects_bad_cards(nasty_cards, tmp_path):
         write_feature_browser([dataclasses.replace(nasty_cards[1], index=7)], tmp_path)
     with pytest.raises(ValueError, match="chunk_size"):
         write_feature_browser(nasty_cards, tmp_path, chunk_size=0)
+
+
+def test_build_feature_browser_end_to_end(tiny_gpt2, tmp_path):
+    import torch
+
+    from mechscope.apps.browser import build_feature_browser
+    from mechscope.sae.features import load_cards
+
+    from .helpers import TinySAE
+
+    windows = torch.randint(0, 100, (3, 16), generator=torch.Generator().manual_seed(0))
+    index = build_feature_browser(tiny_gpt2, TinySAE(32, 6), "L0.resid_post", [windows], 48, tmp_path / "fb",
+                                  n_top=2, n_samples=2)
+    cards = load_cards(tmp_path / "fb" / "cards.json")
+    assert index.exists() and len(cards) == 6 and cards[0].n_tokens == 48

@@ -1,8 +1,9 @@
 """Reading activations at sites: `capture` and the `hooks_for` context manager.
 
-`capture(model, tokens, sites)` runs the model only through the last block any site needs
-(TransformerLens' ``stop_at_layer``), so reading ``L1.resid_post`` of a 12-layer model costs two
-blocks, not twelve plus the unembedding. Hooks are installed through TransformerLens' ``hooks``
+`capture(model, tokens, sites)` stops the forward pass as soon as the last requested site has
+been computed (a hook raises a private exception once every site is stored), so reading
+``L1.resid_post`` of a 12-layer model costs two blocks, not twelve plus the unembedding, and
+``L1.resid_pre`` costs one block. Hooks are installed through TransformerLens' ``hooks``
 context manager, which removes them on exit, also when the forward pass raises.
 """
 
@@ -75,8 +76,13 @@ def _hook(site: Site, fn: Callable[[Tensor], Tensor | None]) -> Callable:
 
 
 def stop_layer(sites: Iterable[Site]) -> int:
-    """``stop_at_layer`` for TransformerLens: run blocks ``0..last`` only, never the unembedding."""
-    return max(s.last_layer for s in sites) + 1
+    """TransformerLens ``stop_at_layer`` that still computes every site (hooks of layer L live in
+    block L), for callers that need the residual stream output rather than `capture`."""
+    return max(s.layer for s in sites) + 1
+
+
+class _Done(Exception):
+    """Raised by the last capture hook to end the forward pass early."""
 
 
 def capture(
@@ -87,19 +93,27 @@ def capture(
 ) -> dict[Site, Tensor]:
     """Activations at ``sites`` for ``tokens``, each ``[batch, pos, ...]`` (head sites sliced).
 
-    The model runs only up to the last block a site needs; under ``torch.no_grad`` unless
-    ``grad``.
+    The forward pass stops once every site is computed; under ``torch.no_grad`` unless ``grad``.
     """
     sites = resolve_sites(model, sites)
     if tokens.ndim == 1:
         tokens = tokens[None]
     store: dict[Site, Tensor] = {}
+    wanted = set(sites)
 
     def saver(site: Site) -> Callable[[Tensor], None]:
         def save(act: Tensor) -> None:
             store[site] = act
+            if len(store) == len(wanted):
+                raise _Done
         return save
 
-    with torch.set_grad_enabled(grad), hooks_for(model, {s: saver(s) for s in sites}):
-        model.tl(tokens.to(model.device), stop_at_layer=stop_layer(sites))
+    try:
+        with torch.set_grad_enabled(grad), hooks_for(model, {s: saver(s) for s in wanted}):
+            model.tl(tokens.to(model.device))
+    except _Done:
+        pass
+    missing = wanted - set(store)
+    if missing:
+        raise RuntimeError(f"the forward pass never computed {', '.join(map(str, sorted(missing)))}")
     return store

@@ -112,11 +112,6 @@ class Site:
             return act
         return act.select(self.head_axis, self.head)
 
-    @property
-    def last_layer(self) -> int:
-        """Blocks that must run to compute this site: resid_pre of L needs only blocks < L."""
-        return self.layer - 1 if self.kind == "resid_pre" else self.layer
-
     def validate(self, n_layers: int, n_heads: int, attn_only: bool = False) -> "Site":
         """Check against a model's shape; the error names the valid kinds and ranges."""
         kinds = valid_kinds(attn_only)

@@ -20,7 +20,7 @@ def test_residual_stream_identity_every_layer(tiny_model, tokens):
         torch.testing.assert_close(a["resid_mid"], a["resid_pre"] + a["attn_out"])
         torch.testing.assert_close(a["resid_post"], a["resid_pre"] + a["attn_out"] + a["mlp_out"])
         if layer + 1 < tiny_model.n_layers:
-            torch.testing.assert_close(acts.get(Site(layer + 1, "resid_pre"), a["resid_post"]), a["resid_post"])
+            torch.testing.assert_close(acts[Site(layer + 1, "resid_pre")], a["resid_post"])
 
 
 def test_capture_equals_run_with_cache(tiny_model, tokens):
@@ -39,18 +39,20 @@ def test_capture_equals_run_with_cache(tiny_model, tokens):
 
 def test_capture_stops_early(tiny_gpt2, tokens):
     seen = []
-    handles = [blk.register_forward_hook(lambda m, i, o, n=n: seen.append(n))
+    handles = [blk.register_forward_pre_hook(lambda m, i, n=n: seen.append(n))
                for n, blk in enumerate(tiny_gpt2.tl.blocks)]
     unembed = tiny_gpt2.tl.unembed.register_forward_hook(lambda m, i, o: seen.append("unembed"))
+    _, cache = tiny_gpt2.tl.run_with_cache(tokens)
+    seen.clear()
     try:
-        capture(tiny_gpt2, tokens, "L0.resid_post")
-        assert seen == [0]
-        seen.clear()
-        capture(tiny_gpt2, tokens, "L1.resid_pre")
-        assert seen == [0]
-        seen.clear()
-        capture(tiny_gpt2, tokens, "L1.resid_post")
-        assert seen == [0, 1]
+        for site, blocks in (("L0.resid_post", [0]), ("L0.attn_out", [0]), ("L1.resid_pre", [0, 1]),
+                             ("L1.z.H1", [0, 1]), ("L1.resid_post", [0, 1])):
+            got = capture(tiny_gpt2, tokens, site)
+            s = Site.parse(site)
+            torch.testing.assert_close(got[s], s.select(cache[s.hook_name]))
+            # the blocks started; the unembedding never runs
+            assert seen == blocks, site
+            seen.clear()
     finally:
         for h in handles + [unembed]:
             h.remove()

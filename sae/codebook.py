@@ -27,6 +27,14 @@ def _unit(x: Tensor) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+def _nonzero_rows(x: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` random row indices of ``x`` (with replacement) among rows that are not zero."""
+    weight = (x.norm(dim=-1) > 0).double()
+    if weight.sum() == 0:
+        weight = torch.ones_like(weight)
+    return torch.multinomial(weight, n, replacement=True, generator=generator)
+
+
 class CodebookDictionary(SparseDictionary):
     architecture = "codebook"
     unit_norm_decoder = False
@@ -61,15 +69,14 @@ class CodebookDictionary(SparseDictionary):
         # codes start as (scaled) data points so that every code is near some activations
         y = x_out * self.scale_out
         g = torch.Generator().manual_seed(self.cfg.seed)
-        rows = torch.randint(0, y.shape[0], (self.d_dict,), generator=g)
-        self.W_dec.copy_(y[rows] / self.cfg.k)
+        self.W_dec.copy_(y[_nonzero_rows(y, self.d_dict, g)] / self.cfg.k)
 
     @torch.no_grad()
     def after_step(self, x_in: Tensor, x_out: Tensor, generator: torch.Generator) -> None:
         dead = self.dead_mask().nonzero().squeeze(1)
         if dead.numel() == 0:
             return
-        rows = torch.randint(0, x_in.shape[0], (dead.numel(),), generator=generator)
+        rows = _nonzero_rows(x_in, dead.numel(), generator)
         # a code's scale matters (codes are summed): start it at a typical activation's scale / k
         self.W_dec[dead] = x_in[rows].to(self.W_dec.dtype) / self.cfg.k
         self.tokens_since_fired[dead] = 0

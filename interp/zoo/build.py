@@ -92,6 +92,21 @@ def _train_induction(spec, model, seed, log) -> dict:
     return stats
 
 
+def _fold_ln(model, cfg: dict) -> float:
+    """Fold LayerNorm into the weights in place; returns the largest log-prob change it caused."""
+    import torch
+
+    probe = torch.randint(0, model.cfg.d_vocab, (4, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(probe).log_softmax(-1)
+        model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+        change = (model(probe).log_softmax(-1) - before).abs().max().item()
+    if change > 1e-3:
+        raise RuntimeError(f"folding LayerNorm changed log-probs by {change:.2e}; refusing to save")
+    cfg["normalization_type"] = model.cfg.normalization_type
+    return round(change, 7)
+
+
 def build(name: str, out_dir: Path | None = None, seed: int = 0, steps: int | None = None,
           quick: bool = False, log=print) -> Path:
     """Build zoo model ``name`` into ``out_dir`` (default: the shipped ``models/<name>``)."""
@@ -117,6 +132,10 @@ def build(name: str, out_dir: Path | None = None, seed: int = 0, steps: int | No
         stats = _train_lm(spec, model, tok, seed, log)
     else:
         stats = _train_induction(spec, model, seed, log)
+    if spec.fold_ln:
+        # exact reparametrisation (Elhage et al. 2021 fold LN scales into the reading weights):
+        # composition scores are then read off W_Q, W_K, W_V, W_O directly
+        stats["fold_ln_max_logprob_change"] = _fold_ln(model, cfg)
     store.save_weights(model, out, spec.dtype)
     store.write_json(out / store.CONFIG, cfg)
     # measure what ships: reload the stored (possibly fp16) weights before evaluating

@@ -28,6 +28,7 @@ class ZooSpec:
     weight_decay: float = 0.0
     min_lr_ratio: float = 0.1
     dtype: str = "float16"  # storage dtype of the shipped weights
+    fold_ln: bool = False  # fold LayerNorm weights into the next layer before saving (TL's LNPre)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -44,7 +45,7 @@ _LLAMA = dict(
 )
 _INDUCTION = dict(
     n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=128, d_vocab=97, attn_only=True,
-    act_fn=None, normalization_type=None, positional_embedding_type="standard",
+    act_fn=None, normalization_type="LN", positional_embedding_type="standard",
     default_prepend_bos=True,
 )
 
@@ -53,23 +54,24 @@ SPECS: dict[str, ZooSpec] = {
         name="gpt2-shakespeare", kind="lm",
         description="GPT-2 architecture (learned positions, LayerNorm, GELU MLP), 4 layers, "
                     "d_model 128, trained on Shakespeare with a 4096-token byte-level BPE.",
-        cfg=_GPT2, steps=700, batch=16, seq_len=256, lr=3e-3, warmup=50, weight_decay=0.05,
+        cfg=_GPT2, steps=500, batch=16, seq_len=256, lr=3e-3, warmup=50, weight_decay=0.05,
     ),
     "llama-shakespeare": ZooSpec(
         name="llama-shakespeare", kind="lm",
         description="Llama architecture (RMSNorm, rotary, gated SiLU MLP, grouped-query "
                     "attention 4 query / 2 key-value heads), 4 layers, d_model 128, same corpus "
                     "and tokenizer as gpt2-shakespeare.",
-        cfg=_LLAMA, steps=700, batch=8, seq_len=256, lr=3e-3, warmup=50, weight_decay=0.05,
+        cfg=_LLAMA, steps=500, batch=8, seq_len=256, lr=3e-3, warmup=50, weight_decay=0.05,
     ),
     "attn-only-induction": ZooSpec(
         name="attn-only-induction", kind="induction",
-        description="2-layer attention-only model (d_model 64, 4 heads, no LayerNorm) trained on "
+        description="2-layer attention-only model (d_model 64, 4 heads, LayerNorm folded into the "
+                    "weights after training, so it ships as LNPre) trained on "
                     "[BOS] + a random printable-ASCII segment repeated with a random period "
                     "(4-32): forms a previous-token head in layer 0 and an induction head in "
                     "layer 1 (Elhage et al. 2021; Olsson et al. 2022).",
-        cfg=_INDUCTION, steps=2000, batch=32, seq_len=96, lr=1e-3, warmup=100,
-        dtype="float32", extra={"min_period": 4, "max_period": 32},
+        cfg=_INDUCTION, steps=2000, batch=32, seq_len=96, lr=3e-3, warmup=100,
+        dtype="float32", fold_ln=True, extra={"min_period": 4, "max_period": 32},
     ),
 }
 

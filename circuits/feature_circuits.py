@@ -70,17 +70,22 @@ def site_node(setup: Setup, site: Site, j: int, pos: int | None, score: float) -
 
 def feature_circuit(setup: Setup, method: str = "atp", node_threshold: float = 0.1,
                     edge_threshold: float | None = None, per_position: bool = False,
-                    steps: int = 10, edges: bool = True) -> Graph:
+                    steps: int = 10, edges: bool = True, relative: bool = False) -> Graph:
     """The sparse feature circuit of ``setup`` (see module doc) as a `Graph`.
 
-    Node scores and edge weights are in units of the metric. ``edge_threshold`` None keeps every
+    Node scores and edge weights are in units of the metric; with ``relative`` the node
+    threshold is a fraction of the largest ``|score|``. ``edge_threshold`` None keeps every
     computed edge; edges are computed only between kept nodes (and into the metric node)."""
     scores = {s: reduce_scores(v, per_position) for s, v in node_scores(setup, method, steps).items()}
+    if relative:
+        top = max(float(v.abs().max()) for v in scores.values())
+        node_threshold = node_threshold * top if top > 0 else float("inf")
     g = Graph(metadata={
         "method": f"sparse_feature_circuit/{method}", "units": "metric",
         "model": getattr(setup.model, "name", "?"), "prompt_tokens": setup.clean[0].tolist(),
         "parameters": {**setup.params(), "node_threshold": node_threshold,
                        "edge_threshold": edge_threshold, "per_position": per_position,
+                       "relative_threshold": relative,
                        "steps": steps if method == "ig" else None},
     })
     out = g.add_node(metric_node(setup))

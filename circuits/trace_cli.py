@@ -1,0 +1,139 @@
+"""`mechscope trace`: trace a sparse feature circuit from files, for the CLI.
+
+    mechscope trace --model M --dictionaries DIR --prompts FILE --metric SPEC --out graph.json
+
+* ``DIR`` holds one dictionary folder per site, named by the site (``DIR/L1.resid_post/``), as
+  written by `mechscope.sae.io.save_dictionary` (SAELens-compatible folders load too).
+* ``FILE``: plain text, one prompt per line; or JSON lines ``{"prompt": ..., "patch": ...,
+  "target": ..., "foil": ...}`` (``patch``: the contrastive prompt; ``target``/``foil``: tokens).
+* metric ``SPEC``: ``next_token`` (mean log-prob of each next token of the prompt),
+  ``logprob:TOK`` (log-prob of TOK at the last position), ``logit_diff:TOK,TOK``, or ``jsonl``
+  (per prompt: ``logit_diff(target, foil)`` with a foil, else ``logprob(target)``). A token is
+  written as text (it must be one token) or as ``#id``.
+
+Prompts of equal token length are traced as one batch; otherwise each prompt is traced alone and
+the graphs are averaged (`Graph.aggregate`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mechscope.circuits.attribution import Metric, Setup, logit_diff, logprob, next_token_logprob
+from mechscope.circuits.feature_circuits import trace
+from mechscope.circuits.graph import Graph
+
+
+def load_dictionaries(directory: "str | Path") -> dict[str, Any]:
+    """``{site name: dictionary}`` from a folder of per-site dictionary folders."""
+    from mechscope.interp.sites import Site, SiteError
+    from mechscope.sae.io import load_dictionary
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dictionaries folder {root} does not exist")
+    out = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            Site.parse(sub.name)
+        except SiteError as exc:
+            raise ValueError(f"{sub}: dictionary folders must be named by their site, e.g. "
+                             f"'L1.resid_post' ({exc})") from exc
+        out[sub.name] = load_dictionary(sub)
+    if not out:
+        raise ValueError(f"{root} holds no dictionary folders (expected e.g. {root}/L1.resid_post/)")
+    return out
+
+
+def read_prompts(path: "str | Path") -> list[dict[str, Any]]:
+    """Prompt records ``{"prompt", "patch"?, "target"?, "foil"?}`` from text or JSON lines."""
+    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"{path} holds no prompts")
+    if lines[0].lstrip().startswith("{"):
+        recs = [json.loads(ln) for ln in lines]
+        for i, r in enumerate(recs):
+            if "prompt" not in r:
+                raise ValueError(f"{path} line {i + 1}: a JSON prompt record needs a 'prompt' field")
+        return recs
+    return [{"prompt": ln} for ln in lines]
+
+
+def _token(model: Any, text: str) -> int:
+    if text.startswith("#") and text[1:].isdigit():
+        return int(text[1:])
+    ids = model.to_tokens(text, prepend_bos=False)[0].tolist()
+    if len(ids) != 1:
+        raise ValueError(f"{text!r} is {len(ids)} tokens {ids}; give one token (or '#id')")
+    return ids[0]
+
+
+def make_metric(model: Any, spec: str, tokens: torch.Tensor, recs: Sequence[dict[str, Any]]) -> Metric:
+    """A metric from a CLI spec (see module doc)."""
+    b = tokens.shape[0]
+    kind, _, arg = spec.partition(":")
+    if kind == "next_token":
+        return next_token_logprob(tokens)
+    if kind == "logprob" and arg:
+        return logprob(torch.full((b,), _token(model, arg)))
+    if kind == "logit_diff" and arg.count(",") == 1:
+        a, c = arg.split(",")
+        return logit_diff(torch.full((b,), _token(model, a)), torch.full((b,), _token(model, c)))
+    if kind == "jsonl":
+        if any("target" not in r for r in recs):
+            raise ValueError("metric 'jsonl' needs a 'target' in every prompt record")
+        target = torch.tensor([_token(model, r["target"]) for r in recs])
+        if all("foil" in r for r in recs):
+            return logit_diff(target, torch.tensor([_token(model, r["foil"]) for r in recs]))
+        return logprob(target)
+    raise ValueError(f"unknown metric {spec!r}; valid: next_token, logprob:TOK, logit_diff:TOK,TOK, jsonl")
+
+
+def trace_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None" = None,
+              dictionaries: "str | Path | None" = None, sites: Sequence[str] | None = None,
+              metric: str = "next_token", method: str = "atp", ablation: str | None = None,
+              node_threshold: float = 0.1, edge_threshold: float | None = None,
+              relative: bool = False, per_position: bool = False, steps: int = 10) -> Graph:
+    """Trace from files and write ``out`` (JSON). ``sites`` adds sites without dictionaries (e.g.
+    ``L0.z`` for head nodes); with neither dictionaries nor sites, every layer's ``z`` (and
+    ``mlp_out``) is traced."""
+    from mechscope.interp.models import load_model
+
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    site_map: dict[str, Any] = dict(load_dictionaries(dictionaries)) if dictionaries else {}
+    for s in sites or ():
+        site_map.setdefault(s, None)
+    if not site_map:
+        for layer in range(model.n_layers):
+            site_map[f"L{layer}.z"] = None
+            if not model.attn_only:
+                site_map[f"L{layer}.mlp_out"] = None
+    recs = read_prompts(prompts)
+    has_patch = [("patch" in r) for r in recs]
+    if any(has_patch) and not all(has_patch):
+        raise ValueError("either every prompt record has a 'patch' prompt or none has")
+    groups = _by_length(model, recs)
+    graphs = []
+    for group in groups:
+        clean = torch.cat([model.to_tokens(r["prompt"]) for r in group])
+        patch = torch.cat([model.to_tokens(r["patch"]) for r in group]) if all(has_patch) else None
+        setup = Setup.build(model, site_map, make_metric(model, metric, clean, group), clean,
+                            ablation=ablation, patch=patch)
+        g, _ = trace(setup, method=method, node_threshold=node_threshold, relative=relative,
+                     edge_threshold=edge_threshold, per_position=per_position, steps=steps)
+        graphs.append(g)
+    graph = graphs[0] if len(graphs) == 1 else Graph.aggregate(graphs)
+    if out is not None:
+        graph.save(out)
+    return graph
+
+
+def _by_length(model: Any, recs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    lengths = [model.to_tokens(r["prompt"]).shape[1] for r in recs]
+    if len(set(lengths)) == 1:
+        return [recs]
+    return [[r] for r in recs]

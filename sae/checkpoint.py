@@ -22,6 +22,30 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 FORMAT = 1
+_TENSOR = "__tensor__"
+
+
+def _split_tensors(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON-able copy of ``obj`` with every tensor moved into ``tensors`` (``{"__tensor__": name}``),
+    so data-source states that hold tensors (shuffle buffers, RNG states) fit in the checkpoint."""
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().contiguous().clone()
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        return {k: _split_tensors(v, f"{key}.{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_split_tensors(v, f"{key}.{i}", tensors) for i, v in enumerate(obj)]
+    return obj
+
+
+def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR}:
+            return tensors[obj[_TENSOR]]
+        return {k: _join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
 
 
 def save_checkpoint(path: Path, runs: Sequence[Any], step: int, source_state: Any) -> None:
@@ -37,7 +61,8 @@ def save_checkpoint(path: Path, runs: Sequence[Any], step: int, source_state: An
                 tensors[f"run{i}.opt.{p}.{name}"] = v.detach().contiguous().clone()
         groups.append(sd["param_groups"])
         tensors[f"run{i}.rng"] = r.gen.get_state()
-    meta = {"format": FORMAT, "step": step, "source": source_state, "param_groups": groups,
+    source = _split_tensors(source_state, "source", tensors)
+    meta = {"format": FORMAT, "step": step, "source": source, "param_groups": groups,
             "configs": [r.cfg.to_dict() for r in runs]}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -81,4 +106,5 @@ def load_checkpoint(path: Path, runs: Sequence[Any]) -> dict[str, Any]:
                 state.setdefault(int(p), {})[name] = v
         r.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][i]})
         r.gen.set_state(tensors[f"run{i}.rng"])
+    meta["source"] = _join_tensors(meta["source"], tensors)
     return meta

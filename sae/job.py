@@ -1,0 +1,219 @@
+"""Training jobs on a language model: a TOML file → activation stream → dictionaries → metrics.
+
+A job file has two tables::
+
+    [data]                       # DataConfig: where the activations come from
+    model = "gpt2-shakespeare"
+    text = "zoo:train"
+
+    [sae]                        # TrainConfig fields; a list value is a sweep axis
+    architecture = "topk"
+    site_in = "L2.resid_post"
+    d_dict = 1024
+    k = [8, 16, 32]
+
+Command-line overrides are ``table.field=value`` with TOML values (``sae.k=16``,
+``data.model="llama-shakespeare"``, ``sae.k=[4,8]``). Everything is validated before any model is
+loaded; ``sae.d_in``/``d_out`` default to the width of the model's sites.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from mechscope.sae.config import TrainConfig, expand_sweep
+
+TABLES = ("data", "sae")
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training activations come from."""
+
+    model: str = _f("gpt2-shakespeare", "model: a zoo name, a local HF checkpoint folder, or a TransformerLens hub name")
+    text: str = _f("zoo:train", "text: 'zoo:train' / 'zoo:heldout' (zoo corpus), a .txt file / folder / glob, "
+                   "or 'hf:NAME[:SPLIT]' (a Hugging Face dataset, streamed; needs the hub)")
+    heldout_text: str = _f("zoo:heldout", "held-out text for evaluation (same forms as text)")
+    n_ctx: int = _f(128, "tokens per context window (BOS included)")
+    batch_tokens: int = _f(4096, "activation rows per training batch")
+    model_batch_size: int = _f(16, "context windows per model forward pass")
+    shuffle_buffer: int = _f(32768, "activation rows in the shuffle buffer (0 = no shuffling)")
+    eval_windows: int = _f(64, "held-out windows for evaluation (reconstruction and CE loss)")
+    seed: int = _f(0, "seed of the data order")
+
+    def __post_init__(self) -> None:
+        for name in ("n_ctx", "batch_tokens", "model_batch_size", "eval_windows"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"config field data.{name}={getattr(self, name)!r} is invalid: must be a positive integer")
+        if self.n_ctx < 2:
+            raise ValueError("config field data.n_ctx must be >= 2 (BOS + at least one token)")
+        if self.shuffle_buffer and self.shuffle_buffer < self.batch_tokens:
+            raise ValueError(f"config field data.shuffle_buffer={self.shuffle_buffer} must be 0 or >= "
+                             f"data.batch_tokens={self.batch_tokens}")
+        for name in ("text", "heldout_text"):
+            _check_text_spec(name, getattr(self, name))
+
+
+def _check_text_spec(name: str, spec: str) -> None:
+    if spec.startswith("zoo:") and spec not in ("zoo:train", "zoo:heldout"):
+        raise ValueError(f"config field data.{name}={spec!r} is invalid: zoo text is 'zoo:train' or 'zoo:heldout'")
+    if spec.startswith(("zoo:", "hf:")):
+        return
+    from mechscope.interp.tokens import text_files
+
+    try:
+        text_files(spec)
+    except ValueError as exc:
+        raise ValueError(f"config field data.{name}={spec!r}: {exc}; valid forms: 'zoo:train', "
+                         "'zoo:heldout', a path/glob of .txt files, 'hf:NAME[:SPLIT]'") from None
+
+
+def fields_help(cls: type) -> list[tuple[str, str, Any, str]]:
+    return [(f.name, f.type, f.default, f.metadata["help"]) for f in dataclasses.fields(cls)]
+
+
+@dataclass(frozen=True)
+class Job:
+    data: DataConfig
+    sae: dict[str, Any]  # TrainConfig fields, lists = sweep axes (d_in filled from the model)
+    configs: tuple[TrainConfig, ...]
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``table.field=value`` → (table, field, TOML-parsed value; bare words are strings)."""
+    key, sep, raw = text.partition("=")
+    table, dot, name = key.strip().partition(".")
+    if not sep or not dot or table not in TABLES:
+        raise ValueError(f"override {text!r} must look like data.FIELD=VALUE or sae.FIELD=VALUE")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return table, name, value
+
+
+def load_job(path: "str | Path | None" = None, overrides: Sequence[str] = (), d_in: int | None = None) -> Job:
+    """Read, override and validate a job (no model is loaded here)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown table(s) {unknown} in {path}; valid tables: {', '.join(TABLES)}")
+    tables = {t: dict(raw.get(t, {})) for t in TABLES}
+    for table, name, value in map(parse_override, overrides):
+        tables[table][name] = value
+    data_names = {f.name for f in dataclasses.fields(DataConfig)}
+    bad = sorted(set(tables["data"]) - data_names)
+    if bad:
+        raise ValueError(f"unknown config field(s) data.{bad}; valid data fields: {', '.join(sorted(data_names))}")
+    data = DataConfig(**tables["data"])
+    sae = tables["sae"]
+    # validate every sweep point now, with a placeholder width when the model decides it
+    probe = {"d_in": d_in or sae.get("d_in") or 1, **{k: v for k, v in sae.items() if k != "d_in"}}
+    if "d_dict" not in probe:
+        raise ValueError("config field sae.d_dict is required (number of latents)")
+    configs = expand_sweep(probe)
+    return Job(data, sae, tuple(configs))
+
+
+def token_windows(model: Any, spec: str, n_ctx: int, seed: int = 0, epochs: int | None = None,
+                  shuffle_windows: int = 0) -> Iterator:
+    """A `DocumentTokenStream` for a text spec of `DataConfig`."""
+    from mechscope.interp import zoo
+    from mechscope.interp.tokens import DocumentTokenStream
+
+    kw = dict(seed=seed, epochs=epochs, shuffle_windows=shuffle_windows)
+    if spec.startswith("zoo:"):
+        text = zoo.corpus_text(spec.split(":", 1)[1])
+        docs = [d for d in text.split("\n\n\n") if d.strip()]
+        return DocumentTokenStream.from_texts(docs, model.tokenizer, n_ctx, **kw)
+    if spec.startswith("hf:"):
+        name, _, split = spec[3:].partition(":")
+        return DocumentTokenStream.from_hf(name, model.tokenizer, n_ctx, split=split or "train", **kw)
+    return DocumentTokenStream.from_files(spec, model.tokenizer, n_ctx, **kw)
+
+
+def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+    """Train the job's dictionaries on one activation stream, evaluate on held-out text.
+
+    Returns one row per dictionary (config differences, training metrics, evaluation) and writes
+    ``out_dir/results.{json,csv}`` and ``out_dir/job.json``.
+    """
+    from mechscope.interp.models import load_model
+    from mechscope.interp.stream import ActivationStream
+    from mechscope.sae.sweep import train_sweep, write_table
+
+    model = load_model(job.data.model)
+    site_in = model.site(job.configs[0].site_in or _missing("site_in"))
+    site_out = model.site(job.configs[0].site_out or str(site_in))
+    widths = _site_widths(model, [site_in, site_out])
+    sae = {"d_in": widths[site_in], "progress": progress, **job.sae}
+    if job.configs[0].transcoder:
+        sae.setdefault("d_out", widths[site_out])
+    configs = expand_sweep(sae)
+    d = job.data
+    stream = ActivationStream(
+        model, token_windows(model, d.text, d.n_ctx, d.seed), sorted({site_in, site_out}),
+        batch_tokens=d.batch_tokens, model_batch_size=d.model_batch_size,
+        shuffle_buffer=d.shuffle_buffer, seed=d.seed, drop_last=True,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "job.json").write_text(json.dumps({"data": dataclasses.asdict(d), "sae": job.sae}, indent=2))
+    result = train_sweep(configs, stream, out, resume=resume)
+    rows = []
+    for run, row in zip(result.runs, result.table):
+        row = {**row, **evaluate_on_heldout(model, run.dictionary, d, site_in, site_out)}
+        (run.out_dir / "eval.json").write_text(json.dumps(row, indent=2))
+        rows.append(row)
+    write_table(rows, out)
+    return rows
+
+
+def evaluate_on_heldout(model: Any, dictionary: Any, data: DataConfig, site_in: Any, site_out: Any) -> dict[str, Any]:
+    """Reconstruction metrics and CE loss recovered on ``data.eval_windows`` held-out windows."""
+    import itertools
+
+    from mechscope.interp.stream import ActivationStream
+    from mechscope.sae.evaluate import evaluate
+    from mechscope.sae.splice_eval import spliced_metrics
+
+    def windows():
+        return itertools.islice(token_windows(model, data.heldout_text, data.n_ctx, epochs=1), data.eval_windows)
+
+    held = ActivationStream(model, token_windows(model, data.heldout_text, data.n_ctx, epochs=1),
+                            sorted({site_in, site_out}), batch_tokens=data.batch_tokens,
+                            model_batch_size=data.model_batch_size, shuffle_buffer=0)
+    n_batches = max(1, data.eval_windows * (data.n_ctx - 1) // data.batch_tokens)
+    rec = evaluate(dictionary, held, n_batches, site_in=str(site_in), site_out=str(site_out)).to_dict()
+    ce = spliced_metrics(model, dictionary, site_in, windows(), site_out=site_out,
+                         batch_size=data.model_batch_size)
+    return {**{f"eval_{k}": v for k, v in rec.items()}, **{f"eval_{k}": v for k, v in ce.items()}}
+
+
+def _missing(name: str) -> str:
+    raise ValueError(f"config field sae.{name} is required (e.g. 'L2.resid_post')")
+
+
+def _site_widths(model: Any, sites: Sequence[Any]) -> Mapping[Any, int]:
+    import torch
+
+    from mechscope.interp.capture import capture
+
+    acts = capture(model, torch.zeros(1, 2, dtype=torch.long), sites)
+    return {s: a.shape[-1] for s, a in acts.items()}

@@ -1,0 +1,93 @@
+"""Training jobs on a language model: config validation, splicing metrics, end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mechscope.kernels.code import SparseCode
+from mechscope.sae.job import load_job, parse_override, run_job
+from mechscope.sae.splice_eval import spliced_metrics
+
+
+class Exact:
+    """A dictionary whose reconstruction is exact (identity atoms, all latents active)."""
+
+    def __init__(self, d: int, scale: float = 1.0) -> None:
+        self.d_in = self.d_dict = d
+        self.scale = scale
+
+    def encode(self, x):
+        return SparseCode(x, torch.arange(self.d_in).expand_as(x).contiguous())
+
+    def decode(self, code):
+        return self.scale * code.dense(self.d_dict)
+
+    @property
+    def directions(self):
+        return self.scale * torch.eye(self.d_in)
+
+
+def test_spliced_metrics_oracles(tiny_gpt2, tokens):
+    windows = list(tokens)
+    perfect = spliced_metrics(tiny_gpt2, Exact(32), "L1.resid_mid", windows, site_out="L1.resid_mid")
+    assert perfect["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-5)
+    assert perfect["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert perfect["loss_spliced"] == pytest.approx(perfect["loss_clean"], abs=1e-5)
+    zero = spliced_metrics(tiny_gpt2, Exact(32, scale=0.0), "L1.attn_out", windows)
+    assert zero["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-5)
+    assert zero["loss_spliced"] == pytest.approx(zero["loss_zero"], abs=1e-5)
+    # a transcoder in -> out: an exact map from mlp_in is not the MLP, so it differs from clean
+    tc = spliced_metrics(tiny_gpt2, Exact(32), "L1.mlp_in", windows, site_out="L1.mlp_out")
+    assert tc["kl"] > 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.n_ctx=0"], "data.n_ctx"),
+    (["sae.architecture=\"dense\""], "architecture"),
+    (["sae.k=0"], "field k"),
+    (["sae.bogus=1"], "unknown config field"),
+    (["data.bogus=1"], "unknown config field"),
+    (["data.text=\"zoo:test\""], "data.text"),
+    (["data.text=\"/no/such/file.txt\""], "data.text"),
+    (["model=1"], "data.FIELD=VALUE"),
+])
+def test_bad_configs_rejected_naming_the_field(overrides, message):
+    base = ["sae.d_dict=64", "sae.site_in=\"L0.resid_post\""]
+    with pytest.raises(ValueError, match=message):
+        load_job(None, base + overrides)
+
+
+def test_toml_file_and_overrides(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('[data]\nn_ctx = 16\n[sae]\nd_dict = 64\nk = [2, 4]\nsite_in = "L0.resid_post"\n')
+    job = load_job(path, ["sae.lr=1e-3"])
+    assert job.data.n_ctx == 16 and [c.k for c in job.configs] == [2, 4]
+    assert all(c.lr == 1e-3 for c in job.configs)
+    assert parse_override("data.model=gpt2") == ("data", "model", "gpt2")
+    (tmp_path / "bad.toml").write_text("[data\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_job(tmp_path / "bad.toml")
+    (tmp_path / "extra.toml").write_text("[model]\nx = 1\n")
+    with pytest.raises(ValueError, match="valid tables: data, sae"):
+        load_job(tmp_path / "extra.toml")
+
+
+def test_run_job_sweep_end_to_end(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    overrides = [
+        'data.model="attn-only-induction"', f'data.text="{text}"', f'data.heldout_text="{text}"',
+        "data.n_ctx=32", "data.batch_tokens=128", "data.shuffle_buffer=512", "data.eval_windows=4",
+        'sae.site_in="L1.resid_pre"', "sae.d_dict=64", "sae.k=[2,4]", "sae.steps=4", "sae.log_every=1",
+    ]
+    rows = run_job(load_job(None, overrides), tmp_path / "out", progress=False)
+    assert [r["k"] for r in rows] == [2, 4]
+    for r in rows:
+        assert r["eval_l0"] <= r["k"] + 1e-6 and 0 <= r["eval_fvu"]
+        assert {"eval_ce_loss_recovered", "eval_kl", "eval_loss_clean"} <= set(r)
+        assert (tmp_path / "out" / "runs" / r["run"] / "dictionary" / "cfg.json").exists()
+    table = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [t["run"] for t in table] == [r["run"] for r in rows]

@@ -91,3 +91,12 @@ def test_run_job_sweep_end_to_end(tmp_path):
         assert (tmp_path / "out" / "runs" / r["run"] / "dictionary" / "cfg.json").exists()
     table = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [t["run"] for t in table] == [r["run"] for r in rows]
+
+
+def test_example_configs_validate():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[2] / "examples" / "configs").glob("*.toml"))
+    assert configs
+    for path in configs:
+        assert load_job(path).configs, path

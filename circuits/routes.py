@@ -53,7 +53,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechscope.circuits.graph import Graph, Node
-from mechscope.interp.capture import capture
+from mechscope.interp.capture import hooks_for
+from mechscope.interp.sites import Site
 
 if TYPE_CHECKING:
     from mechscope.interp.models import Model
@@ -168,10 +169,15 @@ def flow_contributions(model: "Model", tokens: Int[Tensor, "batch pos"], signed:
         raise ValueError(f"tokens must be [batch, pos] with pos >= 1, got shape {tuple(tokens.shape)}")
     n, attn_only = model.n_layers, model.attn_only
     kinds = ["resid_pre", "resid_post", "v", "pattern"] + ([] if attn_only else ["resid_mid", "mlp_out"])
+    get: dict[tuple[int, str], Tensor] = {}
+
+    def saver(site: Site):
+        return lambda act: get.__setitem__((site.layer, site.kind), act)
+
+    sites = [model.site(f"L{L}.{k}") for L in range(n) for k in kinds]
     with torch.no_grad():
-        logits = model.tl(tokens.to(model.device))
-        acts = capture(model, tokens, [f"L{L}.{k}" for L in range(n) for k in kinds])
-        get = {(s.layer, s.kind): a for s, a in acts.items()}
+        with hooks_for(model, {s: saver(s) for s in sites}):  # one forward pass: logits and parts
+            logits = model.tl(tokens.to(model.device))
         prediction = logits[:, -1].argmax(-1).cpu()
         if signed:
             target = prediction if target is None else torch.as_tensor(target).view(-1)

@@ -25,7 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-_JS_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_JS_UNSAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                            "\u2029": "\\u2029"})
 
 
 def escape(text: Any) -> str:
@@ -37,7 +38,7 @@ def script_json(obj: Any) -> str:
     """JSON that is safe inside a ``<script>`` element or a JS file: no character of it can end
     the element or the statement."""
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    return "".join(_JS_UNSAFE.get(ch, ch) for ch in text)
+    return text.translate(_JS_UNSAFE)
 
 
 @lru_cache(maxsize=1)

@@ -34,7 +34,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -93,7 +93,12 @@ class FeatureCard:
         return self.density == 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # by hand: dataclasses.asdict deep-copies every float and dominates writing large browsers
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("top_contexts", "quantile_contexts"):
+            d[key] = [{"tokens": c.tokens, "activations": c.activations, "max_index": c.max_index,
+                       "quantile": c.quantile} for c in d[key]]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureCard":

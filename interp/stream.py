@@ -179,7 +179,9 @@ class ActivationStream:
         self._rng = torch.Generator().manual_seed(self.seed)
         self._buf: ActivationBatch | None = None  # capacity rows, first `_fill` valid
         self._fill = 0
-        self._stage: ActivationBatch | None = None  # computed rows not yet in the buffer
+        # computed rows not yet in the buffer, as pieces: concatenated once per draw, so a large
+        # batch_tokens does not re-copy the rows staged so far on every forward pass
+        self._stage: list[ActivationBatch] = []
         self._exhausted = False
         self._windows: Iterator[tuple[Tensor, Tensor]] | None = None
         self.batches_yielded = 0
@@ -198,17 +200,25 @@ class ActivationStream:
         index, windows = nxt
         keep = self.token_stream.keep_mask(windows) if self.exclude_special else None
         rows = window_rows(self.model, windows, index, self.sites, keep, self.dtype, self.device)
-        self._stage = rows if self._stage is None else ActivationBatch.concat([self._stage, rows])
+        if len(rows):
+            self._stage.append(rows)
         return True
 
     def _take_stage(self, n: int) -> ActivationBatch:
-        head = self._stage.index(slice(0, n))
-        rest = self._stage.index(slice(n, None))
-        self._stage = rest if len(rest) else None
-        return head
+        parts = []
+        while n:
+            piece = self._stage[0]
+            if len(piece) <= n:
+                parts.append(self._stage.pop(0))
+                n -= len(piece)
+            else:
+                parts.append(piece.index(slice(0, n)))
+                self._stage[0] = piece.index(slice(n, None))
+                n = 0
+        return parts[0] if len(parts) == 1 else ActivationBatch.concat(parts)
 
     def _staged(self) -> int:
-        return 0 if self._stage is None else len(self._stage)
+        return sum(len(p) for p in self._stage)
 
     def _alloc(self, like: ActivationBatch) -> None:
         c = self.shuffle_buffer
@@ -279,11 +289,12 @@ class ActivationStream:
 
     def state_dict(self) -> dict[str, Any]:
         buf = None if self._buf is None else self._buf.index(slice(0, self._fill))
+        stage = ActivationBatch.concat(self._stage) if self._stage else None
         return {
             "kind": "activation_stream", "version": STATE_VERSION, "config": self.config(),
             "tokens": self.token_stream.state_dict(), "rng": self._rng.get_state(),
             "exhausted": self._exhausted, "batches_yielded": self.batches_yielded,
-            "buffer": batch_to_state(buf), "stage": batch_to_state(self._stage),
+            "buffer": batch_to_state(buf), "stage": batch_to_state(stage),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -298,7 +309,8 @@ class ActivationStream:
         self._reset()
         self._rng.set_state(state["rng"])
         self._exhausted, self.batches_yielded = bool(state["exhausted"]), int(state["batches_yielded"])
-        self._stage = batch_from_state(state["stage"], self.sites, self.device)
+        stage = batch_from_state(state["stage"], self.sites, self.device)
+        self._stage = [stage] if stage is not None else []
         buf = batch_from_state(state["buffer"], self.sites, self.device)
         if buf is not None and len(buf):
             self._alloc(buf)

@@ -41,17 +41,15 @@ def assert_same(a: ActivationBatch, b: ActivationBatch) -> None:
 
 
 def reference_rows(model, token_file, sites, exclude_special):
-    """Oracle: capture every window alone and flatten by hand."""
+    """Oracle: one forward over all windows at once, flattened and masked by hand."""
     ts = tokens(token_file)
-    acts = {s: [] for s in sites}
-    ids, seq, pos = [], [], []
-    for i, w in ts.iter_indexed():
-        out = capture(model, w[None], sites)
-        keep = ts.keep_mask(w) if exclude_special else torch.ones(N_CTX, dtype=torch.bool)
-        for s in sites:
-            acts[s].append(out[s][0].reshape(N_CTX, -1)[keep])
-        ids.append(w[keep]), seq.append(torch.full((int(keep.sum()),), i)), pos.append(torch.arange(N_CTX)[keep])
-    return ActivationBatch({s: torch.cat(v) for s, v in acts.items()}, torch.cat(ids), torch.cat(seq), torch.cat(pos))
+    windows = torch.stack([ts.window(i) for i in range(len(ts))])
+    out = capture(model, windows, sites)
+    keep = ts.keep_mask(windows) if exclude_special else torch.ones_like(windows, dtype=torch.bool)
+    seq = torch.arange(len(ts))[:, None].expand_as(windows)
+    pos = torch.arange(N_CTX)[None].expand_as(windows)
+    acts = {s: out[s].reshape(len(ts), N_CTX, -1)[keep] for s in sites}
+    return ActivationBatch(acts, windows[keep], seq[keep], pos[keep])
 
 
 @pytest.mark.parametrize("exclude_special", [False, True])
@@ -140,3 +138,43 @@ def test_bad_arguments(tiny_gpt2, token_file):
     other = ActivationStream(tiny_gpt2, tokens(token_file), SITES[:1], batch_tokens=16, shuffle_buffer=32)
     with pytest.raises(StreamStateError, match="another config"):
         other.load_state_dict(s.state_dict())
+
+
+def test_text_corpus_end_to_end_resume(tmp_path):
+    """Documents through a real tokenizer, both shuffle buffers on, EOS rows excluded; resumed
+    from a state mid-way, the stream yields exactly the original's remaining batches."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from mechscope.interp.models import Model
+    from mechscope.interp.tokens import DocumentTokenStream
+
+    docs = ["the cat sat on the mat", "a dog ran in the park", "hello world, hello there", "to be or not"] * 4
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                            eos_token="<|endoftext|>").save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    model = Model.from_config(dict(n_layers=1, d_model=16, n_ctx=16, d_head=4, n_heads=4, d_mlp=32,
+                                   d_vocab=len(tokenizer), act_fn="gelu_new"), name="tiny-text")
+
+    def make():
+        ts = DocumentTokenStream.from_texts(docs, tokenizer, 8, shuffle_windows=4, seed=2, tokenize_batch=3)
+        return ActivationStream(model, ts, ["L0.resid_post"], batch_tokens=10, model_batch_size=2,
+                                shuffle_buffer=24, seed=1)
+
+    original, full = make(), []
+    for batch in original:
+        full.append(batch)
+        if len(full) == 3:
+            state = original.state_dict()
+    assert len(full) > 5
+    assert not (ActivationBatch.concat(full).token_ids == tokenizer.eos_token_id).any()
+    fresh = make()
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert len(rest) == len(full) - 3
+    for x, y in zip(rest, full[3:]):
+        assert_same(x, y)

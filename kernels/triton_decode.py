@@ -33,7 +33,7 @@ BLOCK_D = 128
 @triton.jit
 def _bag_matmul_kernel(idx_ptr, w_ptr, W_ptr, b_ptr, out_ptr, n, k, d,
                        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_ok = rows < n
     col_ok = cols < d
@@ -52,7 +52,7 @@ def _bag_matmul_kernel(idx_ptr, w_ptr, W_ptr, b_ptr, out_ptr, n, k, d,
 @triton.jit
 def _gather_dot_kernel(idx_ptr, W_ptr, y_ptr, out_ptr, k, d,
                        BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
-    r = tl.program_id(0)
+    r = tl.program_id(0).to(tl.int64)
     js = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
     j_ok = js < k
     i = tl.load(idx_ptr + r * k + js, mask=j_ok, other=0)
@@ -70,7 +70,7 @@ def _gather_dot_kernel(idx_ptr, W_ptr, y_ptr, out_ptr, k, d,
 @triton.jit
 def _bag_scatter_kernel(idx_ptr, w_ptr, y_ptr, out_ptr, n, k, d,
                         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_ok = rows < n
     mask = row_ok[:, None] & (cols < d)[None, :]

@@ -73,19 +73,21 @@ def _topk_encode_kernel(
     pid_s = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm  # int64: n * d_in may pass 2**31
     col_lo = pid_s * cols_per_split
     col_hi = tl.minimum(col_lo + cols_per_split, d_sae)
     keep = tl.full((BLOCK_M, K), -9223372036854775808, tl.int64)
     for c0 in range(col_lo, col_hi, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_ok = cols < col_hi
+        w_rows = w_ptr + cols.to(tl.int64)[None, :] * stride_wn
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, d_in, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_ok = ks < d_in
-            xt = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :] * stride_xk,
+            xt = tl.load(x_rows + ks[None, :] * stride_xk,
                          mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            wt = tl.load(w_ptr + cols[None, :] * stride_wn + ks[:, None] * stride_wk,
+            wt = tl.load(w_rows + ks[:, None] * stride_wk,
                          mask=col_ok[None, :] & k_ok[:, None], other=0.0)
             if TF32:
                 acc = tl.dot(xt, wt, acc, input_precision="tf32")
@@ -98,7 +100,7 @@ def _topk_encode_kernel(
         key = tl.where(col_ok[None, :], key, -9223372036854775808)
         cand = topk_rows(key, LOG_BM, LOG_BN, LOG_K, 0)
         keep = merge_topk_rows(keep, cand, LOG_BM, LOG_K)
-    offs = (rows[:, None] * n_splits + pid_s) * K + tl.arange(0, K)[None, :]
+    offs = (rows.to(tl.int64)[:, None] * n_splits + pid_s) * K + tl.arange(0, K)[None, :]
     tl.store(out_ptr + offs, keep, mask=row_ok[:, None])
 
 

@@ -39,7 +39,7 @@ def zoo_cmd(args: argparse.Namespace) -> int:
 
 
 # -- bench ----------------------------------------------------------------------------------------
-BENCHES = ("capture", "kernels", "train")
+BENCHES = ("capture", "kernels", "train", "routes", "attribution")
 
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
@@ -62,10 +62,18 @@ def bench_cmd(args: argparse.Namespace) -> int:
         from mechscope.kernels.bench import bench_kernels, format_table
 
         print(format_table(bench_kernels(repeats=args.repeats, quick=args.quick)))
-    else:
-        from mechscope.sae.bench import bench_train, format_train
+    elif args.which == "train":
+        from mechscope.sae.bench import bench_train, format_bench as format_train
 
         print(format_train(bench_train(quick=args.quick)))
+    elif args.which == "routes":
+        from mechscope.circuits.bench_routes import bench_routes, format_routes_bench
+
+        print(format_routes_bench(bench_routes(quick=args.quick)))
+    else:
+        from mechscope.circuits.bench_attribution import bench_attribution, format_bench
+
+        print(format_bench(bench_attribution(quick=args.quick)))
     return 0
 
 

@@ -40,7 +40,6 @@ class MatchingPursuitSAE(SparseDictionary):
         atoms = self.atoms()
         r = x_c
         n = x_c.shape[0]
-        values = x_c.new_zeros(n, steps)
         indices = torch.zeros(n, steps, dtype=torch.int64, device=x_c.device)
         active = torch.ones(n, dtype=torch.bool, device=x_c.device)
         vals = []
@@ -54,8 +53,7 @@ class MatchingPursuitSAE(SparseDictionary):
             r = r - z[:, None] * a
             vals.append(z)
             indices[:, t] = j
-        if vals:
-            values = torch.stack(vals, 1)
+        values = torch.stack(vals, 1) if vals else x_c.new_zeros(n, 0)
         return SparseCode(values, indices), r
 
     def _encode(self, x: Tensor) -> SparseCode:

@@ -49,7 +49,8 @@ class Run:
     @classmethod
     def new(cls, cfg: TrainConfig, out_dir: Path) -> "Run":
         model = build_dictionary(cfg)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                               fused=True)
         return cls(cfg, model, opt, torch.Generator().manual_seed(cfg.seed + 1), Path(out_dir))
 
 

@@ -166,6 +166,8 @@ class _MetricsLog:
         if self.path.exists() and start > 0:
             kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
         self.path.write_text("".join(ln + "\n" for ln in kept))
+        if kept:  # a run resumed at its end still reports its last metrics
+            run.last = {k: v for k, v in json.loads(kept[-1]).items() if k != "time"}
         self.wandb = None
         if run.cfg.wandb_project:
             import wandb

@@ -129,3 +129,12 @@ def test_transcoder_learns_a_known_linear_map(tmp_path, make_cfg, mmcs):
     held_out.load_state_dict({"position": 1000})
     e = evaluate(r.dictionary, held_out, n_batches=2)
     assert e.fvu < 0.1 and e.l0 <= 4
+
+
+def test_resuming_a_finished_run_is_a_no_op(tmp_path, make_cfg):
+    c = make_cfg(steps=6, log_every=3)
+    first = train(c, _src(), tmp_path)
+    again = train(c, _src(), tmp_path)
+    assert again.resumed_from == 6 and again.metrics == first.metrics
+    for k, v in first.dictionary.state_dict().items():
+        assert torch.equal(v, again.dictionary.state_dict()[k])

@@ -18,7 +18,12 @@ backward per kept downstream node. Edges into the metric node (a ``logit`` node)
 with all later sites held fixed: the direct effect of ``u`` on ``m``. ``delta_u`` is
 ``a_ref - a_clean`` (``a_clean`` for gradient x activation). With linear pieces between ``u`` and
 ``d`` (e.g. an attention-only model without LayerNorm, into the metric) the weight equals the
-intervention exactly.
+intervention exactly. With ``method="ig"`` the Jacobian ``dd/du`` is averaged over ``steps``
+midpoints of ``U``'s straight path from clean to reference (the left factor stays the clean
+``dm/dd``), so the weights of all of ``U``'s nodes into ``d`` add up to the change of
+``(dm/dd) · d`` when ``U`` is patched; this matters where attention saturates and the clean
+gradient vanishes (first-order attribution patching then misses heads whose real effect is
+large; Kramár et al. 2024, "AtP*", arXiv:2403.00745).
 
 Faithfulness and completeness (Marks et al. §3.2), for the setup's ablation: with ``m(C)`` the
 metric when every node outside the circuit ``C`` takes its reference value (the nodes of ``C``
@@ -35,8 +40,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from mechscope.circuits.attribution import (Setup, clean_run, masked_run, node_scores, reference,
-                                            run, split_all)
+from mechscope.circuits.attribution import (Setup, clean_run, masked_run, metric_of, node_scores,
+                                            reference, run, split_all)
 from mechscope.circuits.graph import Graph, Node
 from mechscope.circuits.splice import SiteNodes, site_rank
 from mechscope.interp.capture import stop_layer
@@ -94,7 +99,7 @@ def feature_circuit(setup: Setup, method: str = "atp", node_threshold: float = 0
         for j, p in nodes:
             g.add_node(site_node(setup, s, j, p, float(scores[s][j] if p is None else scores[s][p, j])))
     if edges:
-        for (u, d, w) in circuit_edges(setup, kept, per_position, method):
+        for (u, d, w) in circuit_edges(setup, kept, per_position, method, steps):
             if edge_threshold is None or abs(w) >= edge_threshold:
                 g.add_edge(u, d if d is not None else out, w)
     return g
@@ -109,15 +114,17 @@ def _deltas(setup: Setup, method: str) -> dict[Site, tuple[Tensor, ...]]:
 
 
 def circuit_edges(setup: Setup, kept: dict[Site, Kept], per_position: bool,
-                  method: str = "atp") -> list[tuple[str, str | None, float]]:
-    """``(upstream id, downstream id or None for the metric, weight)`` between kept nodes."""
+                  method: str = "atp", steps: int = 10) -> list[tuple[str, str | None, float]]:
+    """``(upstream id, downstream id or None for the metric, weight)`` between kept nodes;
+    with ``method="ig"`` the upstream Jacobian is averaged over ``steps`` points of the path."""
+    steps = steps if method == "ig" else None
     deltas, out = _deltas(setup, method), []
     downstream: list[Site | None] = [s for s in setup.sites if kept[s]] + [None]
     for d in downstream:
         ups = [u for u in setup.sites if kept[u] and (d is None or site_rank(u) < site_rank(d))]
         for u in ups:
             targets = [(None, None)] if d is None else kept[d]
-            for t, grad_u in zip(targets, direct_grads(setup, u, d, targets)):
+            for t, grad_u in zip(targets, direct_grads(setup, u, d, targets, steps)):
                 sc = SiteNodes.score(setup.nodes[u].grads(grad_u), deltas[u]).mean(0)
                 for j, p in kept[u]:
                     w = float(sc[:, j].sum() if p is None else sc[p, j])
@@ -127,12 +134,22 @@ def circuit_edges(setup: Setup, kept: dict[Site, Kept], per_position: bool,
     return out
 
 
-def direct_grads(setup: Setup, up: Site, down: Site | None, targets: Kept) -> list[Tensor]:
+def direct_grads(setup: Setup, up: Site, down: Site | None, targets: Kept,
+                 steps: int | None = None) -> list[Tensor]:
     """For each downstream target, the gradient w.r.t. ``up``'s activation of
-    ``sum (dm/dd) · d`` through direct paths (intermediate sites held at clean values)."""
+    ``sum (dm/dd)|_clean · d`` through direct paths (intermediate sites held at clean values);
+    with ``steps``, averaged along ``up``'s straight path from clean to reference (IG edges)."""
     clean = clean_run(setup)
-    x_up = clean["acts"][up].clone().requires_grad_()
-    fixed = {s: clean["acts"][s] for s in setup.sites
+    x0 = clean["acts"][up]
+    k = steps or 1
+    rep = lambda t: t.repeat(k, *[1] * (t.ndim - 1))  # noqa: E731
+    if steps:
+        alpha = ((torch.arange(k) + 0.5) / k).repeat_interleave(x0.shape[0]).view(-1, *[1] * (x0.ndim - 1))
+        x1 = setup.nodes[up].merge(reference(setup)[up]).expand_as(x0)
+        x_up = (rep(x0) * (1 - alpha) + rep(x1) * alpha).requires_grad_()
+    else:
+        x_up = x0.clone().requires_grad_()
+    fixed = {s: rep(clean["acts"][s]) for s in setup.sites
              if site_rank(up) < site_rank(s) and (down is None or site_rank(s) < site_rank(down))}
     fns: dict[Site, Callable[[Tensor], Tensor]] = {up: lambda a: x_up}
     fns.update({s: (lambda v: (lambda a: v))(v) for s, v in fixed.items()})
@@ -140,18 +157,20 @@ def direct_grads(setup: Setup, up: Site, down: Site | None, targets: Kept) -> li
     if down is not None:
         fns[down] = lambda a: store.setdefault("act", a)
     with torch.enable_grad():
-        res = run(setup, setup.clean, fns, stop_at_layer=None if down is None else stop_layer([down]))
+        res = run(setup, setup.clean.repeat(k, 1), fns,
+                  stop_at_layer=None if down is None else stop_layer([down]))
         if down is None:
-            values = [setup.metric(res).sum()]
+            values = [metric_of(setup, res).sum()]
         else:
             sn = setup.nodes[down]
-            left = SiteNodes.score(sn.grads(clean["grads"][down]), sn.split(store["act"]))  # [b,p,n]
+            left = SiteNodes.score(sn.grads(rep(clean["grads"][down])), sn.split(store["act"]))  # [kb,p,n]
             values = [left[:, :, j].sum() if p is None else left[:, p, j].sum() for j, p in targets]
         grads = []
         for v in values:
             (gr,) = torch.autograd.grad(v, x_up, retain_graph=True, allow_unused=True)
             setup._cache["backward"] = setup._cache.get("backward", 0) + 1
-            grads.append(torch.zeros_like(x_up) if gr is None else gr)
+            gr = torch.zeros_like(x_up) if gr is None else gr
+            grads.append(gr.view(k, *x0.shape).mean(0))
     return grads
 
 

@@ -17,6 +17,12 @@
   The metric is ``logit[a] - logit[b]`` with the contrastive prompt ``[BOS, b, x_2 ...]``. The
   planted circuit is ``{(head, 0, 1), (head, 1, 2)}`` with the V-composition edge between them;
   every other head has weights of scale ``distractor`` and no systematic role.
+* ``planted-induction``: the same residual layout with an induction circuit written by hand
+  (Elhage et al. 2021): head ``(0, 0)`` attends from ``i`` to ``i - 1`` (query reads position
+  ``p`` as ``e_p``, key reads position ``p`` as ``e_{p+1}``) and copies that token into the stash;
+  head ``(1, 1)`` matches the current token (query) against the stashed previous token (key),
+  K-composition, and copies the attended token into the logits. On ``[BOS] + x + x`` it predicts
+  the second copy; the known circuit is ``{(head, 0, 0), (head, 1, 1)}``.
 """
 
 from __future__ import annotations
@@ -112,6 +118,37 @@ def planted_copy_model(seed: int = 0, distractor: float = 0.05, sharpness: float
         a1.W_K[2, pos] = s * eye
         a1.W_V[2, stash] = eye
         a1.W_O[2][:, tok] = 5 * eye            # stash -> logits
+    return model
+
+
+PLANTED_INDUCTION = KnownCircuit("planted-induction", (("head", 0, 0), ("head", 1, 1)),
+                                 "planted by construction")
+
+
+def planted_induction_model(seed: int = 0, distractor: float = 0.05, sharpness: float = 10.0) -> Any:
+    """The ``planted-induction`` model (see module doc); use `induction_setup` with period <= 7."""
+    model = planted_copy_model(seed, distractor, sharpness)  # embeddings, unembedding, distractors
+    model.name = "planted-induction"
+    tl, s = model.tl, sharpness
+    tok, pos, stash = slice(0, _V), slice(_V, _V + _CTX), slice(_V + _CTX, 2 * _V + _CTX)
+    eye, shift = torch.eye(16), torch.eye(16).roll(1, dims=1)  # shift: e_p -> e_{p+1}
+    with torch.no_grad():
+        a0, a1 = tl.blocks[0].attn, tl.blocks[1].attn
+        for a in (a0, a1):  # undo the planted-copy heads: back to distractors
+            for w in (a.W_Q, a.W_K, a.W_V, a.W_O, a.b_Q, a.b_K, a.b_V):
+                w.copy_(distractor * torch.randn(w.shape, generator=torch.Generator().manual_seed(seed + 1)))
+        for a, h in ((a0, 0), (a1, 1)):
+            for w in (a.W_Q, a.W_K, a.W_V, a.W_O, a.b_Q, a.b_K, a.b_V):
+                w[h].zero_()
+        a0.W_Q[0, pos] = s * eye               # previous-token head
+        a0.W_K[0, pos] = s * shift
+        a0.W_K[0, _V + _CTX - 1] = 0           # the last position has no successor
+        a0.W_V[0, tok] = eye
+        a0.W_O[0][:, stash] = eye
+        a1.W_Q[1, tok] = s * eye               # induction head: current token vs stashed previous
+        a1.W_K[1, stash] = s * eye
+        a1.W_V[1, tok] = eye
+        a1.W_O[1][:, tok] = 5 * eye
     return model
 
 

@@ -229,17 +229,19 @@ def verify_task(task: str, setup: Setup, known: Iterable[Component], method: str
 
 
 def verify_all(quick: bool = False, methods: Iterable[str] = ("atp", "ig")) -> list[dict[str, object]]:
-    """Head-level circuits of the planted-copy model and the zoo's induction model vs their
-    known circuits (rows for `format_verify`)."""
+    """Head-level circuits of the planted-copy and planted-induction models and of the zoo's
+    induction model vs their known circuits (rows for `format_verify`)."""
     from mechscope.circuits import known as kn
     from mechscope.interp.models import load_model
 
     n = 4 if quick else 16
     induction = load_model(kn.INDUCTION_MODEL)
-    planted = kn.planted_copy_model()
+    planted, planted_ind = kn.planted_copy_model(), kn.planted_induction_model()
     rows = []
     for method in methods:
         rows.append(verify_task("planted-copy", kn.planted_setup(planted, n_prompts=n), kn.PLANTED.components, method))
+        rows.append(verify_task("planted-induction", kn.induction_setup(planted_ind, n_prompts=n, period=7),
+                                kn.PLANTED_INDUCTION.components, method))
         rows.append(verify_task("induction", kn.induction_setup(induction, n_prompts=n),
                                 kn.induction_circuit(induction.card or None).components, method))
     return rows

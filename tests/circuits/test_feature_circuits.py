@@ -8,8 +8,8 @@ import torch
 from mechscope.circuits.attribution import Setup, logit_diff, node_scores
 from mechscope.circuits.feature_circuits import faithfulness, feature_circuit, full_graph, trace
 from mechscope.circuits.graph import Graph
-from mechscope.circuits.known import (PLANTED, induction_circuit, induction_setup, planted_copy_model,
-                                      planted_setup)
+from mechscope.circuits.known import (PLANTED, PLANTED_INDUCTION, induction_circuit, induction_setup,
+                                      planted_copy_model, planted_induction_model, planted_setup)
 from mechscope.circuits.verify import score_against, verify_edges
 from mechscope.interp.models import Model, load_model
 from mechscope.kernels.code import SparseCode
@@ -149,3 +149,18 @@ def test_induction_circuit_at_head_level():
     assert (s.precision, s.recall) == (1.0, 1.0), (s, {i: n.score for i, n in g.nodes.items()})
     prev, ind = (f"head/L{l}.z/{h}" for _, l, h in known.components)
     assert (prev, ind) in g.edges  # K-composition shows as a direct edge
+
+
+def test_planted_induction_needs_integrated_gradients():
+    # hand-written previous-token head (0,0) and induction head (1,1); their attention saturates,
+    # so the clean gradient misses the previous-token head while IG and interventions agree
+    setup = induction_setup(planted_induction_model(), n_prompts=4, period=7)
+    g, f = trace(setup, method="ig", node_threshold=0.2, relative=True, steps=8)
+    s = score_against(g, PLANTED_INDUCTION.components)
+    assert (s.precision, s.recall) == (1.0, 1.0), s
+    assert f.faithfulness == pytest.approx(1.0, abs=0.05)
+    v = verify_edges(g, setup)
+    assert v.node_max_error < 0.25 * max(abs(e) for e in v.node_effect) and v.edge_max_error < 0.05
+    assert ("head/L0.z/0", "head/L1.z/1") in g.edges  # K-composition
+    atp = feature_circuit(setup, method="atp", node_threshold=0.0, edges=False)
+    assert abs(atp.nodes["head/L0.z/0"].score) < 0.2 < abs(g.nodes["head/L0.z/0"].score)

@@ -19,6 +19,8 @@ values (fp32 accumulation); inputs are made contiguous (a no-op when they alread
 
 from __future__ import annotations
 
+from typing import no_type_check  # keeps jaxtyping's import hook off the jit sources
+
 import torch
 import triton
 import triton.language as tl
@@ -30,6 +32,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_D = 128
 
 
+@no_type_check
 @triton.jit
 def _bag_matmul_kernel(idx_ptr, w_ptr, W_ptr, b_ptr, out_ptr, n, k, d,
                        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -49,6 +52,7 @@ def _bag_matmul_kernel(idx_ptr, w_ptr, W_ptr, b_ptr, out_ptr, n, k, d,
     tl.store(out_ptr + rows[:, None] * d + cols[None, :], acc, mask=mask)
 
 
+@no_type_check
 @triton.jit
 def _gather_dot_kernel(idx_ptr, W_ptr, y_ptr, out_ptr, k, d,
                        BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -67,6 +71,7 @@ def _gather_dot_kernel(idx_ptr, W_ptr, y_ptr, out_ptr, k, d,
     tl.store(out_ptr + r * k + js, acc, mask=j_ok)
 
 
+@no_type_check
 @triton.jit
 def _bag_scatter_kernel(idx_ptr, w_ptr, y_ptr, out_ptr, n, k, d,
                         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):

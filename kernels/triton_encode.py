@@ -36,6 +36,8 @@ scatter), plus ``index_add_`` for ``grad_b_enc``.
 
 from __future__ import annotations
 
+from typing import no_type_check  # keeps jaxtyping's import hook off the jit sources
+
 import torch
 import triton
 import triton.language as tl
@@ -50,6 +52,7 @@ MAX_K = 128
 _MIN_KEY = -(2**63)
 
 
+@no_type_check
 @triton.jit
 def _float_key(acc, cols):
     """int64 keys ordered like (acc, cols) lexicographically."""
@@ -58,6 +61,7 @@ def _float_key(acc, cols):
     return (bits.to(tl.int64) << 32) | cols.to(tl.int64)
 
 
+@no_type_check
 @triton.jit
 def _topk_encode_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr,

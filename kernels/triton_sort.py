@@ -21,16 +21,20 @@ are never mixed.
 
 from __future__ import annotations
 
+from typing import no_type_check  # keeps jaxtyping's import hook off the jit sources
+
 import triton
 import triton.language as tl
 
 
+@no_type_check
 @triton.jit
 def _indicator(ND: tl.constexpr, j: tl.constexpr):
     """0 / 1 along the j-th innermost of ND hypercube axes (broadcastable)."""
     return tl.reshape(tl.arange(0, 2), [1] * (ND - j - 1) + [2] + [1] * j)
 
 
+@no_type_check
 @triton.jit
 def _compare_swap(h, flip, ND: tl.constexpr, j: tl.constexpr):
     lo = tl.min(h, axis=ND - 1 - j, keep_dims=True)
@@ -38,6 +42,7 @@ def _compare_swap(h, flip, ND: tl.constexpr, j: tl.constexpr):
     return tl.where((flip ^ _indicator(ND, j)) != 0, hi, lo)
 
 
+@no_type_check
 @triton.jit
 def _merge(h, ND: tl.constexpr, STAGE: tl.constexpr, ORDER: tl.constexpr):
     """Bitonic merge of blocks of 2**STAGE: ORDER 0 ascending, 1 descending, 2 alternating."""
@@ -50,6 +55,7 @@ def _merge(h, ND: tl.constexpr, STAGE: tl.constexpr, ORDER: tl.constexpr):
     return h
 
 
+@no_type_check
 @triton.jit
 def topk_rows(x, LOG_BM: tl.constexpr, LOG_BN: tl.constexpr, LOG_K: tl.constexpr,
               DESCENDING: tl.constexpr):
@@ -65,6 +71,7 @@ def topk_rows(x, LOG_BM: tl.constexpr, LOG_BN: tl.constexpr, LOG_K: tl.constexpr
     return tl.reshape(h, [2**LOG_BM, 2**LOG_K])
 
 
+@no_type_check
 @triton.jit
 def merge_topk_rows(keep, cand, LOG_BM: tl.constexpr, LOG_K: tl.constexpr):
     """Top-K of the union of two row-wise sorted lists: keep descending, cand ascending.

@@ -526,9 +526,12 @@ class DocumentTokenStream(TokenStream):
 
     @classmethod
     def from_hf(cls, name: str, tokenizer: Any, n_ctx: int, split: str = "train",
-                config_name: str | None = None, text_column: str = "text", **kw: Any) -> "DocumentTokenStream":
-        """A Hub dataset streamed with ``streaming=True`` (needs the hub)."""
-        return cls(hf_dataset_source(name, split, config_name, text_column), tokenizer, n_ctx, **kw)
+                config_name: str | None = None, text_column: str = "text",
+                dataset_kwargs: dict[str, Any] | None = None, **kw: Any) -> "DocumentTokenStream":
+        """A Hub dataset streamed with ``streaming=True`` (needs the hub, except for packaged
+        builders such as ``"text"`` with ``dataset_kwargs={"data_files": ...}``)."""
+        source = hf_dataset_source(name, split, config_name, text_column, **(dataset_kwargs or {}))
+        return cls(source, tokenizer, n_ctx, **kw)
 
     # -- position -----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -134,6 +134,7 @@ def test_memmap_matches_document_stream(tokenizer, tmp_path, suffix):
     assert all(torch.equal(a, b) for a, b in zip(mm, ref))
     assert torch.equal(mm.window(3), ref[3])
     assert mm.special_ids == {tokenizer.eos_token_id}
+    assert isinstance(open_token_stream(path, 8), MemmapTokenStream)
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -211,6 +212,10 @@ def test_streaming_dataset_path(tokenizer, tmp_path, monkeypatch):
     ref = reference_windows(tokenizer, lines, 8)
     assert all(torch.equal(a, b) for a, b in zip(make(), ref)) and len(list(make())) == len(ref)
     _check_resume(make, [5], len(ref))
+    hub_path = DocumentTokenStream.from_hf("text", tokenizer, 8, dataset_kwargs={"data_files": str(file)})
+    assert hub_path.config()["source"] == "hf" and hub_path.config()["streaming"]
+    got = list(hub_path)
+    assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(got, ref))
     local = datasets.Dataset.from_dict({"body": lines})
     got = list(DocumentTokenStream.from_dataset(local, tokenizer, 8, text_column="body"))
     assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(got, ref))

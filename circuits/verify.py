@@ -213,7 +213,7 @@ def score_against(graph: Graph, known: Iterable[Component | Node]) -> Score:
 
 # -- `mechscope verify` -------------------------------------------------------------------------
 def verify_task(task: str, setup: Setup, known: Iterable[Component], method: str,
-                threshold: float = 0.2) -> dict[str, object]:
+                threshold: float = 0.1) -> dict[str, object]:
     """Trace one task (nodes kept at ``threshold`` x the largest |score|), score it against the
     known circuit, and check it by intervention."""
     from mechscope.circuits.feature_circuits import faithfulness, feature_circuit

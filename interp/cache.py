@@ -115,6 +115,8 @@ def write_cache(
 
     ``meta`` (JSON-able: model name, token config, ...) goes into the manifest. If the source
     ends early, the cache holds the rows there were, with ``"exhausted": true``, and a warning.
+    Leftover shards of a build that died in ``out_dir`` (shards but no manifest) are replaced;
+    a complete cache is only replaced with ``overwrite=True``.
     """
     if n_rows < 1 or rows_per_shard < 1:
         raise CacheError(f"n_rows and rows_per_shard must be >= 1, got {n_rows}, {rows_per_shard}")

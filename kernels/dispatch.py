@@ -6,7 +6,9 @@ or ``triton``:
 * ``reference``: always the eager PyTorch reference (the kill switch);
 * ``triton``: always Triton, also on CPU tensors, which requires ``TRITON_INTERPRET=1`` to be set
   before triton is first imported (how the CPU tests run the kernels);
-* ``auto``: Triton for CUDA tensors when ``import triton`` works, the reference otherwise.
+* ``auto``: Triton for CUDA tensors when ``import triton`` works, the reference otherwise;
+  inputs outside the Triton kernels' preconditions (float64, k > 128) also take the reference,
+  where ``triton`` mode raises instead.
 
 `available()` reports which path a call would take and why, without running anything.
 """
@@ -37,7 +39,7 @@ class KernelBackend(NamedTuple):
     mode: str  # value of MECHSCOPE_KERNELS ("auto" when unset)
     triton_version: str | None  # None when triton does not import
     cuda_available: bool
-    interpret: bool  # TRITON_INTERPRET=1 is set
+    interpret: bool  # kernels run in the Triton interpreter (TRITON_INTERPRET=1 at import)
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,6 +50,14 @@ def _triton_import() -> tuple[str | None, str]:
     except Exception as e:  # noqa: BLE001 - any import failure means "not available"
         return None, f"{type(e).__name__}: {e}"
     return triton.__version__, ""
+
+
+def _interpreting() -> bool:
+    """Kernels run in the Triton interpreter: TRITON_INTERPRET=1 was set when triton loaded."""
+    import triton.language as tl
+
+    on = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return on and type(tl.zeros).__name__ == "InterpretedFunction"
 
 
 def _mode() -> str:
@@ -65,8 +75,8 @@ def available(device: str | torch.device | None = None) -> KernelBackend:
     cuda = torch.cuda.is_available()
     dev = torch.device(device if device is not None else ("cuda" if cuda else "cpu"))
     mode = _mode()
-    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     version, err = _triton_import() if mode != "reference" else (None, "not imported")
+    interpret = version is not None and _interpreting()
     info = dict(device=str(dev), mode=mode, triton_version=version, cuda_available=cuda,
                 interpret=interpret)
     if mode == "reference":
@@ -79,8 +89,9 @@ def available(device: str | torch.device | None = None) -> KernelBackend:
     if mode == "triton":
         if dev.type != "cuda" and not interpret:
             raise RuntimeError(
-                f"{ENV_VAR}=triton on {dev.type} tensors needs TRITON_INTERPRET=1 "
-                "(set before triton is imported), or CUDA tensors"
+                f"{ENV_VAR}=triton on {dev.type} tensors needs the Triton interpreter: start the "
+                "process with TRITON_INTERPRET=1 (it must be set before triton is imported), "
+                "or use CUDA tensors"
             )
         return KernelBackend("triton", f"forced by {ENV_VAR}=triton", **info)
     if dev.type != "cuda":

@@ -49,16 +49,20 @@ def test_triton_not_importable_falls_back(monkeypatch):
 
 def test_forced_triton_on_cpu_needs_interpreter(monkeypatch):
     monkeypatch.setenv("MECHSCOPE_KERNELS", "triton")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     if dispatch._triton_import()[0] is None:
         pytest.skip("triton not installed")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         available("cpu")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         topk_encode(torch.randn(2, 4), torch.randn(8, 4), torch.zeros(8), 2)
+    # setting the variable after triton was imported is not enough: the error must say so
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    info = available("cpu")
-    assert info.backend == "triton" and info.interpret
+    if dispatch._interpreting():  # this process was started with TRITON_INTERPRET=1
+        assert available("cpu").backend == "triton"
+    else:
+        with pytest.raises(RuntimeError, match="before triton is imported"):
+            available("cpu")
 
 
 def test_bad_mode_names_valid_ones(monkeypatch):

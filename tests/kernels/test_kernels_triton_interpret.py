@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from mechscope.kernels import sparse_decode, topk_encode
+from mechscope.kernels import available, sparse_decode, topk_encode
 from mechscope.kernels.code import SparseCode
 from mechscope.kernels.dense import dense_topk_encode
 from mechscope.kernels.parity import parity_errors
@@ -55,6 +55,11 @@ def test_triton_parity_with_dense_oracle(d_in, k, relu):
     err = parity_errors(topk_encode, sparse_decode, n=19, d_in=d_in, d_sae=200, k=k,
                         d_out=d_in + 3, relu=relu, seed=d_in + k)
     _assert_parity(err)
+
+
+def test_available_reports_interpreter():
+    info = available("cpu")
+    assert info.backend == "triton" and info.interpret and info.mode == "triton"
 
 
 def test_triton_ties():

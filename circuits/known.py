@@ -76,20 +76,19 @@ def induction_circuit(card: dict | None = None, min_score: float = 0.5) -> Known
     if prev is None or ind is None:
         raise ValueError(f"the {INDUCTION_MODEL} card records neither head scores nor "
                          f"'prev_token_head' / 'induction_head'")
-    return KnownCircuit("induction", (("head", int(prev[0]), int(prev[1])), ("head", int(ind[0]), int(ind[1]))),
-                        f"zoo card of {INDUCTION_MODEL}: named heads")
+    heads = (("head", int(prev[0]), int(prev[1])), ("head", int(ind[0]), int(ind[1])))
+    return KnownCircuit("induction", heads, f"zoo card of {INDUCTION_MODEL}: named heads")
 
 
 def induction_setup(model: Any, n_prompts: int = 8, period: int = 12, ablation: str = "mean",
                     sites: Any = ("L0.z", "L1.z"), seed: int = 0) -> Setup:
     """``[BOS] + x + x`` prompts; metric: mean log-prob of the next token over the second copy."""
-    from mechscope.interp.zoo.induction import FIRST_SYMBOL, repeated_batch
+    from mechscope.interp.zoo.induction import repeated_batch
 
     bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
     gen = torch.Generator().manual_seed(seed)
     tokens, mask = repeated_batch(n_prompts, 2 * period + 1, model.d_vocab, period, period,
                                   1 if bos is None else bos, gen)
-    assert int(tokens[:, 1:].min()) >= FIRST_SYMBOL
     return Setup.build(model, sites, next_token_logprob(tokens, mask), tokens, ablation=ablation)
 
 

@@ -239,7 +239,8 @@ def verify_all(quick: bool = False, methods: Iterable[str] = ("atp", "ig")) -> l
     planted, planted_ind = kn.planted_copy_model(), kn.planted_induction_model()
     rows = []
     for method in methods:
-        rows.append(verify_task("planted-copy", kn.planted_setup(planted, n_prompts=n), kn.PLANTED.components, method))
+        rows.append(verify_task("planted-copy", kn.planted_setup(planted, n_prompts=n),
+                                kn.PLANTED.components, method))
         rows.append(verify_task("planted-induction", kn.induction_setup(planted_ind, n_prompts=n, period=7),
                                 kn.PLANTED_INDUCTION.components, method))
         rows.append(verify_task("induction", kn.induction_setup(induction, n_prompts=n),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechscope.circuits.attribution import Setup, logit_diff, node_scores
+from mechscope.circuits.attribution import Setup, logit_diff
 from mechscope.circuits.feature_circuits import faithfulness, feature_circuit, full_graph, trace
 from mechscope.circuits.graph import Graph
 from mechscope.circuits.known import (PLANTED, PLANTED_INDUCTION, induction_circuit, induction_setup,

@@ -9,7 +9,7 @@ import torch
 
 from mechscope.circuits.feature_circuits import feature_circuit
 from mechscope.circuits.graph import Graph, Node
-from mechscope.circuits.known import PLANTED, planted_copy_model, planted_setup
+from mechscope.circuits.known import planted_copy_model, planted_setup
 from mechscope.circuits.trace_cli import trace_cli
 from mechscope.circuits.verify import format_verify, score_against, spearman, verify_edges
 

@@ -110,7 +110,7 @@ def test_integrated_gradients_complete(tiny_model, tokens):
     patch = toks(p=16, seed=7, vocab=100)
     setup = Setup.build(tiny_model, {"L0.z": None, "L1.resid_mid": TinyDict(32, 16, seed=2)},
                         ld(), tokens, patch=patch)
-    ig = node_scores(setup, "ig", steps=32)
+    ig = node_scores(setup, "ig", steps=16)
     m0 = clean_run(setup)["metric"]
     for s, sn in setup.nodes.items():
         full = masked_run(setup, {s: torch.zeros(sn.n_nodes, dtype=torch.bool)}) - m0

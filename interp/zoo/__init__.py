@@ -55,8 +55,8 @@ def load(name: str, device: str = "cpu"):
 
 def build(name: str, out_dir: Path | None = None, seed: int = 0, steps: int | None = None,
           quick: bool = False) -> Path:
-    """Run the deterministic build recipe of ``name``; see ``mechscope.interp.zoo.build``."""
-    from .build import build as _build
+    """Run the deterministic build recipe of ``name``; see ``mechscope.interp.zoo.recipe``."""
+    from .recipe import build as _build
 
     _check(name)
     return _build(name, out_dir=out_dir, seed=seed, steps=steps, quick=quick)

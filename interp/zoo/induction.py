@@ -66,19 +66,22 @@ def head_scores(model, period: int = 20, n_rows: int = 64, seed: int = 1234) -> 
     return {"prev_token": torch.stack(prev).cpu(), "induction": torch.stack(ind).cpu()}
 
 
-def repeat_loss(model, tokens: Tensor, mask: Tensor, ablate: tuple[int, int] | None = None) -> float:
-    """Loss on repeat targets, optionally with head ``(layer, head)`` zero-ablated at ``hook_z``."""
+def repeat_loss(model, tokens: Tensor, mask: Tensor,
+                ablate: tuple[int, int] | list[tuple[int, int]] | None = None) -> float:
+    """Loss on repeat targets, with the heads ``(layer, head)`` in ``ablate`` zeroed at ``hook_z``."""
     from .train import next_token_loss
 
-    hooks = []
-    if ablate is not None:
-        layer, head = ablate
+    heads = [] if ablate is None else [ablate] if isinstance(ablate, tuple) else list(ablate)
 
-        def zero_head(z, hook):
-            z[:, :, head] = 0.0
+    def zero_heads(layer):
+        def hook(z, hook):
+            for l, h in heads:
+                if l == layer:
+                    z[:, :, h] = 0.0
             return z
+        return hook
 
-        hooks = [(f"blocks.{layer}.attn.hook_z", zero_head)]
+    hooks = [(f"blocks.{l}.attn.hook_z", zero_heads(l)) for l in sorted({l for l, _ in heads})]
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
     return next_token_loss(logits, tokens, mask).item()
@@ -106,17 +109,23 @@ def circuit_report(model, seq_len: int, min_period: int, max_period: int, seed: 
     base = repeat_loss(model, tokens, mask)
     ablation = [[repeat_loss(model, tokens, mask, (l, h)) - base for h in range(model.cfg.n_heads)]
                 for l in range(model.cfg.n_layers)]
+    ind_heads = [h for h in range(model.cfg.n_heads) if scores["induction"][1, h] > 0.5]
+    joint = repeat_loss(model, tokens, mask, [(1, h) for h in ind_heads]) - base if ind_heads else 0.0
     comp = k_composition(model)
     r = lambda t: [[round(float(v), 4) for v in row] for row in t]  # noqa: E731
     return {
         "prev_token_head": [0, prev_head],
         "induction_head": [1, ind_head],
+        "induction_heads": [[1, h] for h in ind_heads],
+        "prev_token_heads": [[0, h] for h in range(model.cfg.n_heads)
+                             if scores["prev_token"][0, h] > 0.5],
         "prev_token_scores": r(scores["prev_token"]),
         "induction_scores": r(scores["induction"]),
         "score_setup": "mean attention over 64 fresh [BOS]+x+x rows, |x| = 20; prev-token: A[i,i-1], "
                        "i>=2; induction: A[i,i-19] over the second copy",
         "repeat_loss": round(base, 4),
         "ablation_loss_increase": r(ablation),
+        "ablation_loss_increase_all_induction_heads": round(joint, 4),
         "ablation_setup": f"zero hook_z of one head, 128 rows of length {seq_len}, periods "
                           f"{min_period}-{max_period}, loss on repeat targets",
         "k_composition": r(comp),

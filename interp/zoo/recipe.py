@@ -1,6 +1,6 @@
 """The deterministic build recipe of a zoo model: corpus -> tokenizer -> train -> evaluate -> card.
 
-``python -m mechscope.interp.zoo.build NAME [--quick] [--steps N] [--seed S] [--out DIR]``
+``python -m mechscope.interp.zoo.recipe NAME [--quick] [--steps N] [--seed S] [--out DIR]``
 (also wired as ``mechscope zoo build NAME``). The held-out bound written to the card is the
 loss measured on the test slice (first ``EVAL_SLICE_WINDOWS`` held-out windows) after the
 weights were round-tripped through their storage dtype, plus ``BOUND_MARGIN`` nats: the tests
@@ -23,6 +23,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 BPE_FILE = corpus.DATA_DIR / "shakespeare-bpe.json"
 EVAL_SLICE_WINDOWS = 16
 BOUND_MARGIN = 0.05
+QUICK_CHARS = 20_000
 
 
 def ensure_corpus(log=print) -> None:
@@ -50,12 +51,16 @@ def unigram_entropy(stream) -> float:
     return float(-(p * p.log()).sum())
 
 
-def _train_lm(spec, model, tok, seed, log) -> dict:
+def _train_lm(spec, model, tok, seed, log, quick: bool) -> dict:
     from . import train
 
     bos = tok.bos_token_id
-    stream = train.token_stream(corpus.split_works(corpus.corpus_text("train")), tok)
-    held = train.token_stream(corpus.split_works(corpus.corpus_text("heldout")), tok)
+    works = corpus.split_works(corpus.corpus_text("train"))
+    held_works = corpus.split_works(corpus.corpus_text("heldout"))
+    if quick:  # a smoke build needs a stream, not the whole corpus
+        works, held_works = [works[0][:QUICK_CHARS]], [held_works[0][:QUICK_CHARS]]
+    stream = train.token_stream(works, tok)
+    held = train.token_stream(held_works, tok)
     stats = train.fit(model, spec, lambda g: (train.lm_batch(stream, spec.batch, spec.seq_len,
                                                              bos, g), None), seed, log)
     stats["train_stream_tokens"] = len(stream)
@@ -129,7 +134,7 @@ def build(name: str, out_dir: Path | None = None, seed: int = 0, steps: int | No
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{name}: {n_params} parameters, {spec.steps} steps of {spec.batch}x{spec.seq_len}")
     if spec.kind == "lm":
-        stats = _train_lm(spec, model, tok, seed, log)
+        stats = _train_lm(spec, model, tok, seed, log, quick)
     else:
         stats = _train_induction(spec, model, seed, log)
     if spec.fold_ln:
@@ -137,6 +142,7 @@ def build(name: str, out_dir: Path | None = None, seed: int = 0, steps: int | No
         # composition scores are then read off W_Q, W_K, W_V, W_O directly
         stats["fold_ln_max_logprob_change"] = _fold_ln(model, cfg)
     store.save_weights(model, out, spec.dtype)
+    stats["n_params_shipped"] = sum(p.numel() for p in model.parameters())
     store.write_json(out / store.CONFIG, cfg)
     # measure what ships: reload the stored (possibly fp16) weights before evaluating
     store.write_json(out / store.CARD, {})

@@ -54,14 +54,14 @@ SPECS: dict[str, ZooSpec] = {
         name="gpt2-shakespeare", kind="lm",
         description="GPT-2 architecture (learned positions, LayerNorm, GELU MLP), 4 layers, "
                     "d_model 128, trained on Shakespeare with a 4096-token byte-level BPE.",
-        cfg=_GPT2, steps=500, batch=16, seq_len=256, lr=3e-3, warmup=50, weight_decay=0.05,
+        cfg=_GPT2, steps=300, batch=16, seq_len=256, lr=3e-3, warmup=30, weight_decay=0.05,
     ),
     "llama-shakespeare": ZooSpec(
         name="llama-shakespeare", kind="lm",
         description="Llama architecture (RMSNorm, rotary, gated SiLU MLP, grouped-query "
                     "attention 4 query / 2 key-value heads), 4 layers, d_model 128, same corpus "
                     "and tokenizer as gpt2-shakespeare.",
-        cfg=_LLAMA, steps=500, batch=8, seq_len=256, lr=3e-3, warmup=50, weight_decay=0.05,
+        cfg=_LLAMA, steps=300, batch=8, seq_len=256, lr=3e-3, warmup=30, weight_decay=0.05,
     ),
     "attn-only-induction": ZooSpec(
         name="attn-only-induction", kind="induction",

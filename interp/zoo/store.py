@@ -69,7 +69,13 @@ def load_folder(folder: Path, device: str = "cpu"):
         if not (folder / required).exists():
             raise FileNotFoundError(f"zoo folder {folder} lacks {required}; rebuild the model")
     cfg = json.loads((folder / CONFIG).read_text())
-    model = build_model(cfg, tokenizer=load_tokenizer(folder), device=device)
+    # a config seed makes TL reseed torch/numpy/random globally; loading must not touch user RNGs
+    seed = cfg.pop("seed", None)
+    with torch.random.fork_rng(devices=[]):
+        # the stored weights replace any initialisation, so skip it
+        model = build_model({**cfg, "init_weights": False}, tokenizer=load_tokenizer(folder),
+                            device=device)
+    model.cfg.seed = seed
     state = {k: v.to(torch.float32) for k, v in load_file(str(folder / WEIGHTS)).items()}
     params = dict(model.named_parameters())
     if set(state) != set(params):

@@ -31,7 +31,7 @@ def token_stream(works: list[str], tokenizer) -> Int[Tensor, " n"]:
     """Encode works separately and join them with EOS, the document boundary token."""
     ids: list[int] = []
     for text in works:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         ids.append(tokenizer.eos_token_id)
     return torch.tensor(ids, dtype=torch.long)
 

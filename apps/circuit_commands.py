@@ -68,3 +68,45 @@ def trace_attention_cmd(args: argparse.Namespace) -> int:
                                 args.firing_threshold, args.share, args.max_depth)
     _save(graph, args.out, args.html)
     return 0
+
+
+def _trace_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gpt2-shakespeare", help="model spec (zoo name, HF folder, hub name)")
+    p.add_argument("--prompts", required=True,
+                   help="text file (one prompt per line) or JSON lines with prompt / patch / target / foil")
+    p.add_argument("--out", required=True, help="output graph JSON")
+    p.add_argument("--dictionaries", default=None, help="folder of dictionary folders named by site (DIR/L1.resid_post/)")
+    p.add_argument("--sites", nargs="*", default=None, help="extra sites without dictionaries (e.g. L0.z: one node per head)")
+    p.add_argument("--metric", default="next_token", help="next_token | logprob:TOKEN | logit_diff:A,B | jsonl")
+    p.add_argument("--method", choices=["atp", "ig", "grad_x_act"], default="atp",
+                   help="node scores: attribution patching, integrated gradients, gradient x activation")
+    p.add_argument("--ablation", choices=["zero", "mean", "resample"], default=None,
+                   help="what a removed node becomes (default: the patch prompt if given, else zero)")
+    p.add_argument("--node-threshold", type=float, default=0.1, help="keep nodes with |score| at least this")
+    p.add_argument("--edge-threshold", type=float, default=None, help="keep edges with |weight| at least this")
+    p.add_argument("--steps", type=int, default=10, help="integrated-gradients steps")
+    p.add_argument("--per-position", action="store_true", help="one node per token position (else summed)")
+    p.add_argument("--html", action="store_true", help="also write the graph viewer next to the JSON (.html)")
+
+
+@command("trace", "Sparse feature circuit (Marks et al.) of prompts through dictionaries and error nodes.", _trace_options)
+def trace_cmd(args: argparse.Namespace) -> int:
+    from mechscope.circuits.trace_cli import trace_cli
+
+    graph = trace_cli(args.model, args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
+                      args.ablation, args.node_threshold, args.edge_threshold, per_position=args.per_position,
+                      steps=args.steps)
+    _save(graph, args.out, args.html)
+    return 0
+
+
+def _verify_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="fewer prompts (seconds)")
+
+
+@command("verify", "Trace toy models with known circuits and print precision / recall and causal agreement.", _verify_options)
+def verify_cmd(args: argparse.Namespace) -> int:
+    from mechscope.circuits.verify import format_verify, verify_all
+
+    print(format_verify(verify_all(quick=args.quick)))
+    return 0

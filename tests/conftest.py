@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# one intra-op thread per test process: tiny ops are faster without thread sync, and
+# `pytest -n 2` (pytest-xdist, see pyproject) uses the second core for a second worker
+torch.set_num_threads(1)
 
 TINY_GPT2 = dict(n_layers=2, d_model=32, n_ctx=32, d_head=8, n_heads=4, d_mlp=64, d_vocab=100,
                  act_fn="gelu_new", normalization_type="LN")

@@ -29,12 +29,3 @@ def make_cfg():
 @pytest.fixture
 def mmcs():
     return _mean_max_cos
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these tensors are tiny: on a shared 2-core machine one thread is ~10x faster than two
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -25,7 +25,8 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 FORMAT_VERSION = 1
 NODE_KINDS = ("embedding", "head", "mlp", "attention", "feature", "error", "residual", "logit")

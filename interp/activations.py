@@ -8,7 +8,7 @@ Every site's tensor has the same number of rows, in the same order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from jaxtyping import Int

@@ -10,7 +10,8 @@ context manager, which removes them on exit, also when the forward pass raises.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Int

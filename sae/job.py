@@ -24,9 +24,13 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mechscope.sae.config import TrainConfig, expand_sweep
+
+if TYPE_CHECKING:
+    from mechscope.interp.tokens import DocumentTokenStream
 
 TABLES = ("data", "sae")
 
@@ -132,7 +136,7 @@ def load_job(path: "str | Path | None" = None, overrides: Sequence[str] = (), d_
 
 
 def token_windows(model: Any, spec: str, n_ctx: int, seed: int = 0, epochs: int | None = None,
-                  shuffle_windows: int = 0) -> Iterator:
+                  shuffle_windows: int = 0) -> "DocumentTokenStream":
     """A `DocumentTokenStream` for a text spec of `DataConfig`."""
     from mechscope.interp import zoo
     from mechscope.interp.tokens import DocumentTokenStream

@@ -12,7 +12,8 @@ dictionary's reconstruction ``L_spliced`` (for a transcoder: the output site rep
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor

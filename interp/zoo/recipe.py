@@ -141,8 +141,8 @@ def build(name: str, out_dir: Path | None = None, seed: int = 0, steps: int | No
         # exact reparametrisation (Elhage et al. 2021 fold LN scales into the reading weights):
         # composition scores are then read off W_Q, W_K, W_V, W_O directly
         stats["fold_ln_max_logprob_change"] = _fold_ln(model, cfg)
+        stats["n_params_shipped"] = sum(p.numel() for p in model.parameters())
     store.save_weights(model, out, spec.dtype)
-    stats["n_params_shipped"] = sum(p.numel() for p in model.parameters())
     store.write_json(out / store.CONFIG, cfg)
     # measure what ships: reload the stored (possibly fp16) weights before evaluating
     store.write_json(out / store.CARD, {})

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mechscope.apps.html import asset, escape, script_json, standalone_page, write_text
 from mechscope.sae.features import FeatureCard

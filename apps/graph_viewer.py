@@ -27,8 +27,9 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mechscope.apps.html import asset, escape, standalone_page, write_text
 from mechscope.circuits.graph import Graph, Node
@@ -73,7 +74,7 @@ def layout_positions(graph: Graph) -> dict[str, tuple[float, float]]:
     return xy
 
 
-def _levels(weights: list[float], threshold: float | None, n_levels: int) -> list[float]:
+def _levels(weights: list[float], threshold: float | int | None, n_levels: int) -> list[float]:
     mags = [abs(w) for w in weights if w != 0]
     if not mags:
         return [threshold or 0.0]
@@ -128,7 +129,7 @@ def ancestors(graph: Graph, sinks: list[str]) -> set[str]:
     return seen
 
 
-def graph_figure(graph: Graph, threshold: float | None = None, n_levels: int = 6,
+def graph_figure(graph: Graph, threshold: float | int | None = None, n_levels: int = 6,
                  feature_url: Any = None, routes: bool = True, title: str | None = None) -> Any:
     """The viewer figure. Traces, in order: route highlights (hidden until chosen), edge buckets
     (3 per level), one node trace per kind (``customdata`` = link or "")."""
@@ -234,8 +235,8 @@ def _axes(fig: Any, graph: Graph, title: str | None) -> None:
 _BODY = '<div id="graph" style="height: 92vh"></div><p id="message" class="meta"></p>'
 
 
-def write_graph_html(graph: Graph, path: "str | Path", threshold: float | None = None, n_levels: int = 6,
-                     feature_url: Any = None, routes: bool = True, title: str | None = None) -> Path:
+def write_graph_html(graph: Graph, path: "str | Path", threshold: float | int | None = None,
+                     n_levels: int = 6, feature_url: Any = None, routes: bool = True, title: str | None = None) -> Path:
     """Write the viewer as one offline HTML file (plotly.js embedded); returns its path.
     Clicking a node with a link (feature nodes with ``feature_url``) opens the link."""
     fig = graph_figure(graph, threshold, n_levels, feature_url, routes, title)

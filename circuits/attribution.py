@@ -25,8 +25,9 @@ no gradient, so every site's gradient is ``dm/dx`` and node gradients are its ad
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int

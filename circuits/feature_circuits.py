@@ -34,7 +34,8 @@ construction: the full circuit is the unmodified (spliced) model.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Bool
@@ -123,22 +124,27 @@ def circuit_edges(setup: Setup, kept: dict[Site, Kept], per_position: bool,
     for d in downstream:
         ups = [u for u in setup.sites if kept[u] and (d is None or site_rank(u) < site_rank(d))]
         for u in ups:
-            targets = [(None, None)] if d is None else kept[d]
-            for t, grad_u in zip(targets, direct_grads(setup, u, d, targets, steps)):
+            grads = direct_grads(setup, u, d, None if d is None else kept[d], steps)
+            # into the metric there is one target (None); otherwise one per kept node of d
+            targets: list[tuple[int, int | None] | None] = [None] if d is None else list(kept[d])
+            for t, grad_u in zip(targets, grads):
                 sc = SiteNodes.score(setup.nodes[u].grads(grad_u), deltas[u]).mean(0)
+                dst = None if d is None or t is None else site_node(setup, d, t[0], t[1], 0.0).id
                 for j, p in kept[u]:
                     w = float(sc[:, j].sum() if p is None else sc[p, j])
-                    src = site_node(setup, u, j, p, 0.0).id
-                    dst = None if d is None else site_node(setup, d, t[0], t[1], 0.0).id
-                    out.append((src, dst, w))
+                    out.append((site_node(setup, u, j, p, 0.0).id, dst, w))
     return out
 
 
-def direct_grads(setup: Setup, up: Site, down: Site | None, targets: Kept,
+def direct_grads(setup: Setup, up: Site, down: Site | None, targets: Kept | None,
                  steps: int | None = None) -> list[Tensor]:
     """For each downstream target, the gradient w.r.t. ``up``'s activation of
     ``sum (dm/dd)|_clean · d`` through direct paths (intermediate sites held at clean values);
-    with ``steps``, averaged along ``up``'s straight path from clean to reference (IG edges)."""
+    with ``steps``, averaged along ``up``'s straight path from clean to reference (IG edges).
+    ``down=None`` means the metric itself: one gradient, and ``targets`` must be None."""
+    if (down is None) != (targets is None):
+        raise ValueError("targets are the kept nodes of a downstream site: give both down and "
+                         f"targets, or neither (the metric); got down={down}, targets={targets}")
     clean = clean_run(setup)
     x0 = clean["acts"][up]
     k = steps or 1

@@ -95,7 +95,7 @@ class FlowContributions:
 # -- the decomposition ------------------------------------------------------------------------------
 def head_terms(pattern: Float[Tensor, "head dst src"], v: Float[Tensor, "src head d_head"],
                W_O: Float[Tensor, "head d_head d_model"], dst: slice, heads: slice
-               ) -> Float[Tensor, "head_chunk dst_chunk src d_model"]:
+               ) -> Float[Tensor, "head_chunk dst_chunk src_upto_dst d_model"]:
     """The terms ``A[h, i, j] (v_j W_O^h)`` for a chunk of heads and destinations (sources up
     to the last destination of the chunk: the rest are causally masked)."""
     stop = dst.stop

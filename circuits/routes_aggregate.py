@@ -14,7 +14,8 @@ batches (no padding, so positions and attention are exactly those of each prompt
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor

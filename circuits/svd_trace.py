@@ -18,8 +18,9 @@ and MLPs that carry the signal appear as source nodes (they are not traced furth
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 

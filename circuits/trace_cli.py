@@ -18,8 +18,9 @@ the graphs are averaged (`Graph.aggregate`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -20,8 +20,9 @@ recall ``|G∩K|/|K|``, F1 — over the node kinds the known circuit names.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -36,7 +37,7 @@ from mechscope.interp.sites import Site
 Component = tuple[str, int, "int | None"]  # (node kind, layer, index)
 
 
-def spearman(a: Iterable[float], b: Iterable[float]) -> float:
+def spearman(a: Iterable[float | int], b: Iterable[float | int]) -> float:
     """Spearman rank correlation (average ranks for ties); nan for fewer than 2 points."""
     x, y = torch.tensor(list(a), dtype=torch.float64), torch.tensor(list(b), dtype=torch.float64)
     if x.numel() != y.numel():
@@ -86,7 +87,7 @@ class Verification:
     def edge_max_error(self) -> float:
         return max((abs(a - b) for a, b in zip(self.edge_attribution, self.edge_effect)), default=0.0)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | int]:
         return {"nodes": len(self.node_ids), "node_rank_corr": self.node_rank_corr,
                 "node_max_error": self.node_max_error, "edges": len(self.edge_ids),
                 "edge_rank_corr": self.edge_rank_corr, "edge_max_error": self.edge_max_error}

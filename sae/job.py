@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from mechscope.sae.config import TrainConfig, expand_sweep
 
 if TYPE_CHECKING:
-    from mechscope.interp.tokens import DocumentTokenStream
+    from mechscope.interp.documents import DocumentTokenStream
 
 TABLES = ("data", "sae")
 
@@ -45,7 +45,8 @@ class DataConfig:
 
     model: str = _f("gpt2-shakespeare", "model: a zoo name, a local HF checkpoint folder, or a TransformerLens hub name")
     text: str = _f("zoo:train", "text: 'zoo:train' / 'zoo:heldout' (zoo corpus), a .txt file / folder / glob, "
-                   "or 'hf:NAME[:SPLIT]' (a Hugging Face dataset, streamed; needs the hub)")
+                   "a token memmap (.npy / .bin from write_token_memmap), or 'hf:NAME[:SPLIT]' "
+                   "(a Hugging Face dataset, streamed; needs the hub)")
     heldout_text: str = _f("zoo:heldout", "held-out text for evaluation (same forms as text)")
     n_ctx: int = _f(128, "tokens per context window (BOS included)")
     batch_tokens: int = _f(4096, "activation rows per training batch")
@@ -72,13 +73,17 @@ def _check_text_spec(name: str, spec: str) -> None:
         raise ValueError(f"config field data.{name}={spec!r} is invalid: zoo text is 'zoo:train' or 'zoo:heldout'")
     if spec.startswith(("zoo:", "hf:")):
         return
-    from mechscope.interp.tokens import text_files
+    if spec.endswith((".npy", ".bin")):
+        if not Path(spec).is_file():
+            raise ValueError(f"config field data.{name}={spec!r}: token memmap file not found")
+        return
+    from mechscope.interp.documents import text_files
 
     try:
         text_files(spec)
     except ValueError as exc:
         raise ValueError(f"config field data.{name}={spec!r}: {exc}; valid forms: 'zoo:train', "
-                         "'zoo:heldout', a path/glob of .txt files, 'hf:NAME[:SPLIT]'") from None
+                         "'zoo:heldout', a path/glob of .txt files, a .npy/.bin token memmap, 'hf:NAME[:SPLIT]'") from None
 
 
 def fields_help(cls: type) -> list[tuple[str, str, Any, str]]:
@@ -139,7 +144,7 @@ def token_windows(model: Any, spec: str, n_ctx: int, seed: int = 0, epochs: int 
                   shuffle_windows: int = 0) -> "DocumentTokenStream":
     """A `DocumentTokenStream` for a text spec of `DataConfig`."""
     from mechscope.interp import zoo
-    from mechscope.interp.tokens import DocumentTokenStream
+    from mechscope.interp.documents import DocumentTokenStream
 
     kw = dict(seed=seed, epochs=epochs, shuffle_windows=shuffle_windows)
     if spec.startswith("zoo:"):
@@ -149,6 +154,10 @@ def token_windows(model: Any, spec: str, n_ctx: int, seed: int = 0, epochs: int 
     if spec.startswith("hf:"):
         name, _, split = spec[3:].partition(":")
         return DocumentTokenStream.from_hf(name, model.tokenizer, n_ctx, split=split or "train", **kw)
+    if spec.endswith((".npy", ".bin")):
+        from mechscope.interp.token_memmap import MemmapTokenStream
+
+        return MemmapTokenStream(spec, n_ctx, shuffle=shuffle_windows > 0, seed=seed, epochs=epochs)
     return DocumentTokenStream.from_files(spec, model.tokenizer, n_ctx, **kw)
 
 

@@ -12,7 +12,7 @@ from mechscope.interp.activations import ActivationBatch
 from mechscope.interp.cache import CacheError, CachedActivations, build_cache, write_cache
 from mechscope.interp.sites import Site
 from mechscope.interp.stream import ActivationSource, ActivationStream
-from mechscope.interp.tokens import MemmapTokenStream, write_token_memmap
+from mechscope.interp.token_memmap import MemmapTokenStream, write_token_memmap
 
 SITES = ["L0.resid_post", "L1.z.H1"]
 N_CTX = 12

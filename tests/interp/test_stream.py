@@ -10,7 +10,7 @@ from mechscope.interp.activations import ActivationBatch
 from mechscope.interp.capture import capture
 from mechscope.interp.sites import Site
 from mechscope.interp.stream import ActivationSource, ActivationStream, StreamStateError
-from mechscope.interp.tokens import MemmapTokenStream, write_token_memmap
+from mechscope.interp.token_memmap import MemmapTokenStream, write_token_memmap
 
 SITES = ["L0.resid_post", "L1.mlp_out", "L1.z.H1"]
 N_CTX = 12
@@ -147,7 +147,7 @@ def test_text_corpus_end_to_end_resume(tmp_path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     from mechscope.interp.models import Model
-    from mechscope.interp.tokens import DocumentTokenStream
+    from mechscope.interp.documents import DocumentTokenStream
 
     docs = ["the cat sat on the mat", "a dog ran in the park", "hello world, hello there", "to be or not"] * 4
     tok = Tokenizer(models.BPE())

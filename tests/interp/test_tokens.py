@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mechscope.interp.tokens import (
-    DocumentTokenStream,
-    MemmapTokenStream,
-    TokenStreamError,
-    open_token_memmap,
-    open_token_stream,
-    write_token_memmap,
-)
+from mechscope.interp.documents import DocumentTokenStream
+from mechscope.interp.token_memmap import MemmapTokenStream, open_token_memmap, write_token_memmap
+from mechscope.interp.tokens import TokenStreamError, open_token_stream
 
 DOCS = [
     "the cat sat on the mat and the dog sat on the log",

@@ -1,0 +1,190 @@
+"""The TokFSM experiment of Codebook Features: states found as single codes, and steered.
+
+Tamkin et al. 2023 ("Codebook Features: Sparse and Discrete Interpretability for Neural
+Networks", section 4) train a transformer on walks of a random FSM (`mechscope.interp.tokfsm`),
+add codebooks, fine-tune, and ask (1) how well one code identifies one state and (2) whether
+forcing a state's code makes the model continue as if it were in that state.
+
+Measures (all on fresh walks):
+
+* Next-state distribution. A prompt ends on the last digit of a state ``s``; for every state
+  ``s'`` the model's probability of writing it next is ``p(s') = Π_i p(d_i(s') | prompt,
+  d_{<i}(s'))`` (one batched forward over the prompt followed by each candidate's digits),
+  renormalised over the ``S`` states. ``valid_mass = Σ_{s' ∈ succ(s)} p(s')`` is 1 for a perfect
+  model and ``D / S`` (chance) for a uniform one; ``true_prob`` (mean ``p`` of the walked next
+  state) is at most ``1 / D``.
+* State identification: per state, the code with the best F1 as a detector of "the token is the
+  last digit of state s" (`mechscope.interp.steer.detector_stats`): its precision and recall.
+  Chance precision of a code that fires at random is the state's frequency, about ``1 / S``.
+* Steering: force the best code of a target state ``t`` at the prompt's last position and
+  compare the mass on ``succ(t)`` with that of the unsteered run; mass on ``succ(s)`` should
+  fall. ``follow_rate`` is how often the most probable next state is a successor of ``t``.
+
+Reference levels (CPU, measured here). Tiny run of tests/interp/test_steer.py: 12 states, 2
+out-edges, base 4; 2 layers, d_model 32; 200 pre-training + 60 fine-tuning steps of 32 walks;
+32 codes, k = 1 at L0.mlp_out and L1.mlp_out: valid mass 0.95 (chance 0.17), best-code
+precision 0.59 / recall 0.74 at L0.mlp_out (chance precision 0.08); forcing the state codes at
+both sites moves the mass on the target's successors 0.20 → 0.38 and on the original's
+0.93 → 0.58. The test asserts these with margin. The bigger run is examples/02_codebook_fsm.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from mechscope.interp.steer import detector_stats
+from mechscope.interp.tokfsm import TokFSM
+
+if TYPE_CHECKING:
+    from mechscope.interp.codebook_model import CodebookModel
+    from mechscope.interp.models import Model
+
+
+def fsm_model(fsm: TokFSM, n_steps: int, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
+              d_mlp: int = 256, seed: int = 0) -> "Model":
+    """A small GPT-2-style TransformerLens model sized for walks of ``n_steps`` states."""
+    from mechscope.interp.models import Model
+
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+    cfg = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
+               d_mlp=d_mlp, d_vocab=fsm.d_vocab, n_ctx=fsm.seq_len(n_steps), act_fn="gelu_new",
+               normalization_type="LN", seed=seed)
+    return Model.from_config(cfg, name=f"tokfsm-{fsm.n_states}x{fsm.out_degree}", seed=seed)
+
+
+def fsm_sampler(fsm: TokFSM, batch: int, n_steps: int):
+    """A sampler ``gen -> tokens [batch, 1 + n_steps * n_digits]`` of fresh walks."""
+    return lambda gen: fsm.sample(batch, n_steps, gen).tokens
+
+
+@torch.no_grad()
+def next_state_probs(net: nn.Module, fsm: TokFSM, prompts: Int[Tensor, "n pos"],
+                     chunk: int = 4096) -> Float[Tensor, "n S"]:
+    """``p(s' | prompt)`` for every state, from the digits' chained probabilities."""
+    n, L, S, nd = len(prompts), prompts.shape[1], fsm.n_states, fsm.n_digits
+    cand = fsm.digits(torch.arange(S))
+    seqs = torch.cat([prompts.repeat_interleave(S, 0), cand.repeat(n, 1)], 1)
+    logps = []
+    for i in range(0, len(seqs), chunk):
+        rows = seqs[i: i + chunk]
+        lp = net(rows)[:, L - 1: L - 1 + nd].log_softmax(-1)
+        logps.append(lp.gather(-1, rows[:, L:, None]).squeeze(-1).sum(-1))
+    return torch.cat(logps).view(n, S).softmax(-1)
+
+
+class TransitionReport(NamedTuple):
+    valid_mass: float
+    true_prob: float
+    chance_valid_mass: float
+    ideal_true_prob: float
+
+
+def fsm_prompts(fsm: TokFSM, n: int, n_steps: int, seed: int):
+    """Walks of ``n_steps`` states cut before the last one: prompts, their last states and the
+    walked next states."""
+    s = fsm.sample(n, n_steps, torch.Generator().manual_seed(seed))
+    return s.tokens[:, : fsm.seq_len(n_steps - 1)], s.states[:, -2], s.states[:, -1]
+
+
+@torch.no_grad()
+def transition_report(net: nn.Module, fsm: TokFSM, n_steps: int, n_prompts: int = 256,
+                      seed: int = 1) -> TransitionReport:
+    """How well ``net`` follows the machine's transitions (see module doc)."""
+    prompts, last, nxt = fsm_prompts(fsm, n_prompts, n_steps, seed)
+    p = next_state_probs(net, fsm, prompts)
+    valid = fsm.adjacency()[last]
+    return TransitionReport(float((p * valid).sum(1).mean()), float(p.gather(1, nxt[:, None]).mean()),
+                            fsm.out_degree / fsm.n_states, 1 / fsm.out_degree)
+
+
+class StateCodes(NamedTuple):
+    """Per state: the best code at one site (one per head group) and its precision/recall."""
+
+    site: str
+    codes: Int[Tensor, "S G"]
+    precision: Float[Tensor, "S G"]
+    recall: Float[Tensor, "S G"]
+    chance_precision: float
+
+    def mean_precision(self) -> float:
+        return float(self.precision.max(1).values.mean())
+
+    def mean_recall(self) -> float:
+        return float(self.recall.gather(1, self.precision.argmax(1, keepdim=True)).mean())
+
+
+@torch.no_grad()
+def state_identification(cbm: "CodebookModel", fsm: TokFSM, n_seqs: int, n_steps: int,
+                         seed: int = 2) -> dict[str, StateCodes]:
+    """Per codebook site: each state's best single code (max F1) at the states' last digits."""
+    s = fsm.sample(n_seqs, n_steps, torch.Generator().manual_seed(seed))
+    at = s.digit_at == fsm.n_digits - 1
+    labels = s.state_at[at]
+    freq = torch.bincount(labels, minlength=fsm.n_states).float() / len(labels)
+    out = {}
+    for name, codes in cbm.codes(s.tokens).items():
+        best, prec, rec = [], [], []
+        for g in range(codes.shape[2]):
+            st = detector_stats(codes[:, :, g][at], labels, cbm.spec.n_codes, fsm.n_states)
+            c = st.f1().argmax(0)
+            idx = torch.arange(fsm.n_states)
+            best.append(c)
+            prec.append(st.precision[c, idx])
+            rec.append(st.recall[c, idx])
+        out[name] = StateCodes(name, torch.stack(best, 1), torch.stack(prec, 1), torch.stack(rec, 1),
+                               float(freq.mean()))
+    return out
+
+
+def best_site(ids: dict[str, StateCodes]) -> StateCodes:
+    """The site whose state codes have the highest mean F1."""
+    def f1(sc: StateCodes) -> float:
+        p, r = sc.precision, sc.recall
+        return float((2 * p * r / (p + r).clamp_min(1e-12)).max(1).values.mean())
+
+    return max(ids.values(), key=f1)
+
+
+class SteerReport(NamedTuple):
+    """Mean next-state mass on the target's successors (steered vs unsteered), on the original
+    state's successors (steered vs unsteered), the rate at which the top next state is a
+    successor of the target, and the chance mass ``D / S``."""
+
+    target_mass: float
+    target_mass_unsteered: float
+    original_mass: float
+    original_mass_unsteered: float
+    follow_rate: float
+    chance: float
+
+
+@torch.no_grad()
+def steering_report(cbm: "CodebookModel", fsm: TokFSM, codes: "StateCodes | Sequence[StateCodes]", n_steps: int,
+                    prompts_per_state: int = 8, positions: Sequence[int] = (-1,),
+                    seed: int = 3) -> SteerReport:
+    """Force each target state's code (at one site, or at several at once) on prompts that end
+    in other states (see module doc)."""
+    codes = [codes] if isinstance(codes, StateCodes) else list(codes)
+    adj = fsm.adjacency()
+    prompts, last, _ = fsm_prompts(fsm, prompts_per_state * fsm.n_states, n_steps, seed)
+    g = torch.Generator().manual_seed(seed)
+    targets = (last + torch.randint(1, fsm.n_states, last.shape, generator=g)) % fsm.n_states
+    at = [p % prompts.shape[1] for p in positions]  # prompt positions, not the candidates'
+    base = next_state_probs(cbm, fsm, prompts)
+    steered = torch.empty_like(base)
+    for t in targets.unique().tolist():
+        rows = targets == t
+        force = {sc.site: [[int(c)] for c in sc.codes[t]] for sc in codes}
+        with cbm.forcing(force, positions=at):
+            steered[rows] = next_state_probs(cbm, fsm, prompts[rows])
+    tgt, orig = adj[targets].float(), adj[last].float()
+    return SteerReport(
+        float((steered * tgt).sum(1).mean()), float((base * tgt).sum(1).mean()),
+        float((steered * orig).sum(1).mean()), float((base * orig).sum(1).mean()),
+        float(adj[targets, steered.argmax(1)].float().mean()), fsm.out_degree / fsm.n_states,
+    )

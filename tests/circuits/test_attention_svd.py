@@ -97,6 +97,9 @@ def test_trace_graph_edges_are_mean_signal_shares(tiny_attn_only, tokens):
 
 
 # -- the zoo's induction model: ground truth -------------------------------------------------------
+# The known circuit comes from the card's score tables (`induction_circuit`): the seed-0 build has
+# one previous-token head in layer 0 and four layer-1 heads with near-equal induction scores, so
+# the circuit is spread over all of layer 1 and the tests below expect every one of those heads.
 @pytest.fixture(scope="module")
 def induction():
     from mechscope.interp import zoo
@@ -112,29 +115,63 @@ def induction():
     return model, prev, ind, tokens
 
 
-def test_route_of_a_repeated_token_goes_through_the_induction_circuit(induction):
+@pytest.fixture(scope="module")
+def known_heads():
+    """(previous-token heads, induction heads) of the card's circuit, as sets of (layer, head)."""
+    from mechscope.circuits.known import induction_circuit
+    from mechscope.interp import zoo
+
+    comps = induction_circuit(zoo.card("attn-only-induction")).components
+    prev = {(L, h) for kind, L, h in comps if kind == "head" and L == 0}
+    ind = {(L, h) for kind, L, h in comps if kind == "head" and L == 1}
+    assert prev and ind, f"the card's circuit needs heads in both layers, got {comps}"
+    return prev, ind
+
+
+def test_route_of_a_repeated_token_goes_through_the_induction_circuit(induction, known_heads):
     from mechscope.circuits.routes_aggregate import prompt_routes
 
-    model, prev, ind, tokens = induction
+    model, _, _, tokens = induction
+    prev_heads, ind_heads = known_heads
     route = prompt_routes(model, [tokens], tau=0.04)[0]
     last = tokens.numel() - 1  # = 16, holds seg[5]; its earlier copy is at 6, the next token at 7
-    ind_node = f"head/L{ind[0]}/{ind[1]}@{last}"
-    assert ind_node in route.nodes
-    sources = {route.nodes[s].position for s in route.parents(ind_node)}
-    assert 7 in sources
+    assert route.metadata["prediction"] == int(tokens[7])  # the model completes the repeat
     heads_at_top = {(n.layer, n.index) for n in route.nodes.values()
                     if n.kind == "head" and n.layer == 1 and n.position == last}
-    below = {(n.layer, n.index) for n in route.nodes.values() if n.kind == "head" and n.position == 7}
-    assert heads_at_top == {ind}  # precision = recall = 1 at the head level
-    assert below == {prev}
-    prev_node = f"head/L{prev[0]}/{prev[1]}@7"
-    assert {route.nodes[s].position for s in route.parents(prev_node)} == {6}
+    assert heads_at_top == ind_heads  # precision = recall = 1 at the head level
+    for L, h in ind_heads:  # each induction head reads the token after the earlier copy
+        assert 7 in {route.nodes[s].position for s in route.parents(f"head/L{L}/{h}@{last}")}
+    # the residual at 7 that they read: the previous-token head writes most of it; other layer-0
+    # heads pass tau with small shares (proximity counts any sizeable write), so precision at
+    # layer 0 is taken at a share of 0.2 and the margin is asserted
+    share_at_7 = {(route.nodes[s].layer, route.nodes[s].index): w for (s, _), w in route.edges.items()
+                  if route.nodes[s].kind == "head" and route.nodes[s].position == 7}
+    assert {hd for hd, w in share_at_7.items() if w >= 0.2} == prev_heads
+    assert all(share_at_7[hd] > 0.5 for hd in prev_heads)
+    assert all(w < 0.15 for hd, w in share_at_7.items() if hd not in prev_heads)
+    for L, h in prev_heads:  # and it copies the previous token, 6
+        assert {route.nodes[s].position for s in route.parents(f"head/L{L}/{h}@7")} == {6}
 
 
-def test_svd_trace_finds_the_previous_token_head_on_the_key_side(induction):
-    model, prev, ind, tokens = induction
-    g = trace_prompt(model, tokens, [ind], positions=list(range(11, tokens.numel())), max_depth=1)
-    assert key_sources(g, ind) == {prev}  # precision = recall = 1 at the head level
+def test_svd_trace_finds_the_previous_token_head_on_the_key_side(induction, known_heads):
+    model, _, _, tokens = induction
+    prev_heads, ind_heads = known_heads
+    g = trace_prompt(model, tokens, sorted(ind_heads), positions=list(range(11, tokens.numel())),
+                     max_depth=1)
+    for L, h in ind_heads:
+        assert g.metadata["firings"].get(f"head/L{L}/{h}", 0) > 0
+        # the shortest prefix carrying 70% of each firing sometimes adds a small tail of other
+        # heads; at a mean key share of 0.2, precision = recall = 1 at the head level
+        assert key_sources(g, (L, h), min_share=0.2) == prev_heads
+        key = {e.split("->")[0]: sw["key"] for e, sw in g.metadata["sides"].items()
+               if e.endswith(f"->head/L{L}/{h}")}
+        query = {e.split("->")[0]: sw["query"] for e, sw in g.metadata["sides"].items()
+                 if e.endswith(f"->head/L{L}/{h}")}
+        assert sum(key.get(f"head/L0/{j}", 0.0) for _, j in prev_heads) > 0.5
+        assert sum(w for s, w in key.items() if s.startswith("head/") and
+                   (int(s.split("/")[1][1:]), int(s.split("/")[2])) not in prev_heads) < 0.1
+        # K-composition on the key side, the current token on the query side
+        assert max(query, key=query.get) == "embedding/embed"  # token, not position
 
 
 def test_projecting_out_the_signal_subspace_beats_random_subspaces(induction):

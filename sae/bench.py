@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -72,24 +73,35 @@ def _sae_lens(batches, held, d_in, d_sae, k, lr, steps):
 
 
 def _sparsify(batches, held, d_in, d_sae, k, lr, steps):
-    from sparsify import SaeConfig, SparseCoder  # not a dependency: skipped when absent
+    import os
 
-    sae = SparseCoder(d_in, SaeConfig(num_latents=d_sae, k=k))
+    # its Triton decoder needs a GPU; on CPU sparsify's own eager embedding-bag path is the one
+    # its trainer would use
+    if not torch.cuda.is_available():
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+    from sparsify import SparseCoder, SparseCoderConfig  # not a dependency: skipped when absent
+
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k))
+    with torch.no_grad():
+        sae.b_dec.copy_(batches[0].mean(0))  # as its trainer does on the first batch
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
 
-    def step(i):
+    def step(i):  # one step of sparsify.Trainer (fvu loss, no aux-k), without logging
+        sae.set_decoder_norm_to_unit_norm()
         out = sae(batches[i])
-        opt.zero_grad()
         out.fvu.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
+        opt.zero_grad()
 
     t = _median_time(step, steps)
     with torch.no_grad():
+        sae.set_decoder_norm_to_unit_norm()
         return t, _fvu(held, sae(held).sae_out)
 
 
 def bench_train(steps: int = 5, quick: bool = False, d_in: int = 512, d_sae: int = 8192, k: int = 32,
-                batch: int = 4096, lr: float = 1e-3, threads: int | None = None) -> list[dict[str, Any]]:
+                batch: int = 4096, lr: float | int = 1e-3, threads: int | None = None) -> list[dict[str, Any]]:
     """One row per implementation: tokens/s, step time, step/matmul ratio, FVU, speed-up vs SAELens.
 
     ``quick`` shrinks the shape 4x per axis and uses 2 timed steps (a smoke run); ``threads``

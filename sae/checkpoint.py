@@ -15,7 +15,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError

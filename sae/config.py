@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "mp", "codebook")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
@@ -27,6 +28,11 @@ def _f(default: Any, help: str) -> Any:
 @dataclass(frozen=True)
 class TrainConfig:
     """A dictionary architecture plus its training hyper-parameters (all in normalised units)."""
+
+    # `__post_init__` is this class's type check (int accepted for float, bool refused for int,
+    # messages that name the field): run-time checkers (jaxtyping's import hook with beartype)
+    # must not pre-empt it on the generated `__init__`; its methods are still checked
+    __no_type_check__ = True
 
     # --- dictionary ---
     architecture: str = _f("topk", "dictionary kind: " + ", ".join(ARCHITECTURES))
@@ -79,6 +85,8 @@ class TrainConfig:
             want = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
             if not isinstance(v, want) or (f.type != "bool" and isinstance(v, bool)):
                 raise TypeError(f"config field {f.name} must be {f.type}, got {v!r}")
+            if f.type == "float" and not isinstance(v, float):
+                object.__setattr__(self, f.name, float(v))  # downstream code sees floats only
         if self.architecture not in ARCHITECTURES:
             raise bad("architecture", "one of " + ", ".join(ARCHITECTURES))
         if self.b_dec_init not in B_DEC_INITS:
@@ -143,7 +151,7 @@ class TrainConfig:
         lists = [k for k, v in data.items() if isinstance(v, (list, tuple))]
         if lists:
             raise ValueError(f"fields {lists} are lists: a sweep; use expand_sweep(...)")
-        return cls(**{k: _coerce(k, v) for k, v in data.items()})
+        return cls(**data)  # TOML's int for a float field is fine: __post_init__ converts it
 
 
 def _check_keys(data: Mapping[str, Any]) -> None:
@@ -151,14 +159,6 @@ def _check_keys(data: Mapping[str, Any]) -> None:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(names))}")
-
-
-def _coerce(name: str, value: Any) -> Any:
-    # TOML writes 1e-3 as float but 5 as int; a float field given an int is fine
-    ftype = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[name]
-    if ftype == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
 
 
 def fields_help() -> list[tuple[str, str, Any, str]]:

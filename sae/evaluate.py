@@ -20,7 +20,8 @@ losses that caller measures.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -51,7 +52,7 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(dictionary: Dictionary, source: Iterable[Any], n_batches: int | None = None, *,
              site_in: str = "", site_out: str = "", transcoder: bool | None = None,
-             dense_threshold: float = 0.1, bins: int = 50) -> EvalResult:
+             dense_threshold: float | int = 0.1, bins: int = 50) -> EvalResult:
     """Metrics of ``dictionary`` over up to ``n_batches`` batches of ``source``."""
     if n_batches is not None and n_batches <= 0:
         raise ValueError(f"n_batches must be > 0 or None, got {n_batches}")

@@ -33,7 +33,7 @@ class MatchingPursuitSAE(SparseDictionary):
         return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def pursuit(self, x_c: Tensor, steps: int | None = None,
-                residual_threshold: float | None = None) -> tuple[SparseCode, Tensor]:
+                residual_threshold: float | int | None = None) -> tuple[SparseCode, Tensor]:
         """(code over the unit atoms, final residual) of ``steps`` (default k) MP steps."""
         steps = self.cfg.k if steps is None else steps
         tau = self.cfg.mp_residual_threshold if residual_threshold is None else residual_threshold

@@ -13,7 +13,8 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from mechscope.sae.config import TrainConfig, expand_sweep
 from mechscope.sae.trainer import CHECKPOINT, Run, TrainResult, fit

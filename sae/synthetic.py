@@ -21,7 +21,8 @@ own generator, so ``state_dict() = {"position": i}`` is all an exact resume need
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -61,7 +62,7 @@ class _IndexedSource:
 
 
 class PlantedSource(_IndexedSource):
-    def __init__(self, d: int, n_features: int, batch_size: int = 256, mean_active: float = 3.0,
+    def __init__(self, d: int, n_features: int, batch_size: int = 256, mean_active: float | int = 3.0,
                  magnitude: str = "uniform", seed: int = 0, n_batches: int | None = None) -> None:
         super().__init__(batch_size, seed, n_batches)
         if magnitude not in ("uniform", "const"):
@@ -84,7 +85,7 @@ class PlantedSource(_IndexedSource):
 
 class HierarchicalSource(_IndexedSource):
     def __init__(self, d: int, n_parents: int, n_children: int, batch_size: int = 256,
-                 p_parent: float = 0.1, child_cosine: float = 0.8, seed: int = 0,
+                 p_parent: float | int = 0.1, child_cosine: float | int = 0.8, seed: int = 0,
                  n_batches: int | None = None) -> None:
         super().__init__(batch_size, seed, n_batches)
         if not 0 <= child_cosine < 1:

@@ -22,7 +22,8 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -44,10 +45,10 @@ class Run:
     opt: torch.optim.Optimizer
     gen: torch.Generator
     out_dir: Path
-    last: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float | int] = field(default_factory=dict)  # "step" is an int
 
     @classmethod
-    def new(cls, cfg: TrainConfig, out_dir: Path) -> "Run":
+    def new(cls, cfg: TrainConfig, out_dir: str | Path) -> "Run":
         model = build_dictionary(cfg)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                fused=True)
@@ -59,7 +60,7 @@ class TrainResult:
     """The trained dictionary, its last logged metrics, where it was saved, and the step resumed from."""
 
     dictionary: SparseDictionary
-    metrics: dict[str, float]
+    metrics: dict[str, float | int]  # the floats of `train_step` plus the int "step"
     out_dir: Path
     resumed_from: int
 

@@ -37,8 +37,11 @@ def test_wrong_types_and_unknown_keys():
         TrainConfig.from_dict({"d_in": 8, "d_dict": 32, "kk": 3})
     with pytest.raises(ValueError, match="sweep"):
         TrainConfig.from_dict({"d_in": 8, "d_dict": 32, "k": [1, 2]})
-    # TOML integers are accepted for float fields
-    assert TrainConfig.from_dict({"d_in": 8, "d_dict": 32, "lr": 1}).lr == 1.0
+    # TOML integers are accepted for float fields, and stored as floats (run-time checked
+    # annotations downstream see the declared type)
+    lr = TrainConfig.from_dict({"d_in": 8, "d_dict": 32, "lr": 1}).lr
+    assert lr == 1.0 and type(lr) is float
+    assert type(TrainConfig(d_in=8, d_dict=32, grad_clip=2).grad_clip) is float
 
 
 def test_expand_sweep_is_the_grid_in_order():

@@ -61,7 +61,7 @@ SPECS: dict[str, ZooSpec] = {
         description="Llama architecture (RMSNorm, rotary, gated SiLU MLP, grouped-query "
                     "attention 4 query / 2 key-value heads), 4 layers, d_model 128, same corpus "
                     "and tokenizer as gpt2-shakespeare.",
-        cfg=_LLAMA, steps=300, batch=8, seq_len=256, lr=3e-3, warmup=30, weight_decay=0.05,
+        cfg=_LLAMA, steps=600, batch=8, seq_len=256, lr=3e-3, warmup=30, weight_decay=0.05,
     ),
     "attn-only-induction": ZooSpec(
         name="attn-only-induction", kind="induction",

@@ -41,7 +41,7 @@ def test_import_is_cheap():
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("call", [zoo.load, zoo.card, zoo.model_dir])
+@pytest.mark.parametrize("call", [zoo.load, zoo.card, zoo.model_dir, zoo.build])
 def test_unknown_name_lists_the_zoo(call):
     with pytest.raises(ValueError) as err:
         call("gpt5-shakespeare")

@@ -25,7 +25,6 @@ a node in the standalone HTML opens it.
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path

@@ -154,8 +154,8 @@ def readout_direction(model: "Model", token: int) -> Float[Tensor, "d_model"]:
     return u
 
 
-def flow_contributions(model: "Model", tokens: Int[Tensor, "batch pos"], signed: bool = False,
-                       target: Int[Tensor, "batch"] | None = None,
+def flow_contributions(model: "Model", tokens: Int[Tensor, "batch pos"] | Int[Tensor, "pos"],
+                       signed: bool = False, target: Int[Tensor, "batch"] | None = None,
                        chunk_elems: int = DEFAULT_CHUNK) -> FlowContributions:
     """Shares of all parts of all residual updates from one forward pass (module doc).
 

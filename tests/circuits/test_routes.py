@@ -111,6 +111,8 @@ def test_route_errors(tiny_gpt2, tokens):
         extract_route(c, position=99)
     with pytest.raises(ValueError, match="pos"):
         flow_contributions(tiny_gpt2, torch.zeros(1, 0, dtype=torch.long))
+    one = flow_contributions(tiny_gpt2, tokens[0])  # a single [pos] prompt is a batch of one
+    torch.testing.assert_close(one.attn_heads, flow_contributions(tiny_gpt2, tokens[:1]).attn_heads)
 
 
 def test_batched_routes_equal_single_prompt_routes(tiny_gpt2):

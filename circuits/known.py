@@ -4,8 +4,9 @@
   circuit is the previous-token head(s) of layer 0 and the induction head(s) of layer 1, read
   from the score tables of the model's zoo card (Elhage et al. 2021, Olsson et al. 2022). The
   card also names one head of each kind (the argmax); the seed-0 build has one previous-token
-  head but four layer-1 heads with near-equal induction scores (0.72-0.74), each of which
-  matters, so the scores, not the argmax, are the ground truth.
+  head but four layer-1 heads with near-equal induction scores (0.72-0.74) that back each other
+  up (the card's ablations: one of them costs 0.04-0.06 nats on repeats, all four 5.4 nats), so
+  the scores, not the argmax, are the ground truth.
 * ``planted-copy``: a 2-layer attention-only model (no LayerNorm) whose weights are written by
   hand, with one mechanism planted among small random distractor heads. Prompts are
   ``[BOS, a, x_2 ... x_n]`` and the model must predict ``a`` at the last position:

@@ -1,1 +1,13 @@
-"""mechscope.interp"""
+"""mechscope.interp: models, sites, hooks, token and activation streams, the offline model zoo.
+
+Entry points (import from the submodules; importing this package loads nothing heavy):
+
+- `mechscope.interp.models.load_model(spec) -> Model` (zoo name, local HF folder, hub name)
+- `mechscope.interp.sites.Site` (``Site.parse("L3.resid_post")``, ``.hook_name``)
+- `mechscope.interp.capture.capture(model, tokens, sites)` (stops after the last site)
+- `mechscope.interp.intervene.patch / ablate / splice` (context managers)
+- `mechscope.interp.documents.DocumentTokenStream`, `mechscope.interp.token_memmap.MemmapTokenStream`
+- `mechscope.interp.stream.ActivationStream` → `ActivationBatch`es; `mechscope.interp.cache`
+- `mechscope.interp.zoo` (``names()``, ``load(name)``, ``card(name)``, ``corpus_text(split)``)
+- `mechscope.interp.codebook_model`, `tokfsm`, `steer`: codebook features in a model
+"""

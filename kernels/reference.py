@@ -20,7 +20,9 @@ and for the decoder with upstream ``h = ∂L/∂x̂``:
 
     ∂L/∂v[r, j] = <h[r], W_dec[I[r, j]]>,  ∂L/∂W_dec = Vᵀ h (V[r, I[r, j]] = v[r, j]),  ∂L/∂b_dec = Σ_r h[r]
 
-The forward spends one dense matmul and one ``torch.topk``; every other step, forward and
+The forward spends one dense matmul and one ``torch.topk``, both by row blocks so the ``[n, m]``
+pre-activations are never held at once (ranking ``pre`` and clipping the k winners at 0 selects
+the same values as ranking ``relu(pre)``); every other step, forward and
 backward, is one of the O(n·k·d) primitives of `sparse_ops`, so no dense ``[n, m]`` gradient
 and no dense decoder matmul is ever formed.
 """
@@ -33,17 +35,32 @@ from torch.autograd.function import once_differentiable
 
 from mechscope.kernels.sparse_ops import bag_bias_grad, bag_gather_dot, bag_matmul, bag_scatter
 
+# pre-activations per row block of the forward (8 MiB in fp32): fits a CPU's L2/L3
+_BLOCK_ELEMENTS = 1 << 21
+
 
 class TopKEncodeRef(torch.autograd.Function):
     """Dense ``addmm`` + ``topk`` forward; backward over the k selected latents only."""
 
     @staticmethod
     def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, relu: bool):
-        pre = torch.addmm(b_enc, x, W_enc.t())
+        n, m = x.shape[0], W_enc.shape[0]
+        values = x.new_empty(n, k)
+        indices = torch.empty(n, k, dtype=torch.int64, device=x.device)
+        # Row blocks whose pre-activations stay in cache between the matmul and the top-k:
+        # the full [n, m] matrix would be a fresh allocation (page faults) written to memory and
+        # read back, which costs a large fraction of the matmul itself on CPU.
+        rows = max(1, min(n, _BLOCK_ELEMENTS // m))
+        buf = x.new_empty(rows, m)
+        W_t = W_enc.t()
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            pre = torch.addmm(b_enc, x[s:e], W_t, out=buf[: e - s])
+            torch.topk(pre, k, dim=-1, largest=True, sorted=True, out=(values[s:e], indices[s:e]))
         if relu:
-            pre.relu_()  # pre is not saved, so in-place is safe and saves an [n, m] buffer
-        values, indices = pre.topk(k, dim=-1, largest=True, sorted=True)
-        del pre
+            # relu is monotone, so top-k of relu(pre) is relu of top-k(pre): one [n, k] pass
+            # instead of one over [n, m]; latents clipped to 0 are valid picks among the ties at 0
+            values.clamp_min_(0)
         ctx.relu = relu
         ctx.d_sae = W_enc.shape[0]
         ctx.save_for_backward(x, W_enc, values, indices)

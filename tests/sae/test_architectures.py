@@ -40,7 +40,12 @@ def test_dictionary_protocol_identity(make_cfg, tmp_path, arch):
     assert m.directions.shape == (m.d_dict, m.d_out)
 
 
-def test_topk_loss_and_gradients_match_dense_reference(make_cfg, tmp_path):
+@pytest.mark.parametrize("block_rows", [None, 5])  # 5: the encoder's row blocks, last one partial
+def test_topk_loss_and_gradients_match_dense_reference(make_cfg, tmp_path, monkeypatch, block_rows):
+    if block_rows is not None:
+        import mechscope.kernels.reference as ref_kernels
+
+        monkeypatch.setattr(ref_kernels, "_BLOCK_ELEMENTS", block_rows * 48)  # d_dict = 48
     run = _trained_a_bit(make_cfg, "topk", tmp_path, aux_coeff=0.0)
     m = run.model
     x = _x(seed=5)

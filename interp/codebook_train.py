@@ -32,7 +32,7 @@ class LMTrainConfig:
 
     steps: int = 1000
     lr: float = 1e-3
-    warmup_steps: int = 50
+    warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0

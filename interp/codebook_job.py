@@ -1,0 +1,134 @@
+"""A codebook-features job from a TOML file: base model → codebooks → fine-tune → report → save.
+
+Tables (see examples/configs/codebook_fsm.toml):
+
+* ``[fsm]`` (`TokFSM` fields + ``n_steps``, states per walk) *or* ``[text]`` (``model``: a
+  `load_model` spec; ``text``: ``zoo:train`` / ``zoo:heldout`` or a .txt file; ``n_ctx``).
+* ``[model]`` (FSM only): ``n_layers``, ``d_model``, ``n_heads``, ``d_mlp``, ``seed``.
+* ``[pretrain]`` (FSM only) and ``[finetune]``: `LMTrainConfig` fields plus ``batch_size``.
+* ``[codebook]``: `CodebookSpec` fields; ``kmeans_iters``.
+* ``[eval]``: ``sequences`` (held-out walks / windows), ``steer_prompts_per_state``.
+
+The report (``report.json`` next to the saved `CodebookModel`) holds the loss increase
+(`mechscope.interp.codebook_train.loss_increase`) and, for the FSM, the transition, state
+identification and steering measures of `mechscope.interp.codebook_fsm`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+TABLES = ("fsm", "text", "model", "pretrain", "finetune", "codebook", "eval")
+
+
+def load_config(path: "str | Path") -> dict[str, dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"codebook config {path} does not exist")
+    cfg = tomllib.loads(p.read_text())
+    unknown = sorted(set(cfg) - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown table(s) {unknown} in {path}; valid tables: {', '.join(TABLES)}")
+    if ("fsm" in cfg) == ("text" in cfg):
+        raise ValueError(f"{path}: give exactly one of [fsm] (TokFSM task) or [text] (a model and a corpus)")
+    if "codebook" not in cfg:
+        raise ValueError(f"{path}: the [codebook] table (sites, n_codes, k, ...) is required")
+    return cfg
+
+
+def _train_cfg(table: Mapping[str, Any]):
+    from mechscope.interp.codebook_train import LMTrainConfig
+
+    t = dict(table)
+    batch = t.pop("batch_size", 32)
+    return LMTrainConfig.from_dict(t), int(batch)
+
+
+def _text_stream(model, spec: str) -> torch.Tensor:
+    if model.tokenizer is None:
+        raise ValueError(f"model {model.name!r} has no tokenizer; a [text] job needs one")
+    if spec.startswith("zoo:"):
+        from mechscope.interp.zoo.corpus import corpus_text
+
+        text = corpus_text(spec.split(":", 1)[1])
+    else:
+        p = Path(spec)
+        if not p.is_file():
+            raise FileNotFoundError(f"text {spec!r} is neither 'zoo:train'/'zoo:heldout' nor a .txt file")
+        text = p.read_text()
+    return torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+def _window_sampler(stream: torch.Tensor, batch: int, n_ctx: int, bos: int) -> Callable:
+    def sample(gen: torch.Generator) -> torch.Tensor:
+        starts = torch.randint(0, len(stream) - n_ctx, (batch,), generator=gen)
+        rows = torch.stack([stream[s: s + n_ctx - 1] for s in starts.tolist()])
+        return torch.cat([torch.full((batch, 1), bos, dtype=torch.long), rows], 1)
+    return sample
+
+
+def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path",
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run a job (a parsed config) and save the codebook model and ``report.json`` in ``out_dir``."""
+    from mechscope.interp import codebook_fsm as F
+    from mechscope.interp.codebook_model import CodebookModel, CodebookSpec
+    from mechscope.interp.codebook_train import loss_increase, train_lm
+    from mechscope.interp.tokfsm import TokFSM
+
+    cb_table = dict(cfg["codebook"])
+    kmeans_iters = int(cb_table.pop("kmeans_iters", 10))
+    spec = CodebookSpec.from_dict(cb_table)
+    ft_cfg, ft_batch = _train_cfg(cfg.get("finetune", {}))
+    ev = dict(cfg.get("eval", {}))
+    n_eval = int(ev.get("sequences", 128))
+    report: dict[str, Any] = {}
+    if "fsm" in cfg:
+        f = dict(cfg["fsm"])
+        n_steps = int(f.pop("n_steps", 16))
+        fsm = TokFSM(**f)
+        model = F.fsm_model(fsm, n_steps, **cfg.get("model", {}))
+        pre_cfg, pre_batch = _train_cfg(cfg.get("pretrain", {}))
+        log(f"pre-training {model.name} ({pre_cfg.steps} steps)")
+        train_lm(model.tl, F.fsm_sampler(fsm, pre_batch, n_steps), pre_cfg,
+                 lambda r: log(f"  pretrain {r['step']}: loss {r['lm_loss']:.4f}"))
+        report["base_transitions"] = F.transition_report(model.tl, fsm, n_steps, n_eval)._asdict()
+        sample = F.fsm_sampler(fsm, ft_batch, n_steps)
+        init_tokens = fsm.sample(max(ft_batch, 64), n_steps, torch.Generator().manual_seed(7)).tokens
+        heldout = fsm.sample(n_eval, n_steps, torch.Generator().manual_seed(8)).tokens
+    else:
+        from mechscope.interp.models import load_model
+
+        t = dict(cfg["text"])
+        model = load_model(t.get("model", "gpt2-shakespeare"))
+        n_ctx = int(t.get("n_ctx", 64))
+        bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else 0
+        train = _text_stream(model, t.get("text", "zoo:train"))
+        held = _text_stream(model, t.get("heldout_text", "zoo:heldout"))
+        sample = _window_sampler(train, ft_batch, n_ctx, bos)
+        init_tokens = sample(torch.Generator().manual_seed(7))
+        heldout = _window_sampler(held, n_eval, n_ctx, bos)(torch.Generator().manual_seed(8))
+    base = copy.deepcopy(model)
+    cbm = CodebookModel(model, spec)
+    cbm.init_codebooks(init_tokens, kmeans_iters=kmeans_iters)
+    log(f"fine-tuning with codebooks at {', '.join(spec.sites)} ({ft_cfg.steps} steps)")
+    train_lm(cbm, sample, ft_cfg, lambda r: log(f"  finetune {r['step']}: loss {r['lm_loss']:.4f} "
+                                                 f"aux {r['aux_loss']:.4f} replaced {r['replaced_codes']}"))
+    report["loss"] = loss_increase(base, cbm, heldout)._asdict()
+    if "fsm" in cfg:
+        report["transitions"] = F.transition_report(cbm, fsm, n_steps, n_eval)._asdict()
+        ids = F.state_identification(cbm, fsm, n_eval, n_steps)
+        report["state_identification"] = {
+            n: {"mean_precision": sc.mean_precision(), "mean_recall": sc.mean_recall(),
+                "chance_precision": sc.chance_precision, "codes": sc.codes.tolist()} for n, sc in ids.items()}
+        report["steering"] = F.steering_report(cbm, fsm, list(ids.values()), n_steps,
+                                               int(ev.get("steer_prompts_per_state", 8)))._asdict()
+    out = Path(out_dir)
+    cbm.save(out, extra={"config": {k: dict(v) for k, v in cfg.items()}})
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report

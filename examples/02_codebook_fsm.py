@@ -1,0 +1,97 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Codebook features on a finite state machine
+#
+# Tamkin et al. 2023, "Codebook Features: Sparse and Discrete Interpretability for Neural
+# Networks", section 4, on CPU in a few minutes: a random FSM (20 states, 3 successors each,
+# states written as two digits), a small transformer trained on its walks, codebook bottlenecks
+# (64 codes, k = 1) on both MLP outputs, the whole model fine-tuned through them; then
+# (1) the cost in loss, (2) how well single codes identify states, (3) steering: forcing a
+# state's codes makes the model continue with that state's successors.
+#
+# Same run from the command line: `mechscope codebook train examples/configs/codebook_fsm.toml`.
+
+# %%
+import copy
+import time
+
+import torch
+
+from mechscope.interp import codebook_fsm as F
+from mechscope.interp.codebook_model import CodebookModel, CodebookSpec
+from mechscope.interp.codebook_train import LMTrainConfig, loss_increase, train_lm
+from mechscope.interp.steer import generate
+from mechscope.interp.tokfsm import TokFSM
+
+torch.set_num_threads(2)
+t0 = time.time()
+fsm, n_steps = TokFSM(n_states=20, out_degree=3, base=10, seed=0), 12
+print(f"{fsm.n_states} states, {fsm.out_degree} successors, {fsm.n_digits} digits/state; "
+      f"walks of {n_steps} states = {fsm.seq_len(n_steps)} tokens")
+print("successors of state 7:", fsm.successors(7))
+
+# %% [markdown]
+# ## 1. Pre-train the base model (no codebooks)
+# On a CPU budget, codebooks trained from scratch learn little; pre-training first and then
+# fine-tuning with codebooks works (shared/NOTES.md).
+
+# %%
+model = F.fsm_model(fsm, n_steps, n_layers=2, d_model=64, n_heads=4, d_mlp=256, seed=0)
+train_lm(model.tl, F.fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=400, lr=3e-3, warmup_steps=20),
+         lambda r: r["step"] % 100 == 0 and print(f"step {r['step']}: loss {r['lm_loss']:.3f}"))
+print(F.transition_report(model.tl, fsm, n_steps))
+base = copy.deepcopy(model)
+
+# %% [markdown]
+# ## 2. Insert codebooks, k-means initialise, fine-tune the whole model through them
+
+# %%
+cbm = CodebookModel(model, CodebookSpec(sites=("L0.mlp_out", "L1.mlp_out"), n_codes=64, k=1,
+                                        dead_tokens=20_000))
+cbm.init_codebooks(fsm.sample(64, n_steps, torch.Generator().manual_seed(7)).tokens)
+print("after k-means init:", F.transition_report(cbm, fsm, n_steps))
+train_lm(cbm, F.fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=300, lr=1e-3, warmup_steps=20, seed=1),
+         lambda r: r["step"] % 100 == 0 and print(f"step {r['step']}: loss {r['lm_loss']:.3f} "
+                                                  f"aux {r['aux_loss']:.3f} replaced {r['replaced_codes']}"))
+heldout = fsm.sample(128, n_steps, torch.Generator().manual_seed(8)).tokens
+print(loss_increase(base, cbm, heldout))
+print("with codebooks:", F.transition_report(cbm, fsm, n_steps))
+
+# %% [markdown]
+# ## 3. Single codes as state detectors (per-state precision / recall of the best code)
+
+# %%
+ids = F.state_identification(cbm, fsm, 128, n_steps)
+for name, sc in ids.items():
+    print(f"{name}: mean precision {sc.mean_precision():.3f}, mean recall {sc.mean_recall():.3f} "
+          f"(chance precision {sc.chance_precision:.3f})")
+best = F.best_site(ids)
+for s in range(5):
+    print(f"  state {s}: code {int(best.codes[s, 0])} P={float(best.precision[s, 0]):.2f} "
+          f"R={float(best.recall[s, 0]):.2f}")
+
+# %% [markdown]
+# ## 4. Steering: force a state's codes at the last prompt token
+
+# %%
+rep = F.steering_report(cbm, fsm, list(ids.values()), n_steps, prompts_per_state=8)
+print(rep)
+print(f"mass on the target's successors {rep.target_mass_unsteered:.3f} -> {rep.target_mass:.3f}; "
+      f"on the original state's {rep.original_mass_unsteered:.3f} -> {rep.original_mass:.3f}; "
+      f"top next state follows the target {rep.follow_rate:.2f} (chance {rep.chance:.2f})")
+
+prompt, last, _ = F.fsm_prompts(fsm, 1, n_steps, seed=11)
+target = (int(last) + 1) % fsm.n_states
+force = {sc.site: [[int(sc.codes[target, 0])]] for sc in ids.values()}
+out = generate(cbm, prompt, fsm.n_digits, force, positions=[-1])
+nxt = int(fsm.undigits(out[0, -fsm.n_digits:]))
+print(f"prompt ends in state {int(last)} (successors {fsm.successors(int(last))}); forcing state "
+      f"{target} (successors {fsm.successors(target)}) -> next state {nxt}")
+print(f"total time {time.time() - t0:.0f} s")

@@ -24,7 +24,7 @@ def command(name: str, help: str, options: Callable[[argparse.ArgumentParser], N
 
 def build_parser() -> argparse.ArgumentParser:
     from mechscope import __version__
-    from mechscope.apps import circuit_commands, commands  # noqa: F401 - register the subcommands
+    from mechscope.apps import circuit_commands, codebook_commands, commands  # noqa: F401 - register them
 
     parser = argparse.ArgumentParser(
         prog="mechscope", description="Mechanistic interpretability toolkit: capture, dictionaries, circuits.",

@@ -42,7 +42,7 @@ def _tokens(cbm, args: argparse.Namespace):
 @command("codebook", "Codebook features: train a model with codebook bottlenecks, find codes, steer by codes.", _options)
 def codebook_cmd(args: argparse.Namespace) -> int:
     if args.action == "train":
-        from mechscope.interp.codebook_job import load_config, run_codebook_job
+        from mechscope.sae.codebook_job import load_config, run_codebook_job
 
         report = run_codebook_job(load_config(args.target), args.out)
         print(json.dumps({k: v for k, v in report.items() if k != "state_identification"}, indent=2))
@@ -51,12 +51,12 @@ def codebook_cmd(args: argparse.Namespace) -> int:
                   f"(chance precision {row['chance_precision']:.3f})")
         print(f"saved: {args.out}")
         return 0
-    from mechscope.interp.codebook_model import CodebookModel
+    from mechscope.sae.codebook_model import CodebookModel
 
     cbm = CodebookModel.load(args.target)
     tokens = _tokens(cbm, args)
     if args.action == "find":
-        from mechscope.interp.steer import find_codes, regex_mask, token_mask
+        from mechscope.sae.steer import find_codes, regex_mask, token_mask
 
         if args.regex:
             target = regex_mask([cbm.model.to_str_tokens(row) for row in tokens], args.regex)
@@ -68,7 +68,7 @@ def codebook_cmd(args: argparse.Namespace) -> int:
             print(f"{m.site} group {m.group} code {m.code}: precision {m.precision:.3f} "
                   f"recall {m.recall:.3f} (fires {m.fires}x)")
         return 0
-    from mechscope.interp.steer import generate
+    from mechscope.sae.steer import generate
 
     if not args.site or not args.code:
         raise ValueError("steer needs --site SITE and at least one --code INDEX")

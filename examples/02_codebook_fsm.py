@@ -24,10 +24,10 @@ import time
 
 import torch
 
-from mechscope.interp import codebook_fsm as F
-from mechscope.interp.codebook_model import CodebookModel, CodebookSpec
-from mechscope.interp.codebook_train import LMTrainConfig, loss_increase, train_lm
-from mechscope.interp.steer import generate
+from mechscope.sae import codebook_fsm as F
+from mechscope.sae.codebook_model import CodebookModel, CodebookSpec
+from mechscope.sae.codebook_train import LMTrainConfig, loss_increase, train_lm
+from mechscope.sae.steer import generate
 from mechscope.interp.tokfsm import TokFSM
 
 torch.set_num_threads(2)

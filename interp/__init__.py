@@ -9,5 +9,5 @@ Entry points (import from the submodules; importing this package loads nothing h
 - `mechscope.interp.documents.DocumentTokenStream`, `mechscope.interp.token_memmap.MemmapTokenStream`
 - `mechscope.interp.stream.ActivationStream` → `ActivationBatch`es; `mechscope.interp.cache`
 - `mechscope.interp.zoo` (``names()``, ``load(name)``, ``card(name)``, ``corpus_text(split)``)
-- `mechscope.interp.codebook_model`, `tokfsm`, `steer`: codebook features in a model
+- `mechscope.interp.tokfsm.TokFSM`: sequences from a random finite state machine (codebook features)
 """

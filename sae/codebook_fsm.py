@@ -14,7 +14,7 @@ Measures (all on fresh walks):
   model and ``D / S`` (chance) for a uniform one; ``true_prob`` (mean ``p`` of the walked next
   state) is at most ``1 / D``.
 * State identification: per state, the code with the best F1 as a detector of "the token is the
-  last digit of state s" (`mechscope.interp.steer.detector_stats`): its precision and recall.
+  last digit of state s" (`mechscope.sae.steer.detector_stats`): its precision and recall.
   Chance precision of a code that fires at random is the state's frequency, about ``1 / S``.
 * Steering: force the best code of a target state ``t`` at the prompt's last position and
   compare the mass on ``succ(t)`` with that of the unsteered run; mass on ``succ(s)`` should
@@ -36,11 +36,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from mechscope.interp.steer import detector_stats
+from mechscope.sae.steer import detector_stats
 from mechscope.interp.tokfsm import TokFSM
 
 if TYPE_CHECKING:
-    from mechscope.interp.codebook_model import CodebookModel
+    from mechscope.sae.codebook_model import CodebookModel
     from mechscope.interp.models import Model
 
 

@@ -10,8 +10,8 @@ Tables (see examples/configs/codebook_fsm.toml):
 * ``[eval]``: ``sequences`` (held-out walks / windows), ``steer_prompts_per_state``.
 
 The report (``report.json`` next to the saved `CodebookModel`) holds the loss increase
-(`mechscope.interp.codebook_train.loss_increase`) and, for the FSM, the transition, state
-identification and steering measures of `mechscope.interp.codebook_fsm`.
+(`mechscope.sae.codebook_train.loss_increase`) and, for the FSM, the transition, state
+identification and steering measures of `mechscope.sae.codebook_fsm`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def load_config(path: "str | Path") -> dict[str, dict[str, Any]]:
 
 
 def _train_cfg(table: Mapping[str, Any]):
-    from mechscope.interp.codebook_train import LMTrainConfig
+    from mechscope.sae.codebook_train import LMTrainConfig
 
     t = dict(table)
     batch = t.pop("batch_size", 32)
@@ -76,9 +76,9 @@ def _window_sampler(stream: torch.Tensor, batch: int, n_ctx: int, bos: int) -> C
 def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path",
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a job (a parsed config) and save the codebook model and ``report.json`` in ``out_dir``."""
-    from mechscope.interp import codebook_fsm as F
-    from mechscope.interp.codebook_model import CodebookModel, CodebookSpec
-    from mechscope.interp.codebook_train import loss_increase, train_lm
+    from mechscope.sae import codebook_fsm as F
+    from mechscope.sae.codebook_model import CodebookModel, CodebookSpec
+    from mechscope.sae.codebook_train import loss_increase, train_lm
     from mechscope.interp.tokfsm import TokFSM
 
     cb_table = dict(cfg["codebook"])

@@ -2,7 +2,7 @@
 
 Objective: the mean next-token cross-entropy ``L_LM = −1/N Σ_t log p(x_{t+1} | x_{≤t})`` (nats),
 plus, for a `CodebookModel`, its auxiliary codebook and commitment terms (see
-`mechscope.interp.codebook_model`); the whole network is fine-tuned through the straight-through
+`mechscope.sae.codebook_model`); the whole network is fine-tuned through the straight-through
 bottlenecks, as in Tamkin et al. 2023 ("Codebook Features"), section 3. AdamW (Loshchilov &
 Hutter 2019) with linear warm-up and cosine decay to ``min_lr_ratio · lr``; dead codes are
 replaced after every step.
@@ -79,7 +79,7 @@ def train_lm(net: nn.Module, sample: Sampler, cfg: LMTrainConfig,
              log: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``net`` (a `CodebookModel`, or a ``HookedTransformer``: anything mapping tokens to
     logits) on batches from ``sample``; returns the logged metrics."""
-    from mechscope.interp.codebook_model import CodebookModel
+    from mechscope.sae.codebook_model import CodebookModel
 
     is_cb = isinstance(net, CodebookModel)
     gen = torch.Generator().manual_seed(cfg.seed)

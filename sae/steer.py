@@ -25,7 +25,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from mechscope.interp.codebook_model import CodebookModel
+    from mechscope.sae.codebook_model import CodebookModel
 
 
 class DetectorStats(NamedTuple):

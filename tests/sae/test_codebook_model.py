@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mechscope.interp.capture import capture, hooks_for
-from mechscope.interp.codebook_model import (CodebookModel, CodebookSpec, nearest_codes,
+from mechscope.sae.codebook_model import (CodebookModel, CodebookSpec, nearest_codes,
                                              spherical_kmeans)
 from mechscope.interp.models import Model
 from mechscope.sae.dictionary import Dictionary
@@ -252,7 +252,7 @@ steer_prompts_per_state = 1
 def test_codebook_job_and_cli(tmp_path, capsys):
     from mechscope.apps import codebook_commands  # noqa: F401 - registers `codebook`
     from mechscope.apps.cli import main
-    from mechscope.interp.codebook_job import load_config
+    from mechscope.sae.codebook_job import load_config
 
     cfg = tmp_path / "job.toml"
     cfg.write_text(QUICK_JOB)

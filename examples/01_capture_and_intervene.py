@@ -48,4 +48,4 @@ with torch.no_grad():
     for layer in range(model.n_layers):
         with ablate(model, f"L{layer}.attn_out", "zero"):
             loss = model(tokens, return_type="loss").item()
-        print(f"attention of layer {layer} zeroed: loss {loss:.3f} (+{loss - clean:.3f})")
+        print(f"attention of layer {layer} zeroed: loss {loss:.3f} ({loss - clean:+.3f})")

@@ -8,11 +8,14 @@ must pay. Timings are medians over the timed steps after one warm-up step.
 
 SAELens is timed on its own training step (``TopKTrainingSAE.training_forward_pass``, backward,
 gradient clipping to norm 1 and Adam, as its ``SAETrainer`` does per step, without logging).
-sparsify is only timed if importable (it is not a dependency).
+sparsify (``eai-sparsify``) is only timed if importable: its step is its trainer's (decoder
+renormalised, FVU loss, backward, parallel gradient removed, Adam), with its eager embedding-bag
+decoder on CPU. Each row records the 1-minute load average it started under (shared machines).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -125,20 +128,32 @@ def _bench(steps, quick, d_in, d_sae, k, batch, lr):
     t_mm = _median_time(lambda i: batches[i] @ W.T, steps)
     rows = []
     for name, fn in (("mechscope", _mechscope), ("sae_lens", _sae_lens), ("sparsify", _sparsify)):
+        load = os.getloadavg()[0]  # the machine is shared: the load each side ran under
         try:
             t, f = fn(batches, held, d_in, d_sae, k, lr, steps)
         except ImportError as e:
             rows.append({"impl": name, "skipped": f"not installed ({e.name})"})
             continue
-        rows.append({"impl": name, "step_s": t, "tokens_per_s": batch / t, "step_over_matmul": t / t_mm,
-                     "fvu": f, "steps": steps})
-    base = next((r for r in rows if r["impl"] == "sae_lens" and "tokens_per_s" in r), None)
-    for r in rows:
-        if base is not None and "tokens_per_s" in r:
-            r["speedup_vs_sae_lens"] = r["tokens_per_s"] / base["tokens_per_s"]
+        rows.append({"impl": name, "version": _version(name), "step_s": t, "tokens_per_s": batch / t,
+                     "step_over_matmul": t / t_mm, "fvu": f, "steps": steps, "load_1min": load})
+    for other in ("sae_lens", "sparsify"):
+        base = next((r for r in rows if r["impl"] == other and "tokens_per_s" in r), None)
+        for r in rows:
+            if base is not None and "tokens_per_s" in r:
+                r[f"speedup_vs_{other}"] = r["tokens_per_s"] / base["tokens_per_s"]
     shape = {"d_in": d_in, "d_sae": d_sae, "k": k, "batch": batch, "matmul_s": t_mm,
              "threads": torch.get_num_threads()}
     return [{**shape, **r} for r in rows]
+
+
+def _version(impl: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    dist = {"mechscope": "mechscope", "sae_lens": "sae-lens", "sparsify": "eai-sparsify"}[impl]
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
 
 
 def format_bench(rows: list[dict[str, Any]]) -> str:
@@ -146,13 +161,16 @@ def format_bench(rows: list[dict[str, Any]]) -> str:
     lines = [f"top-k SAE training step: d_in {r0['d_in']}, d_sae {r0['d_sae']}, k {r0['k']}, "
              f"batch {r0['batch']}, fp32, Adam, {r0['threads']} threads; dense encoder matmul "
              f"{r0['matmul_s'] * 1e3:.0f} ms",
-             f"{'impl':<10} {'tokens/s':>10} {'step ms':>9} {'x matmul':>9} {'FVU':>7} {'vs SAELens':>11}"]
+             f"{'impl':<10} {'version':>8} {'tokens/s':>9} {'step ms':>8} {'x matmul':>9} {'FVU':>6} "
+             f"{'vs SAELens':>10} {'vs sparsify':>11} {'load':>5}"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r['impl']:<10} skipped: {r['skipped']}")
             continue
-        lines.append(f"{r['impl']:<10} {r['tokens_per_s']:>10.0f} {r['step_s'] * 1e3:>9.0f} "
-                     f"{r['step_over_matmul']:>9.2f} {r['fvu']:>7.3f} {r.get('speedup_vs_sae_lens', float('nan')):>10.2f}x")
+        nan = float("nan")
+        lines.append(f"{r['impl']:<10} {r['version']:>8} {r['tokens_per_s']:>9.0f} {r['step_s'] * 1e3:>8.0f} "
+                     f"{r['step_over_matmul']:>9.2f} {r['fvu']:>6.3f} {r.get('speedup_vs_sae_lens', nan):>9.2f}x "
+                     f"{r.get('speedup_vs_sparsify', nan):>10.2f}x {r['load_1min']:>5.1f}")
     return "\n".join(lines)
 
 

@@ -30,7 +30,8 @@ both sites moves the mass on the target's successors 0.20 → 0.38 and on the or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from jaxtyping import Float, Int

@@ -20,7 +20,8 @@ import copy
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 

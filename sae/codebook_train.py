@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +110,7 @@ def train_lm(net: nn.Module, sample: Sampler, cfg: LMTrainConfig,
 
 
 @torch.no_grad()
-def eval_loss(net: nn.Module, windows: Int[Tensor, "w pos"], batch: int = 64) -> float:
+def eval_loss(net: nn.Module | Any, windows: Int[Tensor, "w pos"], batch: int = 64) -> float:
     """Token-weighted mean next-token loss of ``net`` (a module or a `Model`) over ``windows``."""
     net = net if isinstance(net, nn.Module) else net.tl
     was = net.training
@@ -132,7 +133,7 @@ class LossReport(NamedTuple):
     increase: float
 
 
-def loss_increase(base: nn.Module, cbm: nn.Module, windows: Int[Tensor, "w pos"]) -> LossReport:
+def loss_increase(base: nn.Module | Any, cbm: nn.Module, windows: Int[Tensor, "w pos"]) -> LossReport:
     b = eval_loss(base, windows)
     c = eval_loss(cbm, windows)
     with cbm.disabled():

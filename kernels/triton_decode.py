@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from mechscope.kernels.reference import sparse_decode_function
 
 BLOCK_M = 32
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -127,21 +128,12 @@ def bag_scatter_triton(idx: Tensor, w: Tensor, y: Tensor, m: int) -> Tensor:
     return out.to(y.dtype)
 
 
-class SparseDecodeTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor):
-        ctx.save_for_backward(values, indices, W_dec)
-        return bag_matmul_triton(indices, values, W_dec, b_dec)
+def _decode_triton(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+    return bag_matmul_triton(indices, values, W_dec, b_dec)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        values, indices, W_dec = ctx.saved_tensors
-        need_v, _, need_w, need_b = ctx.needs_input_grad
-        grad_v = gather_dot_triton(indices, W_dec, grad_out).to(values.dtype) if need_v else None
-        grad_w = bag_scatter_triton(indices, values, grad_out, W_dec.shape[0]) if need_w else None
-        grad_b = grad_out.sum(0) if need_b else None
-        return grad_v, None, grad_w, grad_b
+
+SparseDecodeTriton = sparse_decode_function(
+    "SparseDecodeTriton", _decode_triton, gather_dot_triton, bag_scatter_triton)
 
 
 def sparse_decode_triton(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:

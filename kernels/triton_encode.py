@@ -29,9 +29,9 @@ Preconditions (checked by `check_preconditions`, clear errors otherwise):
 * ``1 <= k <= 128`` and ``k <= d_sae``: the running list has ``K = max(16, next_pow2(k))`` slots;
 * ``d_sae < 2**31``; ``x`` and ``W_enc`` may be strided; ``b_enc`` is made contiguous.
 
-Backward: the same maths as the reference, run on the Triton sparse kernels of
-`mechscope.kernels.triton_decode` (``grad_x`` is a bag-matmul, ``grad_W_enc`` an atomic
-scatter), plus ``index_add_`` for ``grad_b_enc``.
+Backward: the reference's (`mechscope.kernels.reference.topk_encode_function`), run on the Triton
+sparse kernels of `mechscope.kernels.triton_decode` (``grad_x`` is a bag-matmul, ``grad_W_enc``
+an atomic scatter), plus ``index_add_`` for ``grad_b_enc``.
 """
 
 from __future__ import annotations
@@ -42,9 +42,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from mechscope.kernels.sparse_ops import bag_bias_grad
+from mechscope.kernels.reference import topk_encode_function
 from mechscope.kernels.triton_decode import DTYPES, bag_matmul_triton, bag_scatter_triton
 from mechscope.kernels.triton_sort import merge_topk_rows, topk_rows
 
@@ -175,25 +174,8 @@ def topk_keys(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, relu: bool,
     return values, keys & 0xFFFFFFFF
 
 
-class TopKEncodeTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, relu: bool):
-        values, indices = topk_keys(x, W_enc, b_enc, k, relu)
-        ctx.relu = relu
-        ctx.save_for_backward(x, W_enc, values, indices)
-        ctx.mark_non_differentiable(indices)
-        return values, indices
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_values: Tensor, _g_indices):
-        x, W_enc, values, indices = ctx.saved_tensors
-        g = g_values * (values > 0) if ctx.relu else g_values
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = bag_matmul_triton(indices, g, W_enc) if need_x else None
-        grad_w = bag_scatter_triton(indices, g, x, W_enc.shape[0]) if need_w else None
-        grad_b = bag_bias_grad(indices, g, W_enc.shape[0]) if need_b else None
-        return grad_x, grad_w, grad_b, None, None
+TopKEncodeTriton = topk_encode_function(
+    "TopKEncodeTriton", topk_keys, bag_matmul_triton, bag_scatter_triton)
 
 
 def topk_encode_triton(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, relu: bool = True):

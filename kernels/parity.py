@@ -18,7 +18,7 @@ Usable on a GPU too: ``parity_errors(..., device="cuda")`` checks the Triton pat
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

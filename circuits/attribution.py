@@ -1,5 +1,5 @@
 """Attribution primitives over sites with dictionaries spliced in: metrics, the traced problem
-(`Setup`), reference values for an ablation, and node scores.
+(`Setup`), reference values for an ablation, direct-path runs (`run_direct`) and node scores.
 
 For a metric ``m`` of the logits and nodes ``a`` (dictionary features, error terms, heads or
 whole components at chosen sites, see `mechscope.circuits.splice`):
@@ -34,7 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechscope.circuits.splice import Parts, SiteNodes, site_rank
-from mechscope.interp.capture import hooks_for
+from mechscope.interp.capture import hooks_for, stop_layer
 from mechscope.interp.sites import Site
 
 Metric = Callable[[Tensor], Tensor]  # logits [b, pos, vocab] -> one value per prompt [b]
@@ -141,6 +141,25 @@ def run(setup: Setup, tokens: Tensor, fns: Mapping[Site, Callable[[Tensor], Tens
     setup._cache["passes"] = setup._cache.get("passes", 0) + 1
     with hooks_for(setup.model, dict(fns)):
         return setup.model.tl(tokens, stop_at_layer=stop_at_layer)
+
+
+def run_direct(setup: Setup, up: Site, up_fn: Callable[[Tensor], Tensor], down: Site | None,
+               repeat: int = 1) -> tuple[Tensor, Tensor | None]:
+    """One forward of the clean prompts stacked ``repeat`` times with ``up_fn`` at ``up`` and every
+    site strictly between ``up`` and ``down`` held at its clean value, so that ``up`` reaches
+    ``down`` by direct paths only. Returns the output of `run` (stopped at ``down``'s layer) and
+    ``down``'s activation; ``down=None`` is the metric: full logits and None."""
+    clean = clean_run(setup)["acts"]
+    fns: dict[Site, Callable[[Tensor], Tensor]] = {up: up_fn}
+    for s in setup.sites:
+        if site_rank(up) < site_rank(s) and (down is None or site_rank(s) < site_rank(down)):
+            fns[s] = (lambda v: (lambda a: v))(clean[s].repeat(repeat, *[1] * (clean[s].ndim - 1)))
+    store: dict[str, Tensor] = {}
+    if down is not None:
+        fns[down] = lambda a: store.setdefault("act", a)
+    out = run(setup, setup.clean.repeat(repeat, 1), fns,
+              stop_at_layer=None if down is None else stop_layer([down]))
+    return out, store.get("act")
 
 
 def metric_of(setup: Setup, logits: Tensor) -> Tensor:

@@ -34,7 +34,6 @@ construction: the full circuit is the unmodified (spliced) model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -42,10 +41,9 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from mechscope.circuits.attribution import (Setup, clean_run, masked_run, metric_of, node_scores,
-                                            reference, run, split_all)
+                                            reference, run_direct, split_all)
 from mechscope.circuits.graph import Graph, Node
 from mechscope.circuits.splice import SiteNodes, site_rank
-from mechscope.interp.capture import stop_layer
 from mechscope.interp.sites import Site
 
 Kept = list[tuple[int, int | None]]  # (node index within its site, position or None)
@@ -155,21 +153,13 @@ def direct_grads(setup: Setup, up: Site, down: Site | None, targets: Kept | None
         x_up = (rep(x0) * (1 - alpha) + rep(x1) * alpha).requires_grad_()
     else:
         x_up = x0.clone().requires_grad_()
-    fixed = {s: rep(clean["acts"][s]) for s in setup.sites
-             if site_rank(up) < site_rank(s) and (down is None or site_rank(s) < site_rank(down))}
-    fns: dict[Site, Callable[[Tensor], Tensor]] = {up: lambda a: x_up}
-    fns.update({s: (lambda v: (lambda a: v))(v) for s, v in fixed.items()})
-    store: dict[str, Tensor] = {}
-    if down is not None:
-        fns[down] = lambda a: store.setdefault("act", a)
     with torch.enable_grad():
-        res = run(setup, setup.clean.repeat(k, 1), fns,
-                  stop_at_layer=None if down is None else stop_layer([down]))
+        res, act_down = run_direct(setup, up, lambda a: x_up, down, repeat=k)
         if down is None:
             values = [metric_of(setup, res).sum()]
         else:
             sn = setup.nodes[down]
-            left = SiteNodes.score(sn.grads(rep(clean["grads"][down])), sn.split(store["act"]))  # [kb,p,n]
+            left = SiteNodes.score(sn.grads(rep(clean["grads"][down])), sn.split(act_down))  # [kb,p,n]
             values = [left[:, :, j].sum() if p is None else left[:, p, j].sum() for j, p in targets]
         grads = []
         for v in values:

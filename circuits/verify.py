@@ -20,18 +20,17 @@ recall ``|G∩K|/|K|``, F1 — over the node kinds the known circuit names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from mechscope.circuits.attribution import (Setup, clean_run, masked_run, metric_of, reference, run,
-                                            split_all)
+from mechscope.circuits.attribution import (Setup, clean_run, masked_run, metric_of, reference,
+                                            run_direct, split_all)
 from mechscope.circuits.graph import Graph, Node
-from mechscope.circuits.splice import SiteNodes, site_rank
-from mechscope.interp.capture import stop_layer
+from mechscope.circuits.splice import SiteNodes
 from mechscope.interp.sites import Site
 
 Component = tuple[str, int, "int | None"]  # (node kind, layer, index)
@@ -137,22 +136,14 @@ def verify_edge_group(setup: Setup, up: Site, down: Site | None, ups: list[tuple
     rep = lambda t: t.repeat(K, *[1] * (t.ndim - 1))  # noqa: E731
     sn_u, keep = setup.nodes[up], _one_off(setup, up, ups)
     ref_u = tuple(rep(r) for r in ref[up])
-    fns: dict[Site, Callable[[Tensor], Tensor]] = {
-        up: lambda a: sn_u.merge(sn_u.mix(sn_u.split(a), ref_u, keep))}
-    for s in setup.sites:
-        if site_rank(up) < site_rank(s) and (down is None or site_rank(s) < site_rank(down)):
-            fns[s] = (lambda v: (lambda a: v))(rep(clean["acts"][s]))
-    store: dict[str, Tensor] = {}
-    if down is not None:
-        fns[down] = lambda a: store.setdefault("act", a)
+    ablate_up = lambda a: sn_u.merge(sn_u.mix(sn_u.split(a), ref_u, keep))  # noqa: E731
     with torch.no_grad():
-        out = run(setup, setup.clean.repeat(K, 1), fns,
-                  stop_at_layer=None if down is None else stop_layer([down]))
+        out, act_down = run_direct(setup, up, ablate_up, down, repeat=K)
         if down is None:
             return (metric_of(setup, out) - rep(clean["metric"])).view(K, b).mean(1)[:, None]
         sn_d = setup.nodes[down]
         left = sn_d.grads(rep(clean["grads"][down]))
-        new = SiteNodes.score(left, sn_d.split(store["act"]))
+        new = SiteNodes.score(left, sn_d.split(act_down))
         old = SiteNodes.score(left, tuple(rep(p) for p in split_all(setup, clean["acts"])[down]))
         diff = (new - old).view(K, b, *new.shape[1:]).mean(1)  # [K, p, n]
     return torch.stack([diff[:, :, j].sum(1) if pos is None else diff[:, pos, j] for j, pos in downs], 1)

@@ -11,49 +11,16 @@ from mechscope.circuits.graph import Graph
 from mechscope.circuits.known import (PLANTED, PLANTED_INDUCTION, induction_circuit, induction_setup,
                                       planted_copy_model, planted_induction_model, planted_setup)
 from mechscope.circuits.verify import score_against, verify_edges
-from mechscope.interp.models import Model, load_model
-from mechscope.kernels.code import SparseCode
+from mechscope.interp.models import load_model
 
-ATTN_ONLY = dict(n_layers=2, d_model=32, n_ctx=32, d_head=8, n_heads=4, d_vocab=50, attn_only=True,
-                 normalization_type=None, act_fn=None)
-
-
-class TinyDict:
-    """A random ReLU dictionary implementing the Dictionary protocol."""
-
-    def __init__(self, d: int, n: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.d_in, self.d_dict = d, n
-        self.W_enc = torch.randn(n, d, generator=g) / d ** 0.5
-        self.b_enc = torch.randn(n, generator=g) * 0.1
-        self.W_dec = torch.randn(n, d, generator=g) / d ** 0.5
-        self.b_dec = torch.randn(d, generator=g) * 0.1
-
-    def encode(self, x):
-        pre = (x @ self.W_enc.T + self.b_enc).relu()
-        return SparseCode(pre, torch.arange(self.d_dict).expand_as(pre))
-
-    def decode(self, code):
-        return code.dense(self.d_dict) @ self.W_dec + self.b_dec
-
-    @property
-    def directions(self):
-        return self.W_dec
-
-
-def toks(b=3, p=8, vocab=50, seed=0):
-    return torch.randint(0, vocab, (b, p), generator=torch.Generator().manual_seed(seed))
-
-
-def ld(b=3):
-    return logit_diff(torch.arange(1, b + 1), torch.arange(10, 10 + b))
+from .helpers import TinyDict, attn_only_model, ld, toks
 
 
 @pytest.fixture(scope="module")
 def linear_setup():
     # attention-only, no LayerNorm: L0.attn_out -> L1.resid_pre is the identity and everything
     # into the (linear) metric with L1 held fixed is linear, so those edges must be exact
-    model = Model.from_config(ATTN_ONLY, name="attn-only", seed=1)
+    model = attn_only_model()
     return Setup.build(model, {"L0.attn_out": TinyDict(32, 12, seed=1), "L1.resid_pre": None,
                                "L1.attn_out": TinyDict(32, 12, seed=2)}, ld(), toks(), ablation="mean")
 

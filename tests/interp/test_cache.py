@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,9 @@ from mechscope.interp.activations import ActivationBatch
 from mechscope.interp.cache import CacheError, CachedActivations, build_cache, write_cache
 from mechscope.interp.sites import Site
 from mechscope.interp.stream import ActivationSource, ActivationStream
-from mechscope.interp.token_memmap import MemmapTokenStream, write_token_memmap
+from mechscope.interp.token_memmap import MemmapTokenStream
+
+from .helpers import assert_same, random_token_file
 
 SITES = ["L0.resid_post", "L1.z.H1"]
 N_CTX = 12
@@ -22,9 +23,7 @@ SHARD = 64
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    docs = [rng.integers(2, 100, size=int(n)).tolist() for n in rng.integers(3, 30, size=14)]
-    return write_token_memmap(tmp_path_factory.mktemp("toks") / "ids.bin", docs, sep_id=1, bos_id=0)
+    return random_token_file(tmp_path_factory.mktemp("toks") / "ids.bin", n_docs=14)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +39,6 @@ def cache_dir(tiny_gpt2, token_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "c"
     return build_cache(tiny_gpt2, MemmapTokenStream(token_file, N_CTX), SITES, out, N_TOKENS,
                        rows_per_shard=SHARD, model_batch_size=4)
-
-
-def assert_same(a: ActivationBatch, b: ActivationBatch) -> None:
-    assert a.sites == b.sites
-    for s in a.sites:
-        assert a.acts[s].dtype == b.acts[s].dtype and torch.equal(a.acts[s], b.acts[s]), s
-    for f in ("token_ids", "seq_index", "positions"):
-        assert torch.equal(getattr(a, f), getattr(b, f)), f
 
 
 def test_round_trip_is_bitwise(cache_dir, live_rows, token_file):

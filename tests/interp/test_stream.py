@@ -12,15 +12,15 @@ from mechscope.interp.sites import Site
 from mechscope.interp.stream import ActivationSource, ActivationStream, StreamStateError
 from mechscope.interp.token_memmap import MemmapTokenStream, write_token_memmap
 
+from .helpers import assert_same, random_token_file
+
 SITES = ["L0.resid_post", "L1.mlp_out", "L1.z.H1"]
 N_CTX = 12
 
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    docs = [rng.integers(2, 100, size=int(n)).tolist() for n in rng.integers(3, 30, size=12)]
-    return write_token_memmap(tmp_path_factory.mktemp("toks") / "ids.npy", docs, sep_id=1, bos_id=0)
+    return random_token_file(tmp_path_factory.mktemp("toks") / "ids.npy", n_docs=12)
 
 
 def tokens(token_file, **kw):
@@ -30,14 +30,6 @@ def tokens(token_file, **kw):
 def sort_rows(batch: ActivationBatch) -> ActivationBatch:
     key = batch.seq_index * 10_000 + batch.positions
     return batch.index(torch.argsort(key))
-
-
-def assert_same(a: ActivationBatch, b: ActivationBatch) -> None:
-    assert a.sites == b.sites
-    for s in a.sites:
-        assert torch.equal(a.acts[s], b.acts[s]), s
-    for f in ("token_ids", "seq_index", "positions"):
-        assert torch.equal(getattr(a, f), getattr(b, f)), f
 
 
 def reference_rows(model, token_file, sites, exclude_special):

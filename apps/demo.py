@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEMO_SAE = dict(architecture="topk", site_in="L2.resid_pre", d_dict=2048, k=16, steps=600, lr=1e-3,
+DEMO_SAE = dict(architecture="topk", site_in="L2.resid_pre", d_dict=1024, k=16, steps=600, lr=1e-3,
                 warmup_steps=50, log_every=20)
 QUICK_SAE = dict(DEMO_SAE, d_dict=256, k=8, steps=6, warmup_steps=0, log_every=2)
 
@@ -31,7 +31,7 @@ def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_t
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    data = dict(model=zoo.DEFAULT, n_ctx=128, batch_tokens=4096, eval_windows=64)
+    data = dict(model=zoo.DEFAULT, n_ctx=128, batch_tokens=4096, eval_windows=256)
     if quick:
         data.update(n_ctx=32, batch_tokens=256, shuffle_buffer=1024, model_batch_size=8, eval_windows=8)
         browser_tokens = min(browser_tokens, 2048)

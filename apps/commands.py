@@ -165,9 +165,8 @@ def _features_options(p: argparse.ArgumentParser) -> None:
 def features_cmd(args: argparse.Namespace) -> int:
     import itertools
 
-    from mechscope.apps.browser import write_feature_browser
+    from mechscope.apps.browser import build_feature_browser
     from mechscope.interp.models import load_model
-    from mechscope.sae.features import compute_feature_cards, save_cards
     from mechscope.sae.io import load_dictionary
     from mechscope.sae.job import token_windows
 
@@ -177,10 +176,7 @@ def features_cmd(args: argparse.Namespace) -> int:
     if not site:
         raise ValueError("the dictionary records no site; pass --site (e.g. L2.resid_pre)")
     windows = itertools.islice(token_windows(model, args.text, args.n_ctx, epochs=1), args.tokens // args.n_ctx + 1)
-    cards = compute_feature_cards(model, dictionary, site, windows, args.tokens,
+    index = build_feature_browser(model, dictionary, site, windows, args.tokens, args.out,
                                   dictionary_name=f"{args.sae_dir} ({site})")
-    from pathlib import Path
-
-    save_cards(cards, Path(args.out) / "feature_cards.json")
-    print(f"feature browser: {write_feature_browser(cards, args.out)}")
+    print(f"feature browser: {index}")
     return 0

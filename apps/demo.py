@@ -22,10 +22,9 @@ QUICK_SAE = dict(DEMO_SAE, d_dict=256, k=8, steps=6, warmup_steps=0, log_every=2
 def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_tokens: int = 32768,
              progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns the paths written and the evaluation row. ``quick``: seconds."""
-    from mechscope.apps.browser import write_feature_browser
+    from mechscope.apps.browser import build_feature_browser
     from mechscope.interp import zoo
     from mechscope.interp.models import load_model
-    from mechscope.sae.features import compute_feature_cards, save_cards
     from mechscope.sae.io import load_dictionary
     from mechscope.sae.job import DataConfig, load_job, run_job, token_windows
 
@@ -46,10 +45,9 @@ def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_t
     dictionary = load_dictionary(sae_dir)  # from disk: what a user gets
     d: DataConfig = job.data
     windows = itertools.islice(token_windows(model, d.heldout_text, d.n_ctx, epochs=1), browser_tokens // d.n_ctx + 1)
-    cards = compute_feature_cards(model, dictionary, sae["site_in"], windows, browser_tokens,
+    index = build_feature_browser(model, dictionary, sae["site_in"], windows, browser_tokens, out / "browser",
+                                  title=f"{model.name} · {sae['site_in']} · top-k SAE",
                                   dictionary_name=f"{model.name} {sae['site_in']} top-k")
-    save_cards(cards, out / "feature_cards.json")
-    index = write_feature_browser(cards, out / "browser", title=f"{model.name} · {sae['site_in']} · top-k SAE")
     result = {"sae_dir": str(sae_dir), "metrics": str(out / "results.json"), "browser": str(index),
               "seconds": round(time.perf_counter() - t0, 1), **row}
     (out / "demo.json").write_text(json.dumps(result, indent=2))

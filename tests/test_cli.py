@@ -22,6 +22,9 @@ def test_demo_quick_writes_sae_metrics_and_browser(tmp_path, capsys):
     ours = load_dictionary(result["sae_dir"])
     theirs = load_sae_lens(result["sae_dir"])  # SAELens reads the folder the demo wrote
     assert theirs.cfg.d_sae == ours.d_dict
+    # the browser again from the saved folder, its site read from the folder's metadata
+    assert main(["features", result["sae_dir"], "--out", str(tmp_path / "fb"), "--tokens", "512", "--n-ctx", "32"]) == 0
+    assert (tmp_path / "fb" / "index.html").exists() and (tmp_path / "fb" / "cards.json").exists()
 
 
 def test_zoo_list_and_errors(capsys):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.apps.html import asset, escape, script_json, standalone_page, write_text
-from mechscope.sae.features import FeatureCard
+from mechscope.sae.cards import FeatureCard
 
 COLOUR_BY = {"max_activation": "max activation", "mean_activation": "mean activation",
              "density": "log10 density"}
@@ -204,7 +204,8 @@ def build_feature_browser(model: Any, dictionary: Any, site: Any, token_stream: 
                           **card_kwargs: Any) -> Path:
     """`compute_feature_cards` → ``out_dir/cards.json`` → `write_feature_browser`; returns the
     path of ``index.html`` (what ``mechscope features`` and ``mechscope demo`` print)."""
-    from mechscope.sae.features import compute_feature_cards, save_cards
+    from mechscope.sae.cards import save_cards
+    from mechscope.sae.features import compute_feature_cards
 
     cards = compute_feature_cards(model, dictionary, site, token_stream, n_tokens, **card_kwargs)
     save_cards(cards, Path(out_dir) / "cards.json")

@@ -25,118 +25,26 @@ feature ``i`` gets, in one pass and without storing all activations:
 
 `FeatureStats` is the accumulator (tensors only, testable against a brute-force reference);
 `compute_feature_cards` runs model + dictionary over a token stream and decodes strings, so a
-`FeatureCard` holds strings and numbers only and the apps need no model or tokenizer.
+`FeatureCard` (in `mechscope.sae.cards`) holds strings and numbers only and the apps need no
+model or tokenizer.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from dataclasses import dataclass, fields
-from pathlib import Path
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechscope.sae.cards import Context, FeatureCard
+
 if TYPE_CHECKING:
     from mechscope.interp.models import Model
     from mechscope.interp.sites import Site
     from mechscope.sae.dictionary import Dictionary
-
-CARDS_FORMAT = "mechscope.feature_cards"
-CARDS_VERSION = 1
-
-
-# ---------------------------------------------------------------------------------------------
-# the values
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Context:
-    """A window of decoded tokens, the feature's activation on each, and the focus token."""
-
-    tokens: tuple[str, ...]
-    activations: tuple[float, ...]
-    max_index: int
-    quantile: float | None = None  # rank quantile among the uniform sample (quantile samples only)
-
-    @property
-    def activation(self) -> float:
-        return self.activations[self.max_index]
-
-
-@dataclass(frozen=True)
-class FeatureCard:
-    """What a browser shows of one feature (strings and numbers only; JSON round-trip)."""
-
-    index: int
-    density: float
-    mean_activation: float
-    max_activation: float
-    n_tokens: int
-    top_contexts: tuple[Context, ...] = ()
-    quantile_contexts: tuple[Context, ...] = ()
-    hist_edges: tuple[float, ...] = ()
-    hist_counts: tuple[int, ...] = ()
-    top_logits: tuple[tuple[str, float], ...] = ()  # most promoted output tokens, descending
-    bottom_logits: tuple[tuple[str, float], ...] = ()  # most suppressed, ascending
-    neighbours: tuple[tuple[int, float], ...] = ()  # (feature, decoder cosine), descending
-    dictionary: str = ""
-    site: str = ""
-    model: str = ""
-
-    @property
-    def dead(self) -> bool:
-        return self.density == 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        # by hand: dataclasses.asdict deep-copies every float and dominates writing large browsers
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("top_contexts", "quantile_contexts"):
-            d[key] = [{"tokens": c.tokens, "activations": c.activations, "max_index": c.max_index,
-                       "quantile": c.quantile} for c in d[key]]
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FeatureCard":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown FeatureCard fields {sorted(unknown)}; valid: {sorted(names)}")
-        d = dict(data)
-        for key in ("top_contexts", "quantile_contexts"):
-            d[key] = tuple(Context(tuple(c["tokens"]), tuple(float(a) for a in c["activations"]),
-                                   int(c["max_index"]), c.get("quantile")) for c in d.get(key, ()))
-        for key in ("hist_edges", "hist_counts"):
-            d[key] = tuple(d.get(key, ()))
-        for key in ("top_logits", "bottom_logits", "neighbours"):
-            d[key] = tuple((a, b) for a, b in d.get(key, ()))
-        return cls(**d)
-
-
-def save_cards(cards: Sequence[FeatureCard], path: "str | Path") -> Path:
-    """Write cards as one JSON file, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"format": CARDS_FORMAT, "version": CARDS_VERSION,
-                   "cards": [c.to_dict() for c in cards]}, f)
-    os.replace(tmp, path)
-    return path
-
-
-def load_cards(path: "str | Path") -> list[FeatureCard]:
-    data = json.loads(Path(path).read_text())
-    if data.get("format") != CARDS_FORMAT or data.get("version") != CARDS_VERSION:
-        raise ValueError(f"{path} is not a {CARDS_FORMAT} v{CARDS_VERSION} file "
-                         f"(format={data.get('format')!r}, version={data.get('version')!r})")
-    return [FeatureCard.from_dict(c) for c in data["cards"]]
-
 
 # ---------------------------------------------------------------------------------------------
 # the streaming accumulator

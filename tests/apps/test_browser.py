@@ -11,7 +11,7 @@ import pytest
 from mechscope.apps.browser import (FeatureView, contexts_html, histogram_figure, index_figure, logits_figure,
                                     write_feature_browser)
 from mechscope.apps.html import script_json
-from mechscope.sae.features import FeatureCard
+from mechscope.sae.cards import FeatureCard
 
 from .helpers import NASTY
 
@@ -92,7 +92,7 @@ def test_build_feature_browser_end_to_end(tiny_gpt2, tmp_path):
     import torch
 
     from mechscope.apps.browser import build_feature_browser
-    from mechscope.sae.features import load_cards
+    from mechscope.sae.cards import load_cards
 
     from .helpers import TinySAE
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mechscope.sae.features import (FeatureCard, FeatureStats, compute_feature_cards, decoder_neighbours,
-                                    load_cards, logit_effects, save_cards)
+from mechscope.sae.cards import FeatureCard, load_cards, save_cards
+from mechscope.sae.features import FeatureStats, compute_feature_cards, decoder_neighbours, logit_effects
 
 from .helpers import TinySAE
 

@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+# the order of `mechscope --help`: the main job, training, browsing, tracing, the rest
+ORDER = ("demo", "train", "cache", "features", "trace", "routes", "trace-attention", "verify",
+         "codebook", "zoo", "bench")
 
 
 def command(name: str, help: str, options: Callable[[argparse.ArgumentParser], None]):
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mechscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, build, handler) in COMMANDS.items():
+    for name in sorted(COMMANDS, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+        help_text, build, handler = COMMANDS[name]
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         build(p)

@@ -102,3 +102,44 @@ def test_example_configs_validate():
     assert configs
     for path in configs:  # codebook_*.toml are `mechscope codebook train` jobs, the rest `mechscope train`
         assert (load_config(path) if path.name.startswith("codebook") else load_job(path).configs), path
+
+
+def test_resume_through_a_real_activation_stream_is_exact(tmp_path, tiny_gpt2):
+    """A crash mid-run, then resume: the shuffled activation stream (buffer, RNG, token position)
+    is restored from the checkpoint, so the weights equal those of an uninterrupted run."""
+    from mechscope.interp.stream import ActivationStream
+    from mechscope.interp.token_memmap import MemmapTokenStream, write_token_memmap
+    from mechscope.sae.config import TrainConfig
+    from mechscope.sae.trainer import train
+
+    gen = torch.Generator().manual_seed(0)
+    docs = [torch.randint(1, 100, (int(n),), generator=gen).tolist() for n in torch.randint(20, 60, (30,), generator=gen)]
+    ids = write_token_memmap(tmp_path / "ids.npy", docs, sep_id=0, bos_id=0)
+
+    def stream():
+        windows = MemmapTokenStream(ids, 16, shuffle=True, seed=1, epochs=None)
+        return ActivationStream(tiny_gpt2, windows, "L1.resid_mid", batch_tokens=64,
+                                model_batch_size=4, shuffle_buffer=256, seed=3, drop_last=True)
+
+    class Crash:
+        def __init__(self, source, after):
+            self.source, self.after = source, after
+
+        def __iter__(self):
+            for i, batch in enumerate(self.source):
+                if i == self.after:
+                    raise KeyboardInterrupt("simulated crash")
+                yield batch
+
+        def state_dict(self):
+            return self.source.state_dict()
+
+    cfg = TrainConfig(d_in=32, d_dict=64, k=4, steps=9, checkpoint_every=3, log_every=3, progress=False,
+                      site_in="L1.resid_mid")
+    full = train(cfg, stream(), tmp_path / "full", resume=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, Crash(stream(), after=5), tmp_path / "cut")
+    resumed = train(cfg, stream(), tmp_path / "cut")
+    assert resumed.resumed_from == 3
+    a, b = full.dictionary.state_dict(), resumed.dictionary.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -54,7 +54,7 @@ SPECS: dict[str, ZooSpec] = {
         name="gpt2-shakespeare", kind="lm",
         description="GPT-2 architecture (learned positions, LayerNorm, GELU MLP), 4 layers, "
                     "d_model 128, trained on Shakespeare with a 4096-token byte-level BPE.",
-        cfg=_GPT2, steps=700, batch=16, seq_len=256, lr=3e-3, warmup=30, weight_decay=0.05,
+        cfg=_GPT2, steps=1400, batch=16, seq_len=256, lr=3e-3, warmup=30, weight_decay=0.05,
     ),
     "llama-shakespeare": ZooSpec(
         name="llama-shakespeare", kind="lm",

@@ -17,6 +17,7 @@ activations of the current batch (dead-code replacement).
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechscope.kernels import SparseCode, sparse_decode, topk_encode
@@ -80,3 +81,45 @@ class CodebookDictionary(SparseDictionary):
         # a code's scale matters (codes are summed): start it at a typical activation's scale / k
         self.W_dec[dead] = x_in[rows].to(self.W_dec.dtype) / self.cfg.k
         self.tokens_since_fired[dead] = 0
+
+
+# -- cosine codes outside a trained dictionary (codebooks inside a model, k-means init) -----------
+def nearest_codes(x: Float[Tensor, "n d"], codes: Float[Tensor, "C d"], k: int,
+                  forced: Int[Tensor, "n f"] | None = None) -> Int[Tensor, "n k"]:
+    """Indices of the ``k`` codes of largest cosine with each row; ``forced`` ones first."""
+    sims = _unit(x) @ _unit(codes).T
+    if forced is not None:
+        sims = sims.scatter(1, forced, float("inf"))
+    return sims.topk(k, dim=1).indices
+
+
+@torch.no_grad()
+def spherical_kmeans(x: Float[Tensor, "n d"], n_clusters: int, iters: int = 10,
+                     generator: torch.Generator | None = None) -> Float[Tensor, "C d"]:
+    """Cluster means after Lloyd iterations with cosine assignment (empty clusters re-seeded)."""
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    keep = x[x.norm(dim=-1) > 0]
+    if len(keep) == 0:
+        raise ValueError("k-means needs activations that are not all zero")
+    cent = _kmeans_pp(keep, n_clusters, g)
+    for _ in range(iters):
+        assign = (_unit(keep) @ _unit(cent).T).argmax(1)
+        sums = torch.zeros_like(cent).index_add_(0, assign, keep)
+        counts = torch.bincount(assign, minlength=n_clusters)
+        empty = counts == 0
+        cent = sums / counts.clamp_min(1)[:, None]
+        cent[empty] = keep[torch.randint(0, len(keep), (int(empty.sum()),), generator=g)]
+    return cent
+
+
+def _kmeans_pp(x: Tensor, n: int, g: torch.Generator) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) with the cosine distance ``1 − cos``."""
+    u = _unit(x)
+    picks = [int(torch.randint(0, len(x), (1,), generator=g))]
+    best = u @ u[picks[0]]
+    for _ in range(n - 1):
+        d = (1 - best).clamp_min(0).double()
+        j = int(torch.multinomial(d, 1, generator=g)) if d.sum() > 0 else int(torch.randint(0, len(x), (1,), generator=g))
+        picks.append(j)
+        best = torch.maximum(best, u @ u[j])
+    return x[picks].clone()

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from mechscope.interp.capture import hooks_for
 from mechscope.interp.sites import Site
 from mechscope.kernels.code import SparseCode
+from mechscope.sae.codebook import nearest_codes, spherical_kmeans
 
 if TYPE_CHECKING:
     from mechscope.interp.models import Model
@@ -115,51 +116,6 @@ def _new_codebook(width: int, spec: CodebookSpec, seed: int) -> "CodebookDiction
                       codebook_commitment=float(spec.commitment), dead_tokens=spec.dead_tokens,
                       b_dec_init="zeros", seed=seed, progress=False)
     return CodebookDictionary(cfg)
-
-
-def nearest_codes(x: Float[Tensor, "n d"], codes: Float[Tensor, "C d"], k: int,
-                  forced: Int[Tensor, "n f"] | None = None) -> Int[Tensor, "n k"]:
-    """Indices of the ``k`` codes of largest cosine with each row; ``forced`` ones first."""
-    sims = _unit(x) @ _unit(codes).T
-    if forced is not None:
-        sims = sims.scatter(1, forced, float("inf"))
-    return sims.topk(k, dim=1).indices
-
-
-def _unit(x: Tensor) -> Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-@torch.no_grad()
-def spherical_kmeans(x: Float[Tensor, "n d"], n_clusters: int, iters: int = 10,
-                     generator: torch.Generator | None = None) -> Float[Tensor, "C d"]:
-    """Cluster means after Lloyd iterations with cosine assignment (empty clusters re-seeded)."""
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    keep = x[x.norm(dim=-1) > 0]
-    if len(keep) == 0:
-        raise ValueError("k-means needs activations that are not all zero")
-    cent = _kmeans_pp(keep, n_clusters, g)
-    for _ in range(iters):
-        assign = (_unit(keep) @ _unit(cent).T).argmax(1)
-        sums = torch.zeros_like(cent).index_add_(0, assign, keep)
-        counts = torch.bincount(assign, minlength=n_clusters)
-        empty = counts == 0
-        cent = sums / counts.clamp_min(1)[:, None]
-        cent[empty] = keep[torch.randint(0, len(keep), (int(empty.sum()),), generator=g)]
-    return cent
-
-
-def _kmeans_pp(x: Tensor, n: int, g: torch.Generator) -> Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) with the cosine distance ``1 − cos``."""
-    u = _unit(x)
-    picks = [int(torch.randint(0, len(x), (1,), generator=g))]
-    best = u @ u[picks[0]]
-    for _ in range(n - 1):
-        d = (1 - best).clamp_min(0).double()
-        j = int(torch.multinomial(d, 1, generator=g)) if d.sum() > 0 else int(torch.randint(0, len(x), (1,), generator=g))
-        picks.append(j)
-        best = torch.maximum(best, u @ u[j])
-    return x[picks].clone()
 
 
 class SiteBottleneck(nn.Module):
@@ -406,5 +362,4 @@ def base_model_copy(model: "Model") -> "Model":
     return copy.deepcopy(model)
 
 
-__all__ = ["CodebookModel", "CodebookSpec", "SiteBottleneck", "base_model_copy", "nearest_codes",
-           "spherical_kmeans"]
+__all__ = ["CodebookModel", "CodebookSpec", "SiteBottleneck", "base_model_copy"]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from mechscope.sae.config import TrainConfig, expand_sweep
 
 if TYPE_CHECKING:
-    from mechscope.interp.documents import DocumentTokenStream
+    from mechscope.interp.tokens import TokenStream
 
 TABLES = ("data", "sae")
 
@@ -140,13 +140,14 @@ def load_job(path: "str | Path | None" = None, overrides: Sequence[str] = (), d_
     return Job(data, sae, tuple(configs))
 
 
-def token_windows(model: Any, spec: str, n_ctx: int, seed: int = 0, epochs: int | None = None,
-                  shuffle_windows: int = 0) -> "DocumentTokenStream":
-    """A `DocumentTokenStream` for a text spec of `DataConfig`."""
+def token_windows(model: Any, spec: str, n_ctx: int, seed: int = 0, epochs: int | None = None) -> "TokenStream":
+    """The token stream of a `DataConfig` text spec: the zoo corpus and ``hf:NAME[:SPLIT]`` here,
+    token memmaps and text files through `mechscope.interp.tokens.open_token_stream`."""
     from mechscope.interp import zoo
     from mechscope.interp.documents import DocumentTokenStream
+    from mechscope.interp.tokens import open_token_stream
 
-    kw = dict(seed=seed, epochs=epochs, shuffle_windows=shuffle_windows)
+    kw = dict(seed=seed, epochs=epochs)
     if spec.startswith("zoo:"):
         text = zoo.corpus_text(spec.split(":", 1)[1])
         docs = [d for d in text.split("\n\n\n") if d.strip()]
@@ -154,11 +155,8 @@ def token_windows(model: Any, spec: str, n_ctx: int, seed: int = 0, epochs: int 
     if spec.startswith("hf:"):
         name, _, split = spec[3:].partition(":")
         return DocumentTokenStream.from_hf(name, model.tokenizer, n_ctx, split=split or "train", **kw)
-    if spec.endswith((".npy", ".bin")):
-        from mechscope.interp.token_memmap import MemmapTokenStream
-
-        return MemmapTokenStream(spec, n_ctx, shuffle=shuffle_windows > 0, seed=seed, epochs=epochs)
-    return DocumentTokenStream.from_files(spec, model.tokenizer, n_ctx, **kw)
+    _check_text_spec("text", spec)  # a mistyped path must not fall through to the hub
+    return open_token_stream(spec, n_ctx, model.tokenizer, **kw)
 
 
 def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool = True) -> list[dict[str, Any]]:

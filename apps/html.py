@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import secrets
-import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from mechscope import files
 
 _JS_UNSAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
                             "\u2029": "\\u2029"})
@@ -80,14 +80,4 @@ def standalone_page(title: str, body: str, data: Any, scripts: list[str], css: s
 
 def write_text(path: "str | Path", text: str) -> Path:
     """Write ``text`` to ``path`` atomically, creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return files.write_text(path, text)

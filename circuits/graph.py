@@ -21,12 +21,12 @@ JSON form (``FORMAT_VERSION``)::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
+
+from mechscope.files import write_json
 
 FORMAT_VERSION = 1
 NODE_KINDS = ("embedding", "head", "mlp", "attention", "feature", "error", "residual", "logit")
@@ -188,13 +188,7 @@ class Graph:
 
     def save(self, path: "str | Path") -> Path:
         """Write JSON atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f)
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: "str | Path") -> "Graph":

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mechscope.files import atomic_path, write_json
 from mechscope.interp.activations import ActivationBatch
 from mechscope.interp.sites import Site
 
@@ -70,10 +71,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,9 +93,8 @@ def _write_shard(out: Path, index: int, rows: ActivationBatch, dtype: torch.dtyp
     name = f"shard_{index:05d}.safetensors"
     tensors = {f"acts.{s}": a.detach().to("cpu", dtype).contiguous() for s, a in rows.acts.items()}
     tensors.update({k: getattr(rows, k).detach().to("cpu", torch.int64).contiguous() for k in _PROVENANCE})
-    tmp = out / (name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION), "shard": str(index)})
-    os.replace(tmp, out / name)
+    with atomic_path(out / name) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION), "shard": str(index)})
     return {"file": name, "rows": len(rows), "bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
 
 
@@ -157,7 +153,7 @@ def write_cache(
         "sites": [str(s) for s in sites], "d": d, "dtype": name, "rows_per_shard": rows_per_shard,
         "total_rows": total, "requested_rows": n_rows, "exhausted": total < n_rows, "shards": shards,
     }
-    _atomic_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest, indent=1)
     return out
 
 

@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechscope.files import atomic_path, write_text
 from mechscope.interp.tokens import (
     STATE_VERSION, TokenStream, TokenStreamError, _check_epochs, _default_id, _tokenized_docs,
 )
@@ -76,27 +77,20 @@ def write_token_memmap(
         raw.unlink()
         raise TokenStreamError(f"largest token id {top} does not fit {dtype}; use dtype='uint32' or 'auto'")
     src = np.memmap(raw, dtype="<u4", mode="r", shape=(n,))
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".npy":
-        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=out_dtype, shape=(n,))
-    else:
-        dst = np.memmap(tmp, dtype=out_dtype, mode="w+", shape=(n,))
-    for s in range(0, n, 1 << 22):
-        dst[s:s + (1 << 22)] = src[s:s + (1 << 22)]
-    dst.flush()
-    del dst, src
+    with atomic_path(path) as tmp:
+        if path.suffix == ".npy":
+            dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=out_dtype, shape=(n,))
+        else:
+            dst = np.memmap(tmp, dtype=out_dtype, mode="w+", shape=(n,))
+        for s in range(0, n, 1 << 22):
+            dst[s:s + (1 << 22)] = src[s:s + (1 << 22)]
+        dst.flush()
+        del dst, src
     raw.unlink()
-    os.replace(tmp, path)
     meta = {"format": "mechscope-token-memmap", "version": 1, "dtype": out_dtype.name,
             "n_tokens": n, "sep_id": sep_id, "bos_id": bos_id}
-    _atomic_write_text(_sidecar(path), json.dumps(meta, indent=1))
+    write_text(_sidecar(path), json.dumps(meta, indent=1))
     return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def open_token_memmap(path: str | os.PathLike, dtype: str | None = None) -> tuple[np.ndarray, dict]:

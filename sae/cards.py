@@ -7,12 +7,12 @@ Cards are computed by `mechscope.sae.features.compute_feature_cards` and saved a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from mechscope.files import write_json
 
 CARDS_FORMAT = "mechscope.feature_cards"
 CARDS_VERSION = 1
@@ -86,14 +86,8 @@ class FeatureCard:
 
 def save_cards(cards: Sequence[FeatureCard], path: "str | Path") -> Path:
     """Write cards as one JSON file, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"format": CARDS_FORMAT, "version": CARDS_VERSION,
-                   "cards": [c.to_dict() for c in cards]}, f)
-    os.replace(tmp, path)
-    return path
+    return write_json(path, {"format": CARDS_FORMAT, "version": CARDS_VERSION,
+                             "cards": [c.to_dict() for c in cards]})
 
 
 def load_cards(path: "str | Path") -> list[FeatureCard]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
+
+from mechscope.files import atomic_path
 
 FORMAT = 1
 _TENSOR = "__tensor__"
@@ -65,15 +66,8 @@ def save_checkpoint(path: Path, runs: Sequence[Any], step: int, source_state: An
     source = _split_tensors(source_state, "source", tensors)
     meta = {"format": FORMAT, "step": step, "source": source, "param_groups": groups,
             "configs": [r.cfg.to_dict() for r in runs]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"mechscope": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"mechscope": json.dumps(meta)})
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -13,9 +13,9 @@ A folder ``models/<name>/`` holds, with no nesting:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from mechscope import files
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -24,12 +24,7 @@ CARD = "card.json"
 
 def write_json(path: Path, obj: dict) -> None:
     """Atomic write (temp file + rename), so a crashed build never leaves half a card."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped package data must be world-readable
-    os.replace(tmp, path)
+    files.write_json(path, obj, indent=2)
 
 
 def save_weights(model, folder: Path, dtype: str) -> None:
@@ -38,10 +33,8 @@ def save_weights(model, folder: Path, dtype: str) -> None:
 
     torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
     tensors = {n: p.detach().to("cpu", torch_dtype).contiguous() for n, p in model.named_parameters()}
-    tmp = Path(folder) / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "dtype": dtype})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, Path(folder) / WEIGHTS)
+    with files.atomic_path(Path(folder) / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "dtype": dtype})
 
 
 def build_model(cfg: dict, tokenizer=None, device: str = "cpu"):

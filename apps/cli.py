@@ -26,8 +26,13 @@ def command(name: str, help: str, options: Callable[[argparse.ArgumentParser], N
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     from mechscope import __version__
-    from mechscope.apps import circuit_commands, codebook_commands, commands  # noqa: F401 - register them
+    from mechscope.apps.commands import MODULES
+
+    for module in MODULES:  # importing a command module registers it
+        importlib.import_module(f"mechscope.apps.commands.{module}")
 
     parser = argparse.ArgumentParser(
         prog="mechscope", description="Mechanistic interpretability toolkit: capture, dictionaries, circuits.",

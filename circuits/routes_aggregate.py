@@ -110,19 +110,3 @@ def aggregate_routes(routes: Sequence[Graph], n_layers: int) -> Graph:
     agg.metadata["units"] = "fraction of routes"
     agg.metadata["counts"] = {k: v for k, v in agg.metadata.get("counts", {}).items()}
     return agg
-
-
-def routes_cli(model: "Model", prompts: Sequence[str], tau: float = DEFAULT_TAU, view: str = "heads",
-               signed: bool = False, batch_size: int = 16, include_routes: bool = True) -> Graph:
-    """``mechscope routes``: text prompts (one per line of a file) -> the aggregated component
-    graph, with each prompt's positional route under ``metadata["routes"]`` (JSON dicts)."""
-    prompts = [p for p in prompts if p.strip()]
-    if not prompts:
-        raise ValueError("the prompts file has no non-empty lines")
-    rows = [model.to_tokens(p)[0] for p in prompts]
-    routes = prompt_routes(model, rows, tau, view, signed, batch_size)
-    agg = aggregate_routes(routes, model.n_layers)
-    agg.metadata.update(model=model.name, prompts=list(prompts))
-    if include_routes:
-        agg.metadata["routes"] = [r.to_dict() for r in routes]
-    return agg

@@ -17,7 +17,6 @@ and MLPs that carry the signal appear as source nodes (they are not traced furth
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -31,23 +30,6 @@ from mechscope.circuits.graph import Graph, Node
 if TYPE_CHECKING:
     from mechscope.interp.models import Model
 
-_HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
-
-
-def parse_heads(specs: Sequence[str], model: "Model") -> list[tuple[int, int]]:
-    """``["L1H3", ...]`` -> ``[(1, 3), ...]``, checked against the model."""
-    out = []
-    for spec in specs:
-        m = _HEAD_RE.match(spec.strip())
-        if not m:
-            raise ValueError(f"cannot parse head {spec!r}; expected 'L<layer>H<head>', e.g. 'L1H3'")
-        layer, head = int(m[1]), int(m[2])
-        if not (0 <= layer < model.n_layers and 0 <= head < model.n_heads):
-            raise ValueError(f"head {spec}: valid layers 0..{model.n_layers - 1}, heads 0..{model.n_heads - 1}")
-        out.append((layer, head))
-    if not out:
-        raise ValueError("no heads given")
-    return out
 
 
 def kept_parts(contrib: Tensor, total: float, share: float) -> list[int]:
@@ -160,20 +142,6 @@ def key_sources(g: Graph, head: tuple[int, int], min_share: float = 0.0) -> set[
     return out
 
 
-def trace_attention_cli(model: "Model", prompts: Sequence[str], heads: Sequence[str],
-                        firing_threshold: float = 0.3, share: float = 0.7,
-                        max_depth: int | None = None) -> Graph:
-    """``mechscope trace-attention``: text prompts and ``L<l>H<h>`` heads -> aggregated graph."""
-    prompts = [p for p in prompts if p.strip()]
-    if not prompts:
-        raise ValueError("the prompts file has no non-empty lines")
-    parsed = parse_heads(heads, model)
-    rows = [model.to_tokens(p)[0] for p in prompts]
-    g = trace_attention(model, rows, parsed, firing_threshold=firing_threshold, share=share,
-                        max_depth=max_depth)
-    g.metadata["prompts"] = list(prompts)
-    return g
 
 
-__all__ = ["parse_heads", "trace_prompt", "trace_attention", "trace_attention_cli", "key_sources",
-           "kept_parts"]
+__all__ = ["trace_prompt", "trace_attention", "key_sources", "kept_parts"]

@@ -218,35 +218,3 @@ def verify_task(task: str, setup: Setup, known: Iterable[Component], method: str
             "edge_rank_corr": v.edge_rank_corr, "nodes": len(v.node_ids), "edges": len(v.edge_ids),
             "found": [f"L{l}H{i}" for _, l, i in sc.found], "missed": [f"L{l}H{i}" for _, l, i in sc.missed],
             "extra": [f"L{l}H{i}" for _, l, i in sc.extra]}
-
-
-def verify_all(quick: bool = False, methods: Iterable[str] = ("atp", "ig")) -> list[dict[str, object]]:
-    """Head-level circuits of the planted-copy and planted-induction models and of the zoo's
-    induction model vs their known circuits (rows for `format_verify`)."""
-    from mechscope.circuits import known as kn
-    from mechscope.interp.models import load_model
-
-    n = 4 if quick else 16
-    induction = load_model(kn.INDUCTION_MODEL)
-    planted, planted_ind = kn.planted_copy_model(), kn.planted_induction_model()
-    rows = []
-    for method in methods:
-        rows.append(verify_task("planted-copy", kn.planted_setup(planted, n_prompts=n),
-                                kn.PLANTED.components, method))
-        rows.append(verify_task("planted-induction", kn.induction_setup(planted_ind, n_prompts=n, period=7),
-                                kn.PLANTED_INDUCTION.components, method))
-        rows.append(verify_task("induction", kn.induction_setup(induction, n_prompts=n),
-                                kn.induction_circuit(induction.card or None).components, method))
-    return rows
-
-
-def format_verify(rows: list[dict[str, object]]) -> str:
-    cols = ("task", "method", "ablation", "precision", "recall", "f1", "faithfulness",
-            "completeness", "node_rank_corr", "edge_rank_corr", "nodes", "edges")
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    table = [cols] + [tuple(fmt(r[c]) for c in cols) for r in rows]
-    widths = [max(len(t[i]) for t in table) for i in range(len(cols))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(t, widths)) for t in table]
-    lines += [f"{r['task']}/{r['method']}: found {r['found']} missed {r['missed']} extra {r['extra']}"
-              for r in rows]
-    return "\n".join(lines)

@@ -9,8 +9,7 @@ Entry points (import from the submodules; importing this package loads nothing h
 - `mechscope.sae.io.save_dictionary(model, path)` / `load_dictionary(path)` (SAELens, sparsify)
 - `mechscope.sae.factory.build_dictionary(config)`; architectures in topk, relu, jumprelu,
   matching_pursuit, codebook; synthetic sources in `mechscope.sae.synthetic`
-- `mechscope.sae.bench.bench_train(...)`, `format_bench(rows)`
 - codebook features in a model (Tamkin et al.): `codebook_model.CodebookModel` (bottlenecks at
   sites, fine-tuned through the LM loss by `codebook_train`), the TokFSM experiment
-  (`codebook_fsm`), steering by codes (`steer`), jobs (`codebook_job`)
+  (`codebook_fsm`), steering by codes (`steer`)
 """

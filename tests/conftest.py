@@ -28,6 +28,14 @@ def tiny_gpt2():
 
 
 @pytest.fixture(scope="session")
+def induction_model():
+    """The zoo's attention-only induction model (shipped in the package)."""
+    from mechscope.interp.models import load_model
+
+    return load_model("attn-only-induction")
+
+
+@pytest.fixture(scope="session")
 def tiny_llama():
     from mechscope.interp.models import Model
 

@@ -9,8 +9,7 @@ import torch
 from mechscope.circuits.attention_svd import (activations, augment, decompose_firing, firing_terms,
                                               normalised, ov_svd,
                                               projection_check, qk_svd, sparse_signal, upstream_parts)
-from mechscope.circuits.svd_trace import (key_sources, kept_parts, parse_heads, trace_attention,
-                                          trace_attention_cli, trace_prompt)
+from mechscope.circuits.svd_trace import key_sources, kept_parts, trace_attention, trace_prompt
 from mechscope.interp.models import Model
 
 ATTN_ONLY = dict(n_layers=2, d_model=32, n_ctx=32, d_head=8, n_heads=4, d_vocab=100, attn_only=True,
@@ -79,9 +78,6 @@ def test_rotary_models_and_bad_heads_are_refused(tiny_llama, tiny_gpt2):
         qk_svd(tiny_llama, 0, 0)
     with pytest.raises(ValueError, match="valid layers"):
         qk_svd(tiny_gpt2, 5, 0)
-    with pytest.raises(ValueError, match="L<layer>H<head>"):
-        parse_heads(["layer1"], tiny_gpt2)
-    assert parse_heads(["L1H3", " L0H0"], tiny_gpt2) == [(1, 3), (0, 0)]
 
 
 def test_trace_graph_edges_are_mean_signal_shares(tiny_attn_only, tokens):
@@ -181,10 +177,3 @@ def test_projecting_out_the_signal_subspace_beats_random_subspaces(induction):
     assert check.drop_selected > 0
     assert check.drop_selected > float(check.drop_random.max())
     assert check.beats_random == 1.0
-
-
-def test_trace_attention_cli(induction):
-    model, prev, ind, tokens = induction
-    text = "".join(model.to_str_tokens(tokens[1:]))
-    g = trace_attention_cli(model, [text, " "], [f"L{ind[0]}H{ind[1]}"], max_depth=1)
-    assert g.metadata["prompts"] == [text] and f"head/L{ind[0]}/{ind[1]}" in g.nodes

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mechscope.circuits.routes import extract_route, flow_contributions, head_terms, readout_direction
-from mechscope.circuits.routes_aggregate import aggregate_routes, component_graph, prompt_routes, routes_cli
+from mechscope.circuits.routes_aggregate import aggregate_routes, component_graph, prompt_routes
 from mechscope.interp.capture import capture
 
 
@@ -143,18 +143,3 @@ def test_aggregate_counts_how_often_components_are_on_routes(tiny_gpt2):
         for nid, nd in g.nodes.items():
             if nd.kind != "logit":
                 assert g.children(nid), f"{nid} writes to nothing on the route"
-
-
-def test_routes_cli_round_trips(tiny_gpt2, tmp_path):
-    model = tiny_gpt2  # no tokenizer: map characters to ids for the duration of the test
-    orig = model.to_tokens
-    model.to_tokens = lambda text, prepend_bos=True: torch.tensor([[ord(ch) % 100 for ch in text]])
-    try:
-        g = routes_cli(model, ["hello there", "", "abcdef"], tau=0.05)
-    finally:
-        model.to_tokens = orig
-    assert g.metadata["aggregated"] == 2 and len(g.metadata["routes"]) == 2
-    path = g.save(tmp_path / "routes.json")
-    assert type(g).load(path).to_dict() == g.to_dict()
-    with pytest.raises(ValueError, match="non-empty"):
-        routes_cli(model, ["  "])

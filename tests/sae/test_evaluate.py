@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from mechscope.kernels import SparseCode
-from mechscope.sae.bench import bench_train, format_bench
 from mechscope.sae.evaluate import ce_loss_recovered, evaluate
 
 
@@ -50,12 +49,3 @@ def test_ce_loss_recovered():
     assert ce_loss_recovered(clean=2.0, spliced=2.5, zero_ablated=7.0) == pytest.approx(0.9)
     with pytest.raises(ValueError, match="equal"):
         ce_loss_recovered(1.0, 1.0, 1.0)
-
-
-def test_bench_smoke():
-    rows = bench_train(steps=1, d_in=16, d_sae=64, k=4, batch=32)
-    impls = {r["impl"]: r for r in rows}
-    assert impls["mechscope"]["tokens_per_s"] > 0 and impls["sae_lens"]["tokens_per_s"] > 0
-    assert "speedup_vs_sae_lens" in impls["mechscope"]
-    assert "skipped" in impls["sparsify"] or impls["sparsify"]["tokens_per_s"] > 0
-    assert "mechscope" in format_bench(rows)

@@ -1,4 +1,4 @@
-"""Training jobs on a language model: a TOML file → activation stream → dictionaries → metrics.
+"""``mechscope train``: training jobs on a language model: a TOML file → activation stream → dictionaries → metrics.
 
 A job file has two tables::
 
@@ -19,6 +19,7 @@ loaded; ``sae.d_in``/``d_out`` default to the width of the model's sites.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import tomllib
@@ -27,6 +28,7 @@ from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mechscope.apps.cli import command
 from mechscope.sae.config import TrainConfig, expand_sweep
 
 if TYPE_CHECKING:
@@ -228,3 +230,35 @@ def _site_widths(model: Any, sites: Sequence[Any]) -> Mapping[Any, int]:
 
     acts = capture(model, torch.zeros(1, 2, dtype=torch.long), sites)
     return {s: a.shape[-1] for s, a in acts.items()}
+
+
+# -- the command ------------------------------------------------------------------------------
+def _fields_epilog() -> str:
+    from mechscope.sae.config import fields_help as sae_fields
+
+    lines = ["config fields ([data] and [sae] tables of the TOML file; override as table.field=value):"]
+    for table, rows in (("data", fields_help(DataConfig)), ("sae", sae_fields())):
+        lines += [f"  {table}.{name} ({typ}, default {default!r}): {help_}" for name, typ, default, help_ in rows]
+    return "\n".join(lines)
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _fields_epilog()
+    p.add_argument("config", help="TOML job file with [data] and [sae] tables (see examples/configs/)")
+    p.add_argument("overrides", nargs="*", help="overrides like sae.k=16 or data.model=\"llama-shakespeare\"")
+    p.add_argument("--out", default="runs/train", help="output folder (checkpoint, runs/<name>/dictionary, results)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+
+
+@command("train", "Train SAEs / transcoders (a sweep if any field is a list) from a TOML job file.", _train_options)
+def train_cmd(args: argparse.Namespace) -> int:
+    job = load_job(args.config, args.overrides)  # rejects bad configs before any work
+    print(f"training {len(job.configs)} dictionar{'y' if len(job.configs) == 1 else 'ies'} "
+          f"on {job.data.model} -> {args.out}")
+    rows = run_job(job, args.out, resume=not args.no_resume)
+    for row in rows:
+        print(f"  {row['run']}: FVU {row['eval_fvu']:.3f}  L0 {row['eval_l0']:.1f}  "
+              f"CE loss recovered {row['eval_ce_loss_recovered']:.3f}")
+    print(f"results: {args.out}/results.csv")
+    return 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mechscope.kernels.code import SparseCode
-from mechscope.sae.job import load_job, parse_override, run_job
+from mechscope.apps.commands.train import load_job, parse_override, run_job
 from mechscope.sae.splice_eval import spliced_metrics
 
 
@@ -96,9 +96,9 @@ def test_run_job_sweep_end_to_end(tmp_path):
 def test_example_configs_validate():
     from pathlib import Path
 
-    from mechscope.sae.codebook_job import load_config
+    from mechscope.apps.commands.codebook import load_config
 
-    configs = sorted((Path(__file__).parents[2] / "examples" / "configs").glob("*.toml"))
+    configs = sorted((Path(__file__).parents[3] / "examples" / "configs").glob("*.toml"))
     assert configs
     for path in configs:  # codebook_*.toml are `mechscope codebook train` jobs, the rest `mechscope train`
         assert (load_config(path) if path.name.startswith("codebook") else load_job(path).configs), path

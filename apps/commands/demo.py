@@ -8,11 +8,14 @@ feature browser.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+from mechscope.apps.cli import command
 
 DEMO_SAE = dict(architecture="topk", site_in="L2.resid_pre", d_dict=1024, k=16, steps=600, lr=1e-3,
                 warmup_steps=50, log_every=20)
@@ -26,7 +29,7 @@ def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_t
     from mechscope.interp import zoo
     from mechscope.interp.models import load_model
     from mechscope.sae.io import load_dictionary
-    from mechscope.sae.job import DataConfig, load_job, run_job, token_windows
+    from mechscope.apps.commands.train import DataConfig, load_job, run_job, token_windows
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -64,3 +67,14 @@ def format_demo(r: dict[str, Any]) -> str:
         f"  metrics:                         {r['metrics']}",
         f"  feature browser:                 {r['browser']}",
     ])
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run with a tiny SAE")
+
+
+@command("demo", "The main job: train, evaluate, save and browse a top-k SAE on the default zoo model.", _demo_options)
+def demo_cmd(args: argparse.Namespace) -> int:
+    print(format_demo(run_demo(args.out, quick=args.quick)))
+    return 0

@@ -1,4 +1,4 @@
-"""`mechscope trace`: trace a sparse feature circuit from files, for the CLI.
+"""``mechscope trace``: a sparse feature circuit (Marks et al.) of prompts from files.
 
     mechscope trace --model M --dictionaries DIR --prompts FILE --metric SPEC --out graph.json
 
@@ -17,6 +17,7 @@ the graphs are averaged (`Graph.aggregate`).
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any
 
 import torch
 
+from mechscope.apps.cli import command
+from mechscope.apps.commands.common import save_graph
 from mechscope.circuits.attribution import Metric, Setup, logit_diff, logprob, next_token_logprob
 from mechscope.circuits.feature_circuits import trace
 from mechscope.circuits.graph import Graph
@@ -50,7 +53,7 @@ def load_dictionaries(directory: "str | Path") -> dict[str, Any]:
     return out
 
 
-def read_prompts(path: "str | Path") -> list[dict[str, Any]]:
+def read_prompt_records(path: "str | Path") -> list[dict[str, Any]]:
     """Prompt records ``{"prompt", "patch"?, "target"?, "foil"?}`` from text or JSON lines."""
     lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
     if not lines:
@@ -113,7 +116,7 @@ def trace_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None
             site_map[f"L{layer}.z"] = None
             if not model.attn_only:
                 site_map[f"L{layer}.mlp_out"] = None
-    recs = read_prompts(prompts)
+    recs = read_prompt_records(prompts)
     has_patch = [("patch" in r) for r in recs]
     if any(has_patch) and not all(has_patch):
         raise ValueError("either every prompt record has a 'patch' prompt or none has")
@@ -138,3 +141,31 @@ def _by_length(model: Any, recs: list[dict[str, Any]]) -> list[list[dict[str, An
     if len(set(lengths)) == 1:
         return [recs]
     return [[r] for r in recs]
+
+
+def _trace_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gpt2-shakespeare", help="model spec (zoo name, HF folder, hub name)")
+    p.add_argument("--prompts", required=True,
+                   help="text file (one prompt per line) or JSON lines with prompt / patch / target / foil")
+    p.add_argument("--out", required=True, help="output graph JSON")
+    p.add_argument("--dictionaries", default=None, help="folder of dictionary folders named by site (DIR/L1.resid_post/)")
+    p.add_argument("--sites", nargs="*", default=None, help="extra sites without dictionaries (e.g. L0.z: one node per head)")
+    p.add_argument("--metric", default="next_token", help="next_token | logprob:TOKEN | logit_diff:A,B | jsonl")
+    p.add_argument("--method", choices=["atp", "ig", "grad_x_act"], default="atp",
+                   help="node scores: attribution patching, integrated gradients, gradient x activation")
+    p.add_argument("--ablation", choices=["zero", "mean", "resample"], default=None,
+                   help="what a removed node becomes (default: the patch prompt if given, else zero)")
+    p.add_argument("--node-threshold", type=float, default=0.1, help="keep nodes with |score| at least this")
+    p.add_argument("--edge-threshold", type=float, default=None, help="keep edges with |weight| at least this")
+    p.add_argument("--steps", type=int, default=10, help="integrated-gradients steps")
+    p.add_argument("--per-position", action="store_true", help="one node per token position (else summed)")
+    p.add_argument("--html", action="store_true", help="also write the graph viewer next to the JSON (.html)")
+
+
+@command("trace", "Sparse feature circuit (Marks et al.) of prompts through dictionaries and error nodes.", _trace_options)
+def trace_cmd(args: argparse.Namespace) -> int:
+    graph = trace_cli(args.model, args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
+                      args.ablation, args.node_threshold, args.edge_threshold, per_position=args.per_position,
+                      steps=args.steps)
+    save_graph(graph, args.out, args.html)
+    return 0

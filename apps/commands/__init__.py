@@ -1,0 +1,7 @@
+"""One module per ``mechscope`` subcommand; importing one registers its handler with `mechscope.apps.cli`.
+
+Library packages take typed values; everything that reads files, prompts and flags lives here.
+"""
+
+MODULES = ("demo", "train", "cache", "features", "trace", "routes", "attention", "verify", "codebook",
+           "zoo", "bench")

@@ -1,0 +1,44 @@
+"""``mechscope bench``: benchmarks that print ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+
+from mechscope.apps.cli import command
+
+BENCHES = ("capture", "kernels", "train", "routes", "attribution")
+
+
+def _bench_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", choices=BENCHES, help="what to benchmark")
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run with tiny shapes")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (medians are reported)")
+
+
+@command("bench", "Benchmarks that print ratios against a baseline measured in the same run.", _bench_options)
+def bench_cmd(args: argparse.Namespace) -> int:
+    import torch
+
+    print(f"environment: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"cuda={'yes' if torch.cuda.is_available() else 'no'}")
+    if args.which == "capture":
+        from mechscope.apps.bench.capture import bench_capture, format_capture
+
+        print(format_capture(bench_capture(repeats=args.repeats, quick=args.quick)))
+    elif args.which == "kernels":
+        from mechscope.kernels.bench import bench_kernels, format_table
+
+        print(format_table(bench_kernels(repeats=args.repeats, quick=args.quick)))
+    elif args.which == "train":
+        from mechscope.apps.bench.train import bench_train, format_bench as format_train
+
+        print(format_train(bench_train(quick=args.quick)))
+    elif args.which == "routes":
+        from mechscope.apps.bench.routes import bench_routes, format_routes_bench
+
+        print(format_routes_bench(bench_routes(quick=args.quick)))
+    else:
+        from mechscope.apps.bench.attribution import bench_attribution, format_bench
+
+        print(format_bench(bench_attribution(quick=args.quick)))
+    return 0

@@ -1,0 +1,38 @@
+"""``mechscope features``: feature cards of a dictionary and the offline feature browser."""
+
+from __future__ import annotations
+
+import argparse
+
+from mechscope.apps.cli import command
+
+
+def _features_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sae_dir", help="a dictionary folder (mechscope, SAELens or sparsify format)")
+    p.add_argument("--out", required=True, help="output folder of the offline browser (index.html)")
+    p.add_argument("--model", default="gpt2-shakespeare", help="model the dictionary was trained on")
+    p.add_argument("--site", default=None, help="site of the dictionary (default: from its metadata)")
+    p.add_argument("--text", default="zoo:heldout", help="text spec to compute feature statistics on")
+    p.add_argument("--tokens", type=int, default=65536, help="tokens to compute statistics over")
+    p.add_argument("--n-ctx", type=int, default=128, help="tokens per context window")
+
+
+@command("features", "Compute feature cards for a dictionary and write the offline feature browser.", _features_options)
+def features_cmd(args: argparse.Namespace) -> int:
+    import itertools
+
+    from mechscope.apps.browser import build_feature_browser
+    from mechscope.interp.models import load_model
+    from mechscope.sae.io import load_dictionary
+    from mechscope.apps.commands.train import token_windows
+
+    model = load_model(args.model)
+    dictionary = load_dictionary(args.sae_dir)
+    site = args.site or getattr(getattr(dictionary, "cfg", None), "site_in", "")
+    if not site:
+        raise ValueError("the dictionary records no site; pass --site (e.g. L2.resid_pre)")
+    windows = itertools.islice(token_windows(model, args.text, args.n_ctx, epochs=1), args.tokens // args.n_ctx + 1)
+    index = build_feature_browser(model, dictionary, site, windows, args.tokens, args.out,
+                                  dictionary_name=f"{args.sae_dir} ({site})")
+    print(f"feature browser: {index}")
+    return 0

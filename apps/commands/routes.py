@@ -1,0 +1,49 @@
+"""``mechscope routes``: information flow routes (Ferrando & Voita) of text prompts."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from mechscope.apps.cli import command
+from mechscope.apps.commands.common import graph_options, read_prompts, save_graph
+from mechscope.circuits.graph import Graph
+from mechscope.circuits.routes import DEFAULT_TAU
+from mechscope.circuits.routes_aggregate import aggregate_routes, prompt_routes
+
+if TYPE_CHECKING:
+    from mechscope.interp.models import Model
+
+
+def routes_cli(model: "Model", prompts: Sequence[str], tau: float = DEFAULT_TAU, view: str = "heads",
+               signed: bool = False, batch_size: int = 16, include_routes: bool = True) -> Graph:
+    """``mechscope routes``: text prompts (one per line of a file) -> the aggregated component
+    graph, with each prompt's positional route under ``metadata["routes"]`` (JSON dicts)."""
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise ValueError("the prompts file has no non-empty lines")
+    rows = [model.to_tokens(p)[0] for p in prompts]
+    routes = prompt_routes(model, rows, tau, view, signed, batch_size)
+    agg = aggregate_routes(routes, model.n_layers)
+    agg.metadata.update(model=model.name, prompts=list(prompts))
+    if include_routes:
+        agg.metadata["routes"] = [r.to_dict() for r in routes]
+    return agg
+
+
+def _routes_options(p: argparse.ArgumentParser) -> None:
+    graph_options(p)
+    p.add_argument("--tau", type=float, default=0.04, help="threshold on a part's share of its representation")
+    p.add_argument("--view", choices=["heads", "summed"], default="heads",
+                   help="heads kept apart on edges, or summed per source as in the LM transparency tool")
+    p.add_argument("--signed", action="store_true", help="signed variant: promotion vs suppression of the prediction")
+
+
+@command("routes", "Information flow routes (Ferrando & Voita) of prompts, aggregated into one graph.", _routes_options)
+def routes_cmd(args: argparse.Namespace) -> int:
+    from mechscope.interp.models import load_model
+
+    graph = routes_cli(load_model(args.model), read_prompts(args.prompts), args.tau, args.view, args.signed)
+    save_graph(graph, args.out, args.html)
+    return 0

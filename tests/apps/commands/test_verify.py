@@ -1,0 +1,11 @@
+"""`mechscope verify`'s table."""
+
+from mechscope.apps.commands.verify import format_verify
+
+
+def test_format_verify_lists_every_row():
+    row = {"task": "t", "method": "atp", "ablation": "mean", "precision": 1.0, "recall": 0.5, "f1": 2 / 3,
+           "faithfulness": 0.9, "completeness": 0.1, "node_rank_corr": 1.0, "edge_rank_corr": 0.5,
+           "nodes": 2, "edges": 3, "found": ["L0H1"], "missed": ["L1H3"], "extra": []}
+    text = format_verify([row, {**row, "task": "u"}])
+    assert "precision" in text and "0.667" in text and "missed ['L1H3']" in text and "u/atp" in text

@@ -7,5 +7,5 @@ Entry points (import from the submodules):
 - `mechscope.circuits.feature_circuits.feature_circuit / trace / faithfulness` (Marks et al.)
 - `mechscope.circuits.routes.flow_contributions / extract_route`, `routes_aggregate` (Ferrando & Voita)
 - `mechscope.circuits.attention_svd`, `svd_trace.trace_attention` (Franco & Crovella)
-- `mechscope.circuits.verify.verify_edges / score_against / verify_all`; `known` circuits
+- `mechscope.circuits.verify.verify_edges / score_against / verify_task`; `known` circuits
 """

@@ -9,7 +9,7 @@ of each (a pass = one forward or backward over the prompt batch; a batched IG pa
 copies counts ``steps`` passes), their ratios against patching in the same run, and the Spearman
 correlation of each method's scores with the patching effects.
 
-Run as ``mechscope bench attribution`` or ``python -m mechscope.circuits.bench_attribution``.
+Run as ``mechscope bench attribution`` or ``python -m mechscope.apps.bench.attribution``.
 """
 
 from __future__ import annotations

@@ -66,6 +66,11 @@ class Model:
         return self.cfg.n_heads
 
     @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads (fewer than ``n_heads`` under grouped-query attention)."""
+        return self.cfg.n_key_value_heads or self.cfg.n_heads
+
+    @property
     def n_ctx(self) -> int:
         return self.cfg.n_ctx
 
@@ -88,11 +93,12 @@ class Model:
     # -- sites ----------------------------------------------------------------------------------
     def site(self, site: "str | Site") -> Site:
         """Parse and validate a site for this model (errors name the valid kinds and layers)."""
-        return Site.parse(site).validate(self.n_layers, self.n_heads, self.attn_only)
+        return Site.parse(site).validate(self.n_layers, self.n_heads, self.attn_only, self.n_kv_heads)
 
     def sites(self, per_head: bool = False) -> list[Site]:
         """Every site of this model (head kinds once, or once per head with ``per_head``)."""
-        return list_sites(self.n_layers, self.attn_only, self.n_heads if per_head else None)
+        return list_sites(self.n_layers, self.attn_only, self.n_heads if per_head else None,
+                          self.n_kv_heads if per_head else None)
 
     # -- text -----------------------------------------------------------------------------------
     def to_tokens(self, text: "str | Sequence[str]", prepend_bos: bool = True) -> Int[Tensor, "b pos"]:

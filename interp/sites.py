@@ -21,6 +21,15 @@ pattern, scores   blocks.L.attn.hook_pattern/...   [batch, n_heads, q_pos, k_pos
 
 Head kinds accept an optional head; the captured tensor is then that head's slice.
 Attention-only models have no ``resid_mid``/``mlp_*`` sites.
+
+`Site.parse` also reads the TransformerLens hook names above (``"blocks.3.hook_resid_post"``,
+``"blocks.1.attn.hook_z"``), so a user's hook names work wherever a site is asked for, and
+``Site.hook_name`` gives the name back.
+
+Grouped-query attention (Llama-family models with ``n_key_value_heads < n_heads``): the ``k`` and
+``v`` hooks hold the *key/value* heads, before they are shared among query heads, so ``L1.k.H1``
+means KV head 1 (query heads ``h`` with ``h // (n_heads // n_kv_heads) == 1`` read it). Their head
+index is validated against ``n_kv_heads``.
 """
 
 from __future__ import annotations
@@ -55,7 +64,11 @@ _HOOKS = {
 # axis of the head dimension in the hooked tensor (batch first)
 _HEAD_AXIS = {"q": 2, "k": 2, "v": 2, "z": 2, "result": 2, "pattern": 1, "scores": 1}
 
+KV_KINDS = ("k", "v")
+
 _SITE_RE = re.compile(r"^L(\d+)\.([a-z_]+)(?:\.H(\d+))?$")
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_KIND_OF_HOOK = {template.split("{L}.", 1)[1]: kind for kind, template in _HOOKS.items()}
 
 
 class SiteError(ValueError):
@@ -82,14 +95,23 @@ class Site:
 
     @classmethod
     def parse(cls, text: "str | Site") -> "Site":
-        """Parse ``L3.resid_post`` / ``L1.z.H2``; a `Site` is returned unchanged."""
+        """Parse ``L3.resid_post`` / ``L1.z.H2`` or a TransformerLens hook name
+        (``blocks.3.hook_resid_post``); a `Site` is returned unchanged."""
         if isinstance(text, Site):
             return text
-        m = _SITE_RE.match(text.strip())
+        if not isinstance(text, str):
+            raise SiteError(f"a site is a string such as 'L3.resid_post', got {type(text).__name__} {text!r}")
+        text = text.strip()
+        hook = _HOOK_RE.match(text)
+        if hook and hook[2] in _KIND_OF_HOOK:
+            return cls(int(hook[1]), _KIND_OF_HOOK[hook[2]])
+        m = _SITE_RE.match(text)
         if not m:
             raise SiteError(
                 f"cannot parse site {text!r}; expected 'L<layer>.<kind>' or 'L<layer>.<kind>.H<head>' "
-                f"(e.g. 'L3.resid_post', 'L1.z.H2') with kind one of: {', '.join(ALL_KINDS)}"
+                f"(e.g. 'L3.resid_post', 'L1.z.H2') with kind one of: {', '.join(ALL_KINDS)}, "
+                f"or a TransformerLens hook name of a block ({', '.join(sorted(_KIND_OF_HOOK))}; "
+                f"e.g. 'blocks.3.hook_resid_post')"
             )
         layer, kind, head = m.groups()
         return cls(int(layer), kind, None if head is None else int(head))
@@ -112,8 +134,12 @@ class Site:
             return act
         return act.select(self.head_axis, self.head)
 
-    def validate(self, n_layers: int, n_heads: int, attn_only: bool = False) -> "Site":
-        """Check against a model's shape; the error names the valid kinds and ranges."""
+    def validate(self, n_layers: int, n_heads: int, attn_only: bool = False,
+                 n_kv_heads: int | None = None) -> "Site":
+        """Check against a model's shape; the error names the valid kinds and ranges.
+
+        ``n_kv_heads``: key/value heads of a grouped-query attention model (``k`` / ``v`` sites
+        index those); ``None`` means ``n_heads``."""
         kinds = valid_kinds(attn_only)
         if self.kind not in kinds:
             raise SiteError(
@@ -122,8 +148,11 @@ class Site:
             )
         if not 0 <= self.layer < n_layers:
             raise SiteError(f"site {self}: layer {self.layer} out of range; valid layers 0..{n_layers - 1}")
-        if self.head is not None and not 0 <= self.head < n_heads:
-            raise SiteError(f"site {self}: head {self.head} out of range; valid heads 0..{n_heads - 1}")
+        heads = n_kv_heads if self.kind in KV_KINDS and n_kv_heads is not None else n_heads
+        if self.head is not None and not 0 <= self.head < heads:
+            what = "key/value heads" if heads != n_heads else "heads"
+            raise SiteError(f"site {self}: head {self.head} out of range; valid {what} 0..{heads - 1}"
+                            + (" (grouped-query attention)" if heads != n_heads else ""))
         return self
 
 
@@ -131,12 +160,15 @@ def valid_kinds(attn_only: bool = False) -> tuple[str, ...]:
     return tuple(k for k in ALL_KINDS if not (attn_only and k in MLP_KINDS))
 
 
-def list_sites(n_layers: int, attn_only: bool = False, heads: int | None = None) -> list[Site]:
-    """All sites of a model; head kinds once without head, and per head if ``heads`` is given."""
+def list_sites(n_layers: int, attn_only: bool = False, heads: int | None = None,
+               kv_heads: int | None = None) -> list[Site]:
+    """All sites of a model; head kinds once without head, and per head if ``heads`` is given
+    (``k`` / ``v`` per key/value head: ``kv_heads``, default ``heads``)."""
     out: list[Site] = []
     for layer in range(n_layers):
         for kind in valid_kinds(attn_only):
             out.append(Site(layer, kind))
-            if heads and kind in HEAD_KINDS:
-                out.extend(Site(layer, kind, h) for h in range(heads))
+            n = (kv_heads or heads) if kind in KV_KINDS else heads
+            if n and kind in HEAD_KINDS:
+                out.extend(Site(layer, kind, h) for h in range(n))
     return out

@@ -2,8 +2,8 @@
 
 ``interp <- sae <- circuits <- apps``; ``kernels`` depends on torch (and triton) only; nothing
 imports ``apps``; only the model adapter (interp/models.py and the zoo) imports TransformerLens and
-only sae/io.py (and the dictionary adapters) import sae-lens / sparsify, besides the benchmarks
-that measure them. Every ``import`` statement counts, including those inside functions.
+only sae/io.py (and the dictionary adapters) import sae-lens / sparsify — besides the benchmarks in
+apps/bench/, which run those libraries as the baselines they measure. Every ``import`` statement counts, including those inside functions.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ALLOWED = {
 }
 # third-party libraries only certain files may import (path prefixes, relative to the root)
 GUARDED = {
-    "transformer_lens": ("interp/models.py", "interp/zoo/"),
+    "transformer_lens": ("interp/models.py", "interp/zoo/", "apps/bench/"),
     "sae_lens": ("sae/io.py", "sae/adapters", "apps/bench/"),
     "sparsify": ("sae/io.py", "sae/adapters", "apps/bench/"),
 }

@@ -174,3 +174,30 @@ class SparsifyDictionary(_Affine):
 
     def __repr__(self) -> str:
         return f"SparsifyDictionary(d_in={self.d_in}, d_dict={self.d_dict}, k={self.coder.cfg.k})"
+
+
+SAELENS_PREFIX = "sae_lens:"
+
+
+def parse_saelens_spec(spec: str) -> tuple[str, str]:
+    """``"sae_lens:RELEASE/SAE_ID"`` -> ``(RELEASE, SAE_ID)`` (SAE ids may contain ``/``)."""
+    body = spec[len(SAELENS_PREFIX):] if spec.startswith(SAELENS_PREFIX) else spec
+    release, sep, sae_id = body.partition("/")
+    if not (release and sep and sae_id):
+        raise ValueError(f"{spec!r}: a SAELens pretrained SAE is written 'sae_lens:RELEASE/SAE_ID', e.g. "
+                         f"'sae_lens:gpt2-small-res-jb/blocks.0.hook_resid_pre'")
+    return release, sae_id
+
+
+def load_pretrained(spec: str, device: str = "cpu", dtype: str = "float32") -> SAELensDictionary:
+    """A pretrained SAE from SAELens' directory of releases, through SAELens' own loader (which
+    needs the Hugging Face hub, or its cache with ``HF_HUB_OFFLINE=1``), as a `Dictionary`."""
+    from sae_lens import SAE
+
+    release, sae_id = parse_saelens_spec(spec)
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - SAELens / the hub raise many types; name the input
+        raise ValueError(f"SAELens could not load release {release!r}, SAE id {sae_id!r}: "
+                         f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+    return SAELensDictionary(sae)

@@ -98,3 +98,56 @@ def test_mechscope_dictionaries_pass_through():
 
     sae = build_dictionary(TrainConfig(architecture="topk", d_in=D_IN, d_dict=D_SAE, k=4))
     assert as_dictionary(sae) is sae
+
+
+PRETRAINED = r'''
+import sys, torch
+from pathlib import Path
+import sae_lens as sl
+from sae_lens.saes.sae import SAEMetadata
+
+# a stand-in for the hub: SAELens' own files for one SAE of a real release, in the HF cache layout
+cache, rev = Path(sys.argv[1]), "a" * 40
+repo = cache / "models--jbloom--GPT2-Small-SAEs-Reformatted"
+torch.manual_seed(0)
+sae = sl.StandardSAE(sl.StandardSAEConfig(d_in=768, d_sae=64, metadata=SAEMetadata(hook_name="blocks.0.hook_resid_pre")))
+with torch.no_grad():
+    sae.W_enc.normal_()
+    sae.b_enc.normal_()
+sae.save_model(repo / "snapshots" / rev / "blocks.0.hook_resid_pre")
+(repo / "refs").mkdir(parents=True)
+(repo / "refs" / "main").write_text(rev)
+
+from mechscope.sae.adapters import load_pretrained
+d = load_pretrained("sae_lens:gpt2-small-res-jb/blocks.0.hook_resid_pre")
+x = torch.randn(8, 768)
+with torch.no_grad():
+    assert torch.allclose(d.encode(x).dense(64), sae.encode(x))
+print(d.site_in, d.d_dict)
+try:
+    load_pretrained("sae_lens:gpt2-small-res-jb/blocks.99.hook_resid_pre")
+except ValueError as e:
+    print("refused:", "blocks.99" in str(e))
+'''
+
+
+def test_pretrained_release_through_saelens_loader_offline(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", PRETRAINED, str(tmp_path / "hub")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["L0.resid_pre", "64", "refused:", "True"]
+
+
+def test_bad_pretrained_specs_say_the_form():
+    from mechscope.sae.adapters import parse_saelens_spec
+
+    assert parse_saelens_spec("sae_lens:gemma-scope-2b-pt-res/layer_0/width_16k/average_l0_105") == (
+        "gemma-scope-2b-pt-res", "layer_0/width_16k/average_l0_105")
+    for bad in ("sae_lens:", "sae_lens:release", "sae_lens:/id"):
+        with pytest.raises(ValueError, match="RELEASE/SAE_ID"):
+            parse_saelens_spec(bad)

@@ -3,8 +3,9 @@
 `capture(model, tokens, sites)` stops the forward pass as soon as the last requested site has
 been computed (a hook raises a private exception once every site is stored), so reading
 ``L1.resid_post`` of a 12-layer model costs two blocks, not twelve plus the unembedding, and
-``L1.resid_pre`` costs one block. Hooks are installed through TransformerLens' ``hooks``
-context manager, which removes them on exit, also when the forward pass raises.
+``L1.resid_pre`` costs one block. Hooks are installed through `Model.hooks`, which removes
+them on exit, also when the forward pass raises. Every function takes a `Model` or a user's
+``HookedTransformer``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
 
 
-def resolve_sites(model: "Model", sites: "Iterable[Site | str] | Site | str") -> list[Site]:
+def resolve_sites(model: "Model | HookedTransformer", sites: "Iterable[Site | str] | Site | str") -> list[Site]:
+    model = Model.wrap(model)
     if isinstance(sites, (str, Site)):
         sites = [sites]
     out = [model.site(s) for s in sites]
@@ -33,32 +36,16 @@ def resolve_sites(model: "Model", sites: "Iterable[Site | str] | Site | str") ->
 
 
 @contextmanager
-def site_flags(model: "Model", sites: Iterable[Site]) -> Iterator[None]:
-    """Turn on the TransformerLens hook points that are off by default (mlp_in, result)."""
-    tl, kinds = model.tl, {s.kind for s in sites}
-    old = (tl.cfg.use_hook_mlp_in, tl.cfg.use_attn_result)
-    try:
-        if "mlp_in" in kinds and not old[0]:
-            tl.set_use_hook_mlp_in(True)
-        if "result" in kinds and not old[1]:
-            tl.set_use_attn_result(True)
-        yield
-    finally:
-        if tl.cfg.use_hook_mlp_in != old[0]:
-            tl.set_use_hook_mlp_in(old[0])
-        if tl.cfg.use_attn_result != old[1]:
-            tl.set_use_attn_result(old[1])
-
-
-@contextmanager
-def hooks_for(model: "Model", site_fns: dict[Site, Callable[[Tensor], Tensor | None]]) -> Iterator[None]:
+def hooks_for(model: "Model | HookedTransformer",
+              site_fns: dict[Site, Callable[[Tensor], Tensor | None]]) -> Iterator[None]:
     """Install forward hooks ``fn(site_activation) -> new activation or None`` at sites.
 
     For head sites ``fn`` sees the head's slice; a returned tensor replaces only that slice.
     The hooks (and any hook-point flags turned on for them) are removed on exit, always.
     """
+    model = Model.wrap(model)
     fwd = [(site.hook_name, _hook(site, fn)) for site, fn in site_fns.items()]
-    with site_flags(model, site_fns), model.tl.hooks(fwd_hooks=fwd):
+    with model.optional_hook_points(s.kind for s in site_fns), model.hooks(fwd):
         yield
 
 
@@ -87,7 +74,7 @@ class _Done(Exception):
 
 
 def capture(
-    model: "Model",
+    model: "Model | HookedTransformer",
     tokens: Int[Tensor, "batch pos"],
     sites: "Iterable[Site | str] | Site | str",
     grad: bool = False,
@@ -96,6 +83,7 @@ def capture(
 
     The forward pass stops once every site is computed; under ``torch.no_grad`` unless ``grad``.
     """
+    model = Model.wrap(model)
     sites = resolve_sites(model, sites)
     if tokens.ndim == 1:
         tokens = tokens[None]
@@ -111,7 +99,7 @@ def capture(
 
     try:
         with torch.set_grad_enabled(grad), hooks_for(model, {s: saver(s) for s in wanted}):
-            model.tl(tokens.to(model.device))
+            model(tokens.to(model.device))
     except _Done:
         pass
     missing = wanted - set(store)

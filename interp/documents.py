@@ -23,6 +23,7 @@ from torch import Tensor
 
 from mechscope.interp.tokens import (
     STATE_VERSION, TokenStream, TokenStreamError, _check_epochs, _default_id, _tokenized_docs,
+    bos_token_id,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class DocumentTokenStream(TokenStream):
         if tokenizer is None:
             raise TokenStreamError("a document stream needs a tokenizer (Hugging Face tokenizer)")
         self.source, self.tokenizer = source, tokenizer
-        bos_id = _default_id(bos_id, tokenizer, "bos_token_id", "eos_token_id")
+        bos_id = int(bos_id) if bos_id is not None else bos_token_id(tokenizer)
         self.sep_id = _default_id(sep_id, tokenizer, "eos_token_id", "bos_token_id") if separate_docs else None
         if separate_docs and self.sep_id is None:
             raise TokenStreamError("separate_docs=True needs sep_id=... (the tokenizer has no EOS/BOS token)")

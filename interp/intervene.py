@@ -1,8 +1,9 @@
 """Interventions at sites: patch, zero/mean ablation, and splicing a function in.
 
 All are context managers over `hooks_for`, so the hooks are gone when the block exits, also on
-error. Inside the block, any forward pass of ``model.tl`` (``model(tokens)``, ``run_with_cache``,
-a loss) sees the intervention; circuits and evaluation build on these.
+error. Inside the block, any forward pass of the model (``model(tokens)``, ``run_with_cache``,
+a loss) sees the intervention; circuits and evaluation build on these. ``model`` is a `Model` or
+a user's ``HookedTransformer``.
 
 * ``patch(model, {site: value})``: the activation becomes ``value`` (broadcast over batch, or a
   ``[batch, pos, ...]`` tensor, e.g. from a corrupted run), optionally only at ``positions``.
@@ -23,10 +24,11 @@ import torch
 from torch import Tensor
 
 from mechscope.interp.capture import hooks_for, resolve_sites
+from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
 
 ABLATIONS = ("zero", "mean")
 
@@ -46,16 +48,17 @@ def _at_positions(fn: Callable[[Tensor], Tensor], positions: Sequence[int] | Non
 
 
 @contextmanager
-def splice(model: "Model", site_fns: Mapping["Site | str", Callable[[Tensor], Tensor]],
+def splice(model: "Model | HookedTransformer", site_fns: Mapping["Site | str", Callable[[Tensor], Tensor]],
            positions: Sequence[int] | None = None) -> Iterator[None]:
     """Replace each site's activation by ``fn(activation)`` for the duration of the block."""
+    model = Model.wrap(model)
     fns = {model.site(s): _at_positions(fn, positions) for s, fn in site_fns.items()}
     with hooks_for(model, fns):
         yield
 
 
 @contextmanager
-def patch(model: "Model", values: Mapping["Site | str", Tensor],
+def patch(model: "Model | HookedTransformer", values: Mapping["Site | str", Tensor],
           positions: Sequence[int] | None = None) -> Iterator[None]:
     """Replace each site's activation by a given tensor (broadcast to the activation's shape)."""
     def const(v: Tensor) -> Callable[[Tensor], Tensor]:
@@ -66,10 +69,11 @@ def patch(model: "Model", values: Mapping["Site | str", Tensor],
 
 
 @contextmanager
-def ablate(model: "Model", sites: "Iterable[Site | str] | Site | str", mode: str = "zero",
+def ablate(model: "Model | HookedTransformer", sites: "Iterable[Site | str] | Site | str", mode: str = "zero",
            means: Mapping["Site | str", Tensor] | None = None,
            positions: Sequence[int] | None = None) -> Iterator[None]:
     """Zero- or mean-ablate sites (see module doc)."""
+    model = Model.wrap(model)
     if mode not in ABLATIONS:
         raise ValueError(f"unknown ablation mode {mode!r}; valid: {', '.join(ABLATIONS)}")
     resolved = resolve_sites(model, sites)

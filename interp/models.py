@@ -16,16 +16,19 @@ TransformerLens: a `TransformerBridge` (TL 4.x) adapter would be a second `Model
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechscope.interp.sites import Site, list_sites
+from mechscope.interp.weights import AttnWeights, Norm
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -37,20 +40,39 @@ class ModelSpecError(ValueError):
 
 @dataclass
 class Model:
-    """A TransformerLens model with its tokenizer, name and provenance.
+    """A TransformerLens model with its tokenizer, name and provenance: THE adapter.
 
-    ``tl`` is the `HookedTransformer`; everything else in mechscope reads shapes and weights from
-    it through this wrapper, so the adapter stays in one place.
+    ``tl`` is the `HookedTransformer`. Nothing outside `mechscope.interp` (and the zoo) reads
+    it: weights, norms, the unembedding, the BOS id, hooks and forward passes are methods here,
+    so a second backend (TransformerLens 4's ``TransformerBridge``) would be a second
+    constructor, not a change to every caller. ``Model.wrap(hooked_transformer)`` adapts a
+    user's own model; every public function of mechscope that takes a model accepts either.
+
+    ``bos`` overrides the BOS id for models without a tokenizer (toy models written by hand).
     """
 
     tl: "HookedTransformer"
     name: str
     source: str = "config"
     card: dict[str, Any] = field(default_factory=dict)
+    bos: int | None = None
+
+    @classmethod
+    def wrap(cls, model: "Model | HookedTransformer") -> "Model":
+        """``model`` itself if it is a `Model`; a user's ``HookedTransformer`` wrapped (named
+        after its ``cfg.model_name``); anything else is a TypeError naming what is accepted."""
+        if isinstance(model, Model):
+            return model
+        tl_module = sys.modules.get("transformer_lens")  # a HookedTransformer means TL is loaded
+        if tl_module is not None and isinstance(model, tl_module.HookedTransformer):
+            return cls(model, str(getattr(model.cfg, "model_name", "") or "hooked-transformer"), "user")
+        raise TypeError(f"expected a mechscope Model or a transformer_lens HookedTransformer, "
+                        f"got {type(model).__module__}.{type(model).__qualname__}")
 
     # -- shapes ---------------------------------------------------------------------------------
     @property
     def cfg(self) -> "HookedTransformerConfig":
+        """TransformerLens' config (interp/ and the zoo only; elsewhere use the properties)."""
         return self.tl.cfg
 
     @property
@@ -66,8 +88,12 @@ class Model:
         return self.cfg.n_heads
 
     @property
+    def d_head(self) -> int:
+        return self.cfg.d_head
+
+    @property
     def n_kv_heads(self) -> int:
-        """Key/value heads (fewer than ``n_heads`` under grouped-query attention)."""
+        """Stored key/value heads (fewer than ``n_heads`` under grouped-query attention)."""
         return self.cfg.n_key_value_heads or self.cfg.n_heads
 
     @property
@@ -83,12 +109,105 @@ class Model:
         return bool(self.cfg.attn_only)
 
     @property
+    def positional(self) -> str:
+        """Positional scheme: ``"standard"`` (learned absolute, added to the residual),
+        ``"rotary"`` (q and k rotated by position), ``"shortformer"`` or ``"alibi"``."""
+        return str(self.cfg.positional_embedding_type)
+
+    @property
+    def attention_direction(self) -> str:
+        """``"causal"`` (position i attends to j <= i) or ``"bidirectional"``."""
+        return str(self.cfg.attention_dir)
+
+    @property
+    def parallel_blocks(self) -> bool:
+        """Attention and MLP read the same residual (GPT-J, NeoX) instead of one after the other."""
+        return bool(getattr(self.cfg, "parallel_attn_mlp", False))
+
+    @property
     def tokenizer(self) -> Any:
         return self.tl.tokenizer
 
     @property
     def device(self) -> torch.device:
         return next(self.tl.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.cfg.dtype
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The network as a plain ``torch.nn.Module`` (parameters, state dict, train/eval, to);
+        use only that interface: TransformerLens specifics go through the methods here."""
+        return self.tl
+
+    def config_dict(self) -> dict[str, Any]:
+        """The architecture as JSON-able values; `from_config` rebuilds the same network."""
+        return {k: v for k, v in self.cfg.to_dict().items() if k not in ("dtype", "device")}
+
+    # -- BOS ------------------------------------------------------------------------------------
+    @property
+    def bos_id(self) -> int | None:
+        """THE BOS lookup: ``bos`` if set, else the tokenizer's BOS, else its EOS (models
+        trained with documents separated by EOS use it as BOS), else None."""
+        from mechscope.interp.tokens import bos_token_id
+
+        return self.bos if self.bos is not None else bos_token_id(self.tokenizer)
+
+    def require_bos_id(self, purpose: str = "this") -> int:
+        """`bos_id`, or a ValueError naming the model and what needed it."""
+        bos = self.bos_id
+        if bos is None:
+            raise ValueError(f"model {self.name!r} has no BOS token (no tokenizer with a BOS or EOS "
+                             f"token, and no Model.bos), which {purpose} needs")
+        return bos
+
+    # -- weights --------------------------------------------------------------------------------
+    def _check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"no layer {layer}: valid layers 0..{self.n_layers - 1}")
+        return layer
+
+    def attn(self, layer: int) -> AttnWeights:
+        """Attention weights of ``layer``, one entry per query head (see `AttnWeights`)."""
+        a = self.tl.blocks[self._check_layer(layer)].attn
+        return AttnWeights(layer, a.W_Q, a.W_K, a.W_V, a.W_O, a.b_Q, a.b_K, a.b_V, a.b_O,
+                           float(a.attn_scale), self.n_heads // self.n_kv_heads)
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        """Token embedding (the parameter itself)."""
+        return self.tl.embed.W_E
+
+    @property
+    def W_pos(self) -> Float[Tensor, "n_ctx d_model"] | None:
+        """Learned positional embedding added to the residual; None unless `positional` is
+        ``"standard"`` (rotary and ALiBi models have none, shortformer adds it to q, k only)."""
+        return self.tl.pos_embed.W_pos if self.positional == "standard" else None
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        """Unembedding: ``logits = ln_final(resid) @ W_U + b_U``."""
+        return self.tl.unembed.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, "d_vocab"]:
+        return self.tl.unembed.b_U
+
+    def ln(self, layer: int, which: int = 1) -> Norm:
+        """The norm before block ``layer``'s attention (``which=1``) or MLP (``which=2``)."""
+        if which not in (1, 2):
+            raise ValueError(f"which must be 1 (before attention) or 2 (before the MLP), got {which}")
+        blk = self.tl.blocks[self._check_layer(layer)]
+        if which == 2 and self.attn_only:
+            raise ValueError(f"model {self.name!r} is attention-only: its blocks have no ln2")
+        return _norm(getattr(blk, f"ln{which}"), self.cfg.eps)
+
+    @property
+    def ln_final(self) -> Norm:
+        """The norm before the unembedding."""
+        return _norm(getattr(self.tl, "ln_final", None), self.cfg.eps)
 
     # -- sites ----------------------------------------------------------------------------------
     def site(self, site: "str | Site") -> Site:
@@ -111,22 +230,94 @@ class Model:
             return [f"<{int(t)}>" for t in tokens]
         return [self.tokenizer.decode([int(t)]) for t in tokens]
 
-    def __call__(self, tokens: Tensor, **kwargs: Any) -> Tensor:
-        return self.tl(tokens, **kwargs)
+    # -- running --------------------------------------------------------------------------------
+    def __call__(self, tokens: Tensor, stop_at_layer: int | None = None, **kwargs: Any) -> Tensor:
+        """Logits ``[batch, pos, d_vocab]`` of tokens ``[batch, pos]``, or with
+        ``stop_at_layer=L`` the residual stream entering block ``L`` ``[batch, pos, d_model]``
+        (blocks ``L..`` never run); ``kwargs`` go to TransformerLens' forward."""
+        return self.tl(tokens, stop_at_layer=stop_at_layer, **kwargs)
+
+    @contextmanager
+    def hooks(self, fwd_hooks: "Sequence[tuple[str, Callable]]") -> Iterator["Model"]:
+        """Forward hooks ``(hook_name, fn(act, hook) -> new act or None)`` for the block; the
+        handles are removed on exit, also when the block raises."""
+        with self.tl.hooks(fwd_hooks=list(fwd_hooks)):
+            yield self
+
+    @contextmanager
+    def optional_hook_points(self, kinds: Iterable[str]) -> Iterator[None]:
+        """Turn on the hook points TransformerLens leaves off by default (``mlp_in``,
+        ``result``) for the site kinds given; restored on exit."""
+        kinds, tl = set(kinds), self.tl
+        old = (tl.cfg.use_hook_mlp_in, tl.cfg.use_attn_result)
+        try:
+            if "mlp_in" in kinds and not old[0]:
+                tl.set_use_hook_mlp_in(True)
+            if "result" in kinds and not old[1]:
+                tl.set_use_attn_result(True)
+            yield
+        finally:
+            if tl.cfg.use_hook_mlp_in != old[0]:
+                tl.set_use_hook_mlp_in(old[0])
+            if tl.cfg.use_attn_result != old[1]:
+                tl.set_use_attn_result(old[1])
+
+    def run_with_cache(self, tokens: Int[Tensor, "batch pos"],
+                       names_filter: "Callable[[str], bool] | Sequence[str] | str | None" = None,
+                       stop_at_layer: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """One forward pass; returns its output (as `__call__`) and the activations of every
+        hook point that ``names_filter`` keeps (all when None), keyed by hook name."""
+        out, cache = self.tl.run_with_cache(tokens, names_filter=names_filter, stop_at_layer=stop_at_layer,
+                                            return_cache_object=False)
+        return out, dict(cache)
 
     # -- constructors ---------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: "HookedTransformerConfig | dict", tokenizer: Any = None,
                     name: str = "random", seed: int | None = 0) -> "Model":
-        """A randomly initialised model (tests, speed benchmarks)."""
+        """A randomly initialised model (tests, speed benchmarks). With a ``seed`` the weights
+        depend on it alone, and the caller's random states (torch, ``random``, numpy) are left
+        as they were; with None the initialisation draws from torch's global generator."""
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-        if isinstance(cfg, dict):
-            cfg = HookedTransformerConfig(**cfg)
-        if seed is not None:
-            torch.manual_seed(seed)
-        tl = HookedTransformer(cfg, tokenizer=tokenizer)
+        with _private_rng(seed):
+            # TL's config reseeds every global generator when it has a ``seed`` field
+            if isinstance(cfg, dict):
+                cfg = HookedTransformerConfig(**cfg)
+            tl = HookedTransformer(cfg, tokenizer=tokenizer)
         return cls(tl.eval(), name, "config")
+
+
+@contextmanager
+def _private_rng(seed: int | None) -> Iterator[None]:
+    """Seed torch inside the block and restore every global random state on exit."""
+    if seed is None:
+        yield
+        return
+    import random
+
+    import numpy as np
+
+    state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
+
+
+def _norm(module: Any, eps: float) -> Norm:
+    """A `Norm` from a TransformerLens norm module (None or Identity: no norm)."""
+    name = type(module).__name__ if module is not None else "Identity"
+    kinds = {"LayerNorm": "layernorm", "LayerNormPre": "layernorm", "RMSNorm": "rmsnorm",
+             "RMSNormPre": "rmsnorm", "Identity": "none"}
+    if name not in kinds:
+        raise ValueError(f"unsupported normalisation layer {name}; supported: {', '.join(kinds)}")
+    return Norm(kinds[name], getattr(module, "w", None), getattr(module, "b", None),
+                float(getattr(module, "eps", eps)))
 
 
 def load_model(spec: "str | Path", device: str = "cpu", fold_ln: bool = False, **kwargs: Any) -> Model:

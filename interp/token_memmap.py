@@ -21,6 +21,7 @@ from torch import Tensor
 from mechscope.files import atomic_path, write_text
 from mechscope.interp.tokens import (
     STATE_VERSION, TokenStream, TokenStreamError, _check_epochs, _default_id, _tokenized_docs,
+    bos_token_id,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +54,7 @@ def write_token_memmap(
         raise TokenStreamError(f"dtype must be 'auto', 'uint16' or 'uint32', got {dtype!r}")
     if tokenizer is not None:
         sep_id = _default_id(sep_id, tokenizer, "eos_token_id", "bos_token_id")
-        bos_id = _default_id(bos_id, tokenizer, "bos_token_id", "eos_token_id")
+        bos_id = int(bos_id) if bos_id is not None else bos_token_id(tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.with_name(path.name + ".raw.tmp")
     n, top = 0, -1

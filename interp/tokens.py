@@ -147,6 +147,13 @@ def _check_epochs(epochs: int | None) -> None:
         raise TokenStreamError(f"epochs must be a positive int or None (forever), got {epochs!r}")
 
 
+def bos_token_id(tokenizer: Any) -> int | None:
+    """THE BOS rule, for code that has only a tokenizer (`Model.bos_id` uses it too): the
+    tokenizer's BOS id, else its EOS id (GPT-2-style models separate documents with EOS and use
+    it as BOS), else None (also for no tokenizer)."""
+    return _default_id(None, tokenizer, "bos_token_id", "eos_token_id")
+
+
 def _default_id(given: int | None, tokenizer: Any, first: str, second: str) -> int | None:
     if given is not None:
         return int(given)

@@ -45,9 +45,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mechscope.interp.capture import capture, hooks_for
+from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
 
 Part = tuple  # ("embed",) ("pos_embed",) ("head", l, h) ("attn_bias", l) ("mlp", l) ("qk_bias",)
 
@@ -91,13 +92,14 @@ class FiringDecomposition:
         return float(self.terms[self.signal].sum())
 
 
-def check_supported(model: "Model") -> None:
-    if model.cfg.positional_embedding_type != "standard":
+def check_supported(model: "Model | HookedTransformer") -> None:
+    model = Model.wrap(model)
+    if model.positional != "standard":
         raise ValueError(
             f"attention-SVD needs learned absolute positions (positional_embedding_type "
-            f"'standard'); this model uses {model.cfg.positional_embedding_type!r}, whose "
+            f"'standard'); this model uses {model.positional!r}, whose "
             f"query-key form depends on the offset i - j")
-    if getattr(model.cfg, "parallel_attn_mlp", False):
+    if model.parallel_blocks:
         raise ValueError("attention-SVD needs sequential blocks; parallel attention/MLP is not supported")
 
 
@@ -107,14 +109,13 @@ def _check_head(model: "Model", layer: int, head: int) -> None:
                          f"heads 0..{model.n_heads - 1}")
 
 
-def qk_svd(model: "Model", layer: int, head: int) -> QKDecomposition:
+def qk_svd(model: "Model | HookedTransformer", layer: int, head: int) -> QKDecomposition:
     """SVD of the augmented, norm-folded query-key matrix of a head (module doc)."""
+    model = Model.wrap(model)
     check_supported(model)
     _check_head(model, layer, head)
-    blk = model.tl.blocks[layer]
-    attn = blk.attn
-    g = getattr(blk.ln1, "w", None)
-    beta = getattr(blk.ln1, "b", None)
+    attn, ln1 = model.attn(layer), model.ln(layer)
+    g, beta = ln1.w, ln1.b
 
     def augmented(W: Tensor, b: Tensor) -> Tensor:
         W, b = W.detach().double(), b.detach().double()
@@ -130,22 +131,14 @@ def qk_svd(model: "Model", layer: int, head: int) -> QKDecomposition:
     q2, r2 = torch.linalg.qr(ka)
     um, s, vmt = torch.linalg.svd(r1 @ r2.T / float(attn.attn_scale))
     dtype = attn.W_Q.dtype
-    centred = model.cfg.normalization_type in ("LN", "LNPre")
-    return QKDecomposition(layer, head, (q1 @ um).to(dtype), s.to(dtype), (q2 @ vmt.T).to(dtype), centred)
+    return QKDecomposition(layer, head, (q1 @ um).to(dtype), s.to(dtype), (q2 @ vmt.T).to(dtype), ln1.centred)
 
 
-def normalised(model: "Model", resid: Float[Tensor, "... d_model"]
+def normalised(model: "Model | HookedTransformer", resid: Float[Tensor, "... d_model"], layer: int = 0
                ) -> tuple[Float[Tensor, "... d_model"], Float[Tensor, "..."]]:
-    """``(x~, sigma)``: the layer-norm input before its weight and bias, and its scale."""
-    kind, eps = model.cfg.normalization_type, model.cfg.eps
-    if kind in ("LN", "LNPre"):
-        x = resid - resid.mean(-1, keepdim=True)
-        sigma = (x.pow(2).mean(-1) + eps).sqrt()
-        return x / sigma[..., None], sigma
-    if kind in ("RMS", "RMSPre"):
-        sigma = (resid.pow(2).mean(-1) + eps).sqrt()
-        return resid / sigma[..., None], sigma
-    return resid, torch.ones(resid.shape[:-1], dtype=resid.dtype, device=resid.device)
+    """``(x~, sigma)``: block ``layer``'s attention norm input before its weight and bias, and
+    its scale."""
+    return Model.wrap(model).ln(layer).normalise(resid)
 
 
 def augment(x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_aug"]:
@@ -173,21 +166,24 @@ def sparse_signal(terms: Float[Tensor, "rank"], score: float, share: float = 1.0
     return mask
 
 
-def activations(model: "Model", tokens: Int[Tensor, "pos"], up_to: int) -> dict:
+def activations(model: "Model | HookedTransformer", tokens: Int[Tensor, "pos"], up_to: int) -> dict:
     """The activations the decomposition reads, for blocks ``0..up_to``."""
+    model = Model.wrap(model)
     kinds = ["resid_pre", "z", "pattern", "scores"] + ([] if model.attn_only else ["mlp_out"])
     with torch.no_grad():
         acts = capture(model, tokens.view(1, -1), [f"L{L}.{k}" for L in range(up_to + 1) for k in kinds])
     return {(s.layer, s.kind): a[0] for s, a in acts.items()} | {"tokens": tokens.view(-1)}
 
 
-def upstream_parts(model: "Model", acts: dict, layer: int, pos: int) -> tuple[list[Part], Float[Tensor, "n d_model"]]:
+def upstream_parts(model: "Model | HookedTransformer", acts: dict, layer: int, pos: int
+                   ) -> tuple[list[Part], Float[Tensor, "n d_model"]]:
     """The parts that sum to the residual entering block ``layer`` at ``pos``."""
-    tl = model.tl
+    model = Model.wrap(model)
+    check_supported(model)
     names: list[Part] = [("embed",), ("pos_embed",)]
-    vecs = [tl.W_E[acts["tokens"][pos]], tl.W_pos[pos]]
+    vecs = [model.W_E[acts["tokens"][pos]], model.W_pos[pos]]
     for l in range(layer):
-        attn = tl.blocks[l].attn
+        attn = model.attn(l)
         for h in range(model.n_heads):
             names.append(("head", l, h))
             vecs.append(acts[(l, "z")][pos, h] @ attn.W_O[h])
@@ -199,13 +195,14 @@ def upstream_parts(model: "Model", acts: dict, layer: int, pos: int) -> tuple[li
     return names, torch.stack(vecs).detach()
 
 
-def decompose_firing(model: "Model", acts: dict, dec: QKDecomposition, dst: int, src: int,
+def decompose_firing(model: "Model | HookedTransformer", acts: dict, dec: QKDecomposition, dst: int, src: int,
                      share: float = 1.0) -> FiringDecomposition:
     """SVD terms, sparse signal and per-part contributions of one firing (module doc)."""
+    model = Model.wrap(model)
     L = dec.layer
     x = acts[(L, "resid_pre")]
-    xt_i, sig_i = normalised(model, x[dst])
-    xt_j, sig_j = normalised(model, x[src])
+    xt_i, sig_i = normalised(model, x[dst], L)
+    xt_j, sig_j = normalised(model, x[src], L)
     a_i, a_j = augment(xt_i), augment(xt_j)
     proj_i, proj_j = a_i @ dec.U, a_j @ dec.V
     terms = dec.S * proj_i * proj_j
@@ -236,15 +233,17 @@ class OVDecomposition:
     suppressed: list[list[tuple[int, str, float]]]
 
 
-def ov_svd(model: "Model", layer: int, head: int, k: int = 4, top_tokens: int = 8) -> OVDecomposition:
+def ov_svd(model: "Model | HookedTransformer", layer: int, head: int, k: int = 4,
+           top_tokens: int = 8) -> OVDecomposition:
     """OV-circuit SVD of a head, its output directions read through the unembedding."""
+    model = Model.wrap(model)
     _check_head(model, layer, head)
-    attn = model.tl.blocks[layer].attn
+    attn = model.attn(layer)
     w_ov = (attn.W_V[head] @ attn.W_O[head]).detach().double()
     u, s, vt = torch.linalg.svd(w_ov)
     k = min(k, attn.W_V.shape[-1])
     # orient each pair so the output direction's largest unembedding read is positive
-    W_U = model.tl.W_U.detach().double()
+    W_U = model.W_U.detach().double()
     reads = vt[:k] @ W_U
     flip = torch.where(reads.max(-1).values >= -reads.min(-1).values, 1.0, -1.0).to(reads)
     u, vt, reads = u[:, :k] * flip, vt[:k] * flip[:, None], reads * flip[:, None]
@@ -276,11 +275,12 @@ class ProjectionCheck:
         return float((self.drop_random < self.drop_selected).float().mean())
 
 
-def projection_check(model: "Model", tokens: Int[Tensor, "pos"], layer: int, head: int, dst: int, src: int,
+def projection_check(model: "Model | HookedTransformer", tokens: Int[Tensor, "pos"], layer: int, head: int, dst: int, src: int,
                      upstream: tuple[int, int], side: str = "key", n_random: int = 16, seed: int = 0,
                      share: float = 1.0) -> ProjectionCheck:
     """Project the firing's signal subspace (``side`` directions) out of upstream head
     ``(l, h)``'s output at ``src`` (key side) or ``dst`` (query side) and re-run the model."""
+    model = Model.wrap(model)
     check_supported(model)
     l_up, h_up = upstream
     if not l_up < layer:
@@ -314,5 +314,5 @@ def _score_with_projection(model: "Model", tokens: Tensor, layer: int, head: int
 
     sites = {model.site(f"L{l_up}.result.H{h_up}"): project, model.site(f"L{layer}.scores.H{head}"): save}
     with torch.no_grad(), hooks_for(model, sites):
-        model.tl(tokens.view(1, -1).to(model.device), stop_at_layer=layer + 1)
+        model(tokens.view(1, -1).to(model.device), stop_at_layer=layer + 1)
     return store["s"]

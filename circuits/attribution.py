@@ -35,6 +35,7 @@ from torch import Tensor
 
 from mechscope.circuits.splice import Parts, SiteNodes, site_rank
 from mechscope.interp.capture import hooks_for, stop_layer
+from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 
 Metric = Callable[[Tensor], Tensor]  # logits [b, pos, vocab] -> one value per prompt [b]
@@ -81,7 +82,7 @@ def next_token_logprob(tokens: Int[Tensor, "b p"], mask: Tensor | None = None) -
 class Setup:
     """Model, sites (each with a dictionary or None), metric, prompts and the reference."""
 
-    model: Any
+    model: Model
     nodes: dict[Site, SiteNodes]
     metric: Metric
     clean: Int[Tensor, "b p"]
@@ -95,9 +96,10 @@ class Setup:
               patch: Tensor | None = None) -> "Setup":
         """Validate everything once. ``sites``: site names, or ``{site: dictionary or None}``.
         ``ablation`` defaults to ``"patch"`` when corrupted prompts ``patch`` are given, else
-        ``"mean"``."""
+        ``"mean"``. ``model``: a `Model` or a ``HookedTransformer``."""
         from mechscope.interp.capture import capture
 
+        model = Model.wrap(model)
         ablation = ablation or ("patch" if patch is not None else "mean")
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
@@ -140,7 +142,7 @@ def run(setup: Setup, tokens: Tensor, fns: Mapping[Site, Callable[[Tensor], Tens
     residual stream when stopping early)."""
     setup._cache["passes"] = setup._cache.get("passes", 0) + 1
     with hooks_for(setup.model, dict(fns)):
-        return setup.model.tl(tokens, stop_at_layer=stop_at_layer)
+        return setup.model(tokens, stop_at_layer=stop_at_layer)
 
 
 def run_direct(setup: Setup, up: Site, up_fn: Callable[[Tensor], Tensor], down: Site | None,

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from mechscope.circuits.attribution import Setup, logit_diff, next_token_logprob
+from mechscope.interp.models import Model
 
 INDUCTION_MODEL = "attn-only-induction"
 
@@ -81,15 +82,15 @@ def induction_circuit(card: dict | None = None, min_score: float = 0.5) -> Known
     return KnownCircuit("induction", heads, f"zoo card of {INDUCTION_MODEL}: named heads")
 
 
-def induction_setup(model: Any, n_prompts: int = 8, period: int = 12, ablation: str = "mean",
+def induction_setup(model: "Model | Any", n_prompts: int = 8, period: int = 12, ablation: str = "mean",
                     sites: Any = ("L0.z", "L1.z"), seed: int = 0) -> Setup:
     """``[BOS] + x + x`` prompts; metric: mean log-prob of the next token over the second copy."""
     from mechscope.interp.zoo.induction import repeated_batch
 
-    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    model = Model.wrap(model)
+    bos = model.require_bos_id("the induction prompts [BOS] + x + x")
     gen = torch.Generator().manual_seed(seed)
-    tokens, mask = repeated_batch(n_prompts, 2 * period + 1, model.d_vocab, period, period,
-                                  1 if bos is None else bos, gen)
+    tokens, mask = repeated_batch(n_prompts, 2 * period + 1, model.d_vocab, period, period, bos, gen)
     return Setup.build(model, sites, next_token_logprob(tokens, mask), tokens, ablation=ablation)
 
 
@@ -100,25 +101,24 @@ _V, _CTX = 16, 16  # vocabulary and context; residual = tokens | positions | sta
 
 def planted_copy_model(seed: int = 0, distractor: float = 0.05, sharpness: float = 10.0) -> Any:
     """The ``planted-copy`` model (see module doc); token 0 is BOS."""
-    from mechscope.interp.models import Model
-
     cfg = dict(n_layers=2, d_model=64, d_head=16, n_heads=4, n_ctx=_CTX, d_vocab=_V, attn_only=True,
                normalization_type=None, act_fn=None, positional_embedding_type="standard")
     model = Model.from_config(cfg, name="planted-copy", seed=seed)
-    tl, gen = model.tl, torch.Generator().manual_seed(seed)
+    model.bos = 0
+    gen = torch.Generator().manual_seed(seed)
     tok, pos, stash = slice(0, _V), slice(_V, _V + _CTX), slice(_V + _CTX, 2 * _V + _CTX)
     eye, s = torch.eye(16), sharpness
     with torch.no_grad():
-        for p in tl.parameters():
+        for p in model.module.parameters():
             p.copy_(distractor * torch.randn(p.shape, generator=gen))
-        tl.W_E.zero_()
-        tl.W_E[:, tok] = eye
-        tl.W_pos.zero_()
-        tl.W_pos[:, pos] = eye
-        tl.W_U.zero_()
-        tl.W_U[tok, :] = eye
-        tl.b_U.zero_()
-        a0, a1 = tl.blocks[0].attn, tl.blocks[1].attn
+        model.W_E.zero_()
+        model.W_E[:, tok] = eye
+        model.W_pos.zero_()
+        model.W_pos[:, pos] = eye
+        model.W_U.zero_()
+        model.W_U[tok, :] = eye
+        model.b_U.zero_()
+        a0, a1 = model.attn(0), model.attn(1)  # the parameters themselves (no grouped-query heads)
         for a, h in ((a0, 1), (a1, 2)):
             for w in (a.W_Q, a.W_K, a.W_V, a.W_O, a.b_Q, a.b_K, a.b_V):
                 w[h].zero_()
@@ -141,11 +141,11 @@ def planted_induction_model(seed: int = 0, distractor: float = 0.05, sharpness: 
     """The ``planted-induction`` model (see module doc); use `induction_setup` with period <= 7."""
     model = planted_copy_model(seed, distractor, sharpness)  # embeddings, unembedding, distractors
     model.name = "planted-induction"
-    tl, s = model.tl, sharpness
+    s = sharpness
     tok, pos, stash = slice(0, _V), slice(_V, _V + _CTX), slice(_V + _CTX, 2 * _V + _CTX)
     eye, shift = torch.eye(16), torch.eye(16).roll(1, dims=1)  # shift: e_p -> e_{p+1}
     with torch.no_grad():
-        a0, a1 = tl.blocks[0].attn, tl.blocks[1].attn
+        a0, a1 = model.attn(0), model.attn(1)
         for a in (a0, a1):  # undo the planted-copy heads: back to distractors
             for w in (a.W_Q, a.W_K, a.W_V, a.W_O, a.b_Q, a.b_K, a.b_V):
                 w.copy_(distractor * torch.randn(w.shape, generator=torch.Generator().manual_seed(seed + 1)))
@@ -164,12 +164,13 @@ def planted_induction_model(seed: int = 0, distractor: float = 0.05, sharpness: 
     return model
 
 
-def planted_setup(model: Any, n_prompts: int = 8, length: int = 8, seed: int = 0,
+def planted_setup(model: "Model | Any", n_prompts: int = 8, length: int = 8, seed: int = 0,
                   ablation: str = "patch", sites: Any = ("L0.z", "L1.z")) -> Setup:
     """Contrastive ``[BOS, a, ...]`` vs ``[BOS, b, ...]``; metric ``logit[a] - logit[b]`` at the end."""
+    model = Model.wrap(model)
     gen = torch.Generator().manual_seed(seed)
     clean = torch.randint(1, _V, (n_prompts, length), generator=gen)
-    clean[:, 0] = 0
+    clean[:, 0] = model.require_bos_id("the planted prompts [BOS, a, ...]")
     a = clean[:, 1].clone()
     b = (a - 1 + torch.randint(1, _V - 1, (n_prompts,), generator=gen)) % (_V - 1) + 1
     patch = clean.clone()

@@ -54,10 +54,11 @@ from torch import Tensor
 
 from mechscope.circuits.graph import Graph, Node
 from mechscope.interp.capture import hooks_for
+from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
 
 VIEWS = ("heads", "summed")
 DEFAULT_TAU = 0.04
@@ -142,19 +143,19 @@ def _normalise(parts: list[Tensor], signed: bool) -> list[Tensor]:
     return [p / total.view(-1, *([1] * (p.ndim - 1))) for p in parts]
 
 
-def readout_direction(model: "Model", token: int) -> Float[Tensor, "d_model"]:
+def readout_direction(model: "Model | HookedTransformer", token: int) -> Float[Tensor, "d_model"]:
     """``u`` of the signed measure: the token's unembedding seen through the final norm."""
-    tl = model.tl
-    u = tl.W_U[:, token].detach().clone()
-    w = getattr(tl.ln_final, "w", None) if hasattr(tl, "ln_final") else None
-    if w is not None:
-        u = u * w.detach()
-    if model.cfg.normalization_type in ("LN", "LNPre"):
+    model = Model.wrap(model)
+    norm = model.ln_final
+    u = model.W_U[:, token].detach().clone()
+    if norm.w is not None:
+        u = u * norm.w.detach()
+    if norm.centred:
         u = u - u.mean()
     return u
 
 
-def flow_contributions(model: "Model", tokens: Int[Tensor, "batch pos"] | Int[Tensor, "pos"],
+def flow_contributions(model: "Model | HookedTransformer", tokens: Int[Tensor, "batch pos"] | Int[Tensor, "pos"],
                        signed: bool = False, target: Int[Tensor, "batch"] | None = None,
                        chunk_elems: int = DEFAULT_CHUNK) -> FlowContributions:
     """Shares of all parts of all residual updates from one forward pass (module doc).
@@ -162,6 +163,7 @@ def flow_contributions(model: "Model", tokens: Int[Tensor, "batch pos"] | Int[Te
     ``target`` (signed only): the token per prompt whose read-out direction is used; default the
     model's prediction at the last position.
     """
+    model = Model.wrap(model)
     _check_model(model)
     if tokens.ndim == 1:
         tokens = tokens[None]
@@ -177,7 +179,7 @@ def flow_contributions(model: "Model", tokens: Int[Tensor, "batch pos"] | Int[Te
     sites = [model.site(f"L{L}.{k}") for L in range(n) for k in kinds]
     with torch.no_grad():
         with hooks_for(model, {s: saver(s) for s in sites}):  # one forward pass: logits and parts
-            logits = model.tl(tokens.to(model.device))
+            logits = model(tokens.to(model.device))
         prediction = logits[:, -1].argmax(-1).cpu()
         if signed:
             target = prediction if target is None else torch.as_tensor(target).view(-1)
@@ -196,13 +198,13 @@ def flow_contributions(model: "Model", tokens: Int[Tensor, "batch pos"] | Int[Te
 
 def _layer_shares(model: "Model", get: dict, L: int, b: int, u: Tensor | None,
                   chunk_elems: int) -> dict[str, Tensor]:
-    tl, attn_only = model.tl, model.attn_only
+    attn_only = model.attn_only
     x = get[(L, "resid_pre")][b]
     m = get[(L, "resid_post" if attn_only else "resid_mid")][b]
     v = get[(L, "v")][b]
     if v.shape[1] != model.n_heads:  # grouped-query attention: each key/value head serves a group
         v = v.repeat_interleave(model.n_heads // v.shape[1], dim=1)
-    W_O, b_O = tl.blocks[L].attn.W_O, tl.blocks[L].attn.b_O
+    W_O, b_O = model.attn(L).W_O, model.attn(L).b_O
     heads = _attn_head_scores(m, get[(L, "pattern")][b], v, W_O, u, chunk_elems)
     resid, bias = _score(m, x, u), _score(m, b_O.expand_as(m), u)
     heads, resid, bias = _normalise([heads, resid, bias], u is not None)
@@ -215,8 +217,7 @@ def _layer_shares(model: "Model", get: dict, L: int, b: int, u: Tensor | None,
 
 
 def _check_model(model: "Model") -> None:
-    cfg = model.cfg
-    if getattr(cfg, "parallel_attn_mlp", False):
+    if model.parallel_blocks:
         raise ValueError("flow routes need sequential blocks; parallel attention/MLP models "
                          "(GPT-J, NeoX) are not supported")
 

@@ -44,9 +44,9 @@ print("successors of state 7:", fsm.successors(7))
 
 # %%
 model = F.fsm_model(fsm, n_steps, n_layers=2, d_model=64, n_heads=4, d_mlp=256, seed=0)
-train_lm(model.tl, F.fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=400, lr=3e-3, warmup_steps=20),
+train_lm(model, F.fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=400, lr=3e-3, warmup_steps=20),
          lambda r: r["step"] % 100 == 0 and print(f"step {r['step']}: loss {r['lm_loss']:.3f}"))
-print(F.transition_report(model.tl, fsm, n_steps))
+print(F.transition_report(model, fsm, n_steps))
 base = copy.deepcopy(model)
 
 # %% [markdown]

@@ -30,12 +30,12 @@ both sites moves the mass on the target's successors 0.20 → 0.38 and on the or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
 from mechscope.sae.steer import detector_stats
 from mechscope.interp.tokfsm import TokFSM
@@ -64,7 +64,7 @@ def fsm_sampler(fsm: TokFSM, batch: int, n_steps: int):
 
 
 @torch.no_grad()
-def next_state_probs(net: nn.Module, fsm: TokFSM, prompts: Int[Tensor, "n pos"],
+def next_state_probs(net: Callable[[Tensor], Tensor], fsm: TokFSM, prompts: Int[Tensor, "n pos"],
                      chunk: int = 4096) -> Float[Tensor, "n S"]:
     """``p(s' | prompt)`` for every state, from the digits' chained probabilities."""
     n, L, S, nd = len(prompts), prompts.shape[1], fsm.n_states, fsm.n_digits
@@ -93,7 +93,7 @@ def fsm_prompts(fsm: TokFSM, n: int, n_steps: int, seed: int):
 
 
 @torch.no_grad()
-def transition_report(net: nn.Module, fsm: TokFSM, n_steps: int, n_prompts: int = 256,
+def transition_report(net: Callable[[Tensor], Tensor], fsm: TokFSM, n_steps: int, n_prompts: int = 256,
                       seed: int = 1) -> TransitionReport:
     """How well ``net`` follows the machine's transitions (see module doc)."""
     prompts, last, nxt = fsm_prompts(fsm, n_prompts, n_steps, seed)

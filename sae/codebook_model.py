@@ -49,12 +49,14 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from mechscope.interp.capture import hooks_for
+from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 from mechscope.kernels.code import SparseCode
 from mechscope.sae.codebook import nearest_codes, spherical_kmeans
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
+
     from mechscope.sae.codebook import CodebookDictionary
 
 SITE_KINDS = ("attn_out", "mlp_out", "resid_pre", "resid_mid", "resid_post", "z")
@@ -173,10 +175,11 @@ class SiteBottleneck(nn.Module):
 class CodebookModel(nn.Module):
     """A `Model` whose forward passes go through codebook bottlenecks at ``spec.sites``."""
 
-    def __init__(self, model: "Model", spec: CodebookSpec) -> None:
+    def __init__(self, model: "Model | HookedTransformer", spec: CodebookSpec) -> None:
         super().__init__()
+        model = Model.wrap(model)
         self.model, self.spec = model, spec
-        self.tl = model.tl
+        self.network = model.module  # registered, so parameters() and train() reach the weights
         self.enabled = True
         self.extra: dict[str, Any] = {}
         self.bottlenecks = nn.ModuleDict()
@@ -187,7 +190,7 @@ class CodebookModel(nn.Module):
             groups = spec.head_groups if site.kind == "z" else 1
             if site.kind == "z" and model.n_heads % groups:
                 raise ValueError(f"head_groups={groups} must divide n_heads={model.n_heads}")
-            width = model.n_heads * model.cfg.d_head if site.kind == "z" else model.d_model
+            width = model.n_heads * model.d_head if site.kind == "z" else model.d_model
             self.bottlenecks[_key(name)] = SiteBottleneck(site, width, groups, spec, spec.seed + 1000 * i)
 
     def named_bottlenecks(self) -> list[tuple[str, SiteBottleneck]]:
@@ -202,7 +205,7 @@ class CodebookModel(nn.Module):
     # -- running --------------------------------------------------------------------------------
     @contextmanager
     def active(self) -> Iterator[None]:
-        """Bottlenecks hooked into ``self.tl`` for the block (none if ``enabled`` is False)."""
+        """Bottlenecks hooked into the network for the block (none if ``enabled`` is False)."""
         fns = {b.site: b for b in self.bottlenecks.values()} if self.enabled else {}
         with hooks_for(self.model, fns):
             yield
@@ -218,7 +221,7 @@ class CodebookModel(nn.Module):
 
     def forward(self, tokens: Int[Tensor, "b pos"]) -> Float[Tensor, "b pos vocab"]:
         with self.active():
-            return self.tl(tokens)
+            return self.model(tokens)
 
     @contextmanager
     def forcing(self, forced: Mapping[str, Sequence[int] | Sequence[Sequence[int]]],
@@ -324,10 +327,10 @@ class CodebookModel(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tl_cfg = {k: v for k, v in self.model.cfg.to_dict().items() if k != "dtype"}
+        tl_cfg = self.model.config_dict()
         meta = {"spec": asdict(self.spec), "tl_config": tl_cfg, "name": self.model.name,
                 "extra": dict(extra or {})}
-        save_file({k: v.contiguous() for k, v in self.tl.state_dict().items()}, str(folder / WEIGHTS))
+        save_file({k: v.contiguous() for k, v in self.network.state_dict().items()}, str(folder / WEIGHTS))
         save_file({k: v.contiguous() for k, v in self.bottlenecks.state_dict().items()}, str(folder / CODEBOOKS))
         if self.model.tokenizer is not None:
             self.model.tokenizer.save_pretrained(str(folder))
@@ -340,7 +343,7 @@ class CodebookModel(nn.Module):
     def load(cls, folder: "str | Path", device: str = "cpu") -> "CodebookModel":
         from safetensors.torch import load_file
 
-        from mechscope.interp.models import Model, _local_tokenizer
+        from mechscope.interp.models import _local_tokenizer
 
         folder = Path(folder)
         if not (folder / CONFIG).exists():
@@ -348,18 +351,18 @@ class CodebookModel(nn.Module):
         meta = json.loads((folder / CONFIG).read_text())
         model = Model.from_config({**meta["tl_config"], "device": device}, tokenizer=_local_tokenizer(folder),
                                   name=meta["name"], seed=None)
-        model.tl.load_state_dict(load_file(str(folder / WEIGHTS), device=device))
+        model.module.load_state_dict(load_file(str(folder / WEIGHTS), device=device))
         cbm = cls(model, CodebookSpec.from_dict(meta["spec"]))
         cbm.bottlenecks.load_state_dict(load_file(str(folder / CODEBOOKS), device=device))
         cbm.extra = meta.get("extra", {})
         return cbm.eval()
 
 
-def base_model_copy(model: "Model") -> "Model":
+def base_model_copy(model: "Model | HookedTransformer") -> "Model":
     """An independent copy of a model (fine-tuning through codebooks changes the weights)."""
     import copy
 
-    return copy.deepcopy(model)
+    return copy.deepcopy(Model.wrap(model))
 
 
 __all__ = ["CodebookModel", "CodebookSpec", "SiteBottleneck", "base_model_copy"]

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from jaxtyping import Int
 from torch import Tensor, nn
 
+from mechscope.interp.models import Model
+
 Sampler = Callable[[torch.Generator], Int[Tensor, "batch pos"]]
 
 
@@ -76,12 +78,13 @@ def _lr(step: int, cfg: LMTrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * u)))
 
 
-def train_lm(net: nn.Module, sample: Sampler, cfg: LMTrainConfig,
+def train_lm(net: "nn.Module | Model", sample: Sampler, cfg: LMTrainConfig,
              log: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train ``net`` (a `CodebookModel`, or a ``HookedTransformer``: anything mapping tokens to
-    logits) on batches from ``sample``; returns the logged metrics."""
+    """Train ``net`` (a `CodebookModel`, a `Model`, or any module mapping tokens to logits, e.g.
+    a ``HookedTransformer``) on batches from ``sample``; returns the logged metrics."""
     from mechscope.sae.codebook_model import CodebookModel
 
+    net = _module(net)
     is_cb = isinstance(net, CodebookModel)
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -110,9 +113,9 @@ def train_lm(net: nn.Module, sample: Sampler, cfg: LMTrainConfig,
 
 
 @torch.no_grad()
-def eval_loss(net: nn.Module | Any, windows: Int[Tensor, "w pos"], batch: int = 64) -> float:
+def eval_loss(net: "nn.Module | Model", windows: Int[Tensor, "w pos"], batch: int = 64) -> float:
     """Token-weighted mean next-token loss of ``net`` (a module or a `Model`) over ``windows``."""
-    net = net if isinstance(net, nn.Module) else net.tl
+    net = _module(net)
     was = net.training
     net.eval()
     total = 0.0
@@ -121,6 +124,11 @@ def eval_loss(net: nn.Module | Any, windows: Int[Tensor, "w pos"], batch: int = 
         total += float(lm_loss(net(rows), rows)) * len(rows)
     net.train(was)
     return total / len(windows)
+
+
+def _module(net: "nn.Module | Model") -> nn.Module:
+    """The module to train or evaluate: ``net`` itself, or a `Model`'s network."""
+    return net if isinstance(net, nn.Module) else Model.wrap(net).module
 
 
 class LossReport(NamedTuple):
@@ -133,7 +141,7 @@ class LossReport(NamedTuple):
     increase: float
 
 
-def loss_increase(base: nn.Module | Any, cbm: nn.Module, windows: Int[Tensor, "w pos"]) -> LossReport:
+def loss_increase(base: "nn.Module | Model", cbm: nn.Module, windows: Int[Tensor, "w pos"]) -> LossReport:
     b = eval_loss(base, windows)
     c = eval_loss(cbm, windows)
     with cbm.disabled():

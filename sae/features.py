@@ -39,10 +39,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechscope.interp.models import Model
 from mechscope.sae.cards import Context, FeatureCard
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
+
     from mechscope.interp.sites import Site
     from mechscope.sae.dictionary import Dictionary
 
@@ -225,19 +227,20 @@ def _keep_fn(model: "Model", stream: Any, keep_mask: Callable | None) -> Callabl
         return keep_mask
     if hasattr(stream, "keep_mask"):
         return stream.keep_mask
-    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    bos = model.bos_id
     if bos is None:
         return lambda t: torch.ones_like(t, dtype=torch.bool)
     return lambda t: t != bos
 
 
-def accumulate_feature_stats(model: "Model", dictionary: "Dictionary", site: "str | Site",
+def accumulate_feature_stats(model: "Model | HookedTransformer", dictionary: "Dictionary", site: "str | Site",
                              token_stream: Iterable[Tensor], n_tokens: int, *, batch_size: int = 8,
                              keep_mask: Callable[[Tensor], Tensor] | None = None,
                              **stats_kwargs: Any) -> FeatureStats:
     """Stream ``n_tokens`` positions through model → site → ``dictionary.encode``."""
     from mechscope.interp.capture import capture
 
+    model = Model.wrap(model)
     if n_tokens < 1 or batch_size < 1:
         raise ValueError(f"n_tokens and batch_size must be >= 1, got {n_tokens}, {batch_size}")
     site = model.site(site)
@@ -257,7 +260,7 @@ def accumulate_feature_stats(model: "Model", dictionary: "Dictionary", site: "st
     return stats
 
 
-def compute_feature_cards(model: "Model", dictionary: "Dictionary", site: "str | Site",
+def compute_feature_cards(model: "Model | HookedTransformer", dictionary: "Dictionary", site: "str | Site",
                           token_stream: Iterable[Tensor], n_tokens: int, *, batch_size: int = 8,
                           n_top: int = 10, n_samples: int = 12, left: int = 12, right: int = 4,
                           n_bins: int = 64, n_logits: int = 10, n_neighbours: int = 8, seed: int = 0,
@@ -266,16 +269,17 @@ def compute_feature_cards(model: "Model", dictionary: "Dictionary", site: "str |
     """One `FeatureCard` per feature from ``n_tokens`` positions of ``token_stream``.
 
     ``keep_mask(tokens) -> bool mask`` selects the positions that count (default: the stream's
-    own ``keep_mask`` if it has one, else every token but the tokenizer's BOS). Logit effects
+    own ``keep_mask`` if it has one, else every token but the model's `bos_id`). Logit effects
     are left empty when the dictionary's output width is not the model's ``d_model``.
     """
+    model = Model.wrap(model)
     stats = accumulate_feature_stats(model, dictionary, site, token_stream, n_tokens,
                                      batch_size=batch_size, keep_mask=keep_mask, n_top=n_top,
                                      n_samples=n_samples, left=left, right=right, n_bins=n_bins, seed=seed)
     directions = dictionary.directions.detach().cpu()
     logits = None
     if directions.shape[1] == model.d_model and n_logits > 0:
-        logits = logit_effects(directions, model.tl.W_U.detach().cpu(), n_logits)
+        logits = logit_effects(directions, model.W_U.detach().cpu(), n_logits)
     neigh = decoder_neighbours(directions, n_neighbours) if n_neighbours > 0 and dictionary.d_dict > 1 else None
     vocab = _Vocab(model)
     names = dict(dictionary=dictionary_name or type(dictionary).__name__, site=str(model.site(site)),

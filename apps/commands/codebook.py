@@ -99,9 +99,9 @@ def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path"
         model = F.fsm_model(fsm, n_steps, **cfg.get("model", {}))
         pre_cfg, pre_batch = _train_cfg(cfg.get("pretrain", {}))
         log(f"pre-training {model.name} ({pre_cfg.steps} steps)")
-        train_lm(model.tl, F.fsm_sampler(fsm, pre_batch, n_steps), pre_cfg,
+        train_lm(model, F.fsm_sampler(fsm, pre_batch, n_steps), pre_cfg,
                  lambda r: log(f"  pretrain {r['step']}: loss {r['lm_loss']:.4f}"))
-        report["base_transitions"] = F.transition_report(model.tl, fsm, n_steps, n_eval)._asdict()
+        report["base_transitions"] = F.transition_report(model, fsm, n_steps, n_eval)._asdict()
         sample = F.fsm_sampler(fsm, ft_batch, n_steps)
         init_tokens = fsm.sample(max(ft_batch, 64), n_steps, torch.Generator().manual_seed(7)).tokens
         heldout = fsm.sample(n_eval, n_steps, torch.Generator().manual_seed(8)).tokens
@@ -111,7 +111,7 @@ def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path"
         t = dict(cfg["text"])
         model = load_model(t.get("model", "gpt2-shakespeare"))
         n_ctx = int(t.get("n_ctx", 64))
-        bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else 0
+        bos = model.require_bos_id("the [BOS] + text windows")
         train = _text_stream(model, t.get("text", "zoo:train"))
         held = _text_stream(model, t.get("heldout_text", "zoo:heldout"))
         sample = _window_sampler(train, ft_batch, n_ctx, bos)

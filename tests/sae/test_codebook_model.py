@@ -47,7 +47,7 @@ def _exact_codebook(cbm: CodebookModel, model: Model, tokens: torch.Tensor) -> N
 def test_exact_codebook_reproduces_logits(model, tokens, site, groups):
     cbm = CodebookModel(model, CodebookSpec(sites=(site,), n_codes=40, k=1, head_groups=groups))
     _exact_codebook(cbm, model, tokens)
-    base = model.tl(tokens)
+    base = model(tokens)
     torch.testing.assert_close(cbm(tokens), base, atol=1e-5, rtol=1e-5)
     with cbm.disabled():
         torch.testing.assert_close(cbm(tokens), base)
@@ -57,17 +57,17 @@ def test_k_equal_C_with_codes_summing_to_a_constant_activation(model, tokens):
     # W_V = 0 in layer 0 makes attn_out the constant b_O: k = C codes that sum to it are exact
     m = copy.deepcopy(model)
     with torch.no_grad():
-        m.tl.blocks[0].attn.W_V.zero_()
-        m.tl.blocks[0].attn.b_O.copy_(torch.randn(32, generator=torch.Generator().manual_seed(1)))
+        m.attn(0).W_V.zero_()
+        m.attn(0).b_O.copy_(torch.randn(32, generator=torch.Generator().manual_seed(1)))
     cbm = CodebookModel(m, CodebookSpec(sites=("L0.attn_out",), n_codes=6, k=6))
     cbm.init_codebooks(tokens)
     cb = cbm.bottleneck("L0.attn_out").codebooks[0]
-    target = m.tl.blocks[0].attn.b_O.detach() * cb.scale_in
+    target = m.attn(0).b_O.detach() * cb.scale_in
     w = torch.randn(6, 32, generator=torch.Generator().manual_seed(2))
     w[-1] = target - w[:-1].sum(0)
     with torch.no_grad():
         cb.W_dec.copy_(w)
-    torch.testing.assert_close(cbm(tokens), m.tl(tokens), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cbm(tokens), m(tokens), atol=1e-5, rtol=1e-5)
 
 
 def test_nearest_codes_match_brute_force():
@@ -114,8 +114,8 @@ def test_straight_through_gradients(model, tokens):
     cbm.train()
     logits = cbm(tokens)
     (logits.logsumexp(-1).mean() + cbm.aux_loss()).backward()
-    assert cbm.tl.blocks[0].attn.W_Q.grad.abs().sum() > 0
-    assert cbm.tl.blocks[1].mlp.W_in.grad.abs().sum() > 0
+    assert cbm.network.blocks[0].attn.W_Q.grad.abs().sum() > 0
+    assert cbm.network.blocks[1].mlp.W_in.grad.abs().sum() > 0
     assert cb.W_dec.grad.abs().sum() > 0
 
 

@@ -54,13 +54,13 @@ def token_codebook():
     exactly on token j (a planted ground truth)."""
     m = Model.from_config(CFG, name="tiny", seed=0)
     with torch.no_grad():
-        m.tl.W_pos.zero_()
+        m.W_pos.zero_()
     cbm = CodebookModel(m, CodebookSpec(sites=("L0.resid_pre",), n_codes=50, k=1))
     tokens = torch.randint(0, 50, (8, 16), generator=torch.Generator().manual_seed(0))
     cbm.init_codebooks(tokens)
     cb = cbm.bottleneck("L0.resid_pre").codebooks[0]
     with torch.no_grad():
-        cb.W_dec.copy_(m.tl.W_E * cb.scale_in)
+        cb.W_dec.copy_(m.W_E * cb.scale_in)
     return cbm, tokens
 
 
@@ -79,13 +79,13 @@ def test_generate_with_forced_code_equals_model_on_that_token(token_codebook):
     free = generate(cbm, prompt, 3)
     manual = prompt
     for _ in range(3):  # oracle for greedy decoding: the exact codebook is the identity
-        manual = torch.cat([manual, cbm.tl(manual)[:, -1].argmax(-1, keepdim=True)], 1)
+        manual = torch.cat([manual, cbm.network(manual)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(free, manual)
     # forcing code 7 everywhere makes every position read as token 7
     forced = generate(cbm, prompt, 3, force={"L0.resid_pre": [7]}, force_generated=True)
     for i in range(3):
         n = prompt.shape[1] + i
-        want = cbm.tl(torch.full((1, n), 7))[:, -1].argmax(-1)
+        want = cbm.network(torch.full((1, n), 7))[:, -1].argmax(-1)
         assert forced[0, n] == want
     assert torch.equal(forced[:, :4], prompt)
 
@@ -99,7 +99,7 @@ def fsm_run():
 
     fsm, n_steps = TokFSM(n_states=12, out_degree=2, base=4, seed=0), 8
     model = fsm_model(fsm, n_steps, n_layers=2, d_model=32, n_heads=4, d_mlp=128, seed=0)
-    train_lm(model.tl, fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=200, lr=5e-3, warmup_steps=10))
+    train_lm(model, fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=200, lr=5e-3, warmup_steps=10))
     base = copy.deepcopy(model)
     cbm = CodebookModel(model, CodebookSpec(sites=("L0.mlp_out", "L1.mlp_out"), n_codes=32, k=1))
     cbm.init_codebooks(fsm.sample(32, n_steps, torch.Generator().manual_seed(5)).tokens)

@@ -22,18 +22,20 @@ from torch import Tensor
 
 from mechscope.circuits.graph import Graph, Node
 from mechscope.circuits.routes import DEFAULT_TAU, extract_route, flow_contributions
+from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
 
 COMPONENT_KINDS = ("embedding", "head", "mlp")
 
 
-def prompt_routes(model: "Model", prompts: "Sequence[Tensor] | Tensor", tau: float = DEFAULT_TAU,
+def prompt_routes(model: "Model | HookedTransformer", prompts: "Sequence[Tensor] | Tensor", tau: float = DEFAULT_TAU,
                   view: str = "heads", signed: bool = False, batch_size: int = 16,
                   position: int = -1) -> list[Graph]:
     """The route of every prompt (token ids, ``[pos]`` each or a ``[batch, pos]`` tensor), in
     input order; equal-length prompts share forward passes of up to ``batch_size``."""
+    model = Model.wrap(model)
     rows = list(prompts) if not isinstance(prompts, Tensor) or prompts.ndim == 2 else [prompts]
     if not rows:
         raise ValueError("no prompts given")

@@ -26,9 +26,10 @@ from torch import Tensor
 from mechscope.circuits.attention_svd import (Part, activations, check_supported, decompose_firing,
                                               qk_svd)
 from mechscope.circuits.graph import Graph, Node
+from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
 
 
 
@@ -56,11 +57,12 @@ def _node(part: Part) -> Node | None:
     return None  # biases carry signal but are not components
 
 
-def trace_prompt(model: "Model", tokens: Tensor, heads: Sequence[tuple[int, int]],
+def trace_prompt(model: "Model | HookedTransformer", tokens: Tensor, heads: Sequence[tuple[int, int]],
                  positions: Sequence[int] | None = None, firing_threshold: float = 0.3,
                  share: float = 0.7, signal_share: float = 1.0, max_depth: int | None = None,
                  skip_bos: bool = True) -> Graph:
     """Head-communication graph of one prompt (module doc)."""
+    model = Model.wrap(model)
     check_supported(model)
     if not 0 < share <= 1 or not 0 <= firing_threshold <= 1:
         raise ValueError(f"need 0 < share <= 1 and 0 <= firing_threshold <= 1, got {share}, {firing_threshold}")
@@ -114,9 +116,10 @@ def trace_prompt(model: "Model", tokens: Tensor, heads: Sequence[tuple[int, int]
     return g
 
 
-def trace_attention(model: "Model", prompts: Sequence[Tensor], heads: Sequence[tuple[int, int]],
+def trace_attention(model: "Model | HookedTransformer", prompts: Sequence[Tensor], heads: Sequence[tuple[int, int]],
                     **kwargs) -> Graph:
     """`trace_prompt` on every prompt, averaged with `Graph.aggregate` (sides averaged too)."""
+    model = Model.wrap(model)
     graphs = [trace_prompt(model, p, heads, **kwargs) for p in prompts]
     if not graphs:
         raise ValueError("no prompts given")

@@ -36,10 +36,11 @@ import torch
 
 from mechscope.files import atomic_path, write_json
 from mechscope.interp.activations import ActivationBatch
+from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
     from mechscope.interp.tokens import TokenStream
 
 FORMAT = "mechscope-activation-cache"
@@ -158,7 +159,7 @@ def write_cache(
 
 
 def build_cache(
-    model: "Model",
+    model: "Model | HookedTransformer",
     token_stream: "TokenStream",
     sites: "Iterable[Site | str] | Site | str",
     out_dir: str | os.PathLike,
@@ -177,6 +178,7 @@ def build_cache(
     """
     from mechscope.interp.stream import ActivationStream
 
+    model = Model.wrap(model)
     stream = ActivationStream(model, token_stream, sites, batch_tokens=min(rows_per_shard, n_tokens),
                               model_batch_size=model_batch_size, shuffle_buffer=0,
                               exclude_special=exclude_special, device=device,
@@ -213,20 +215,20 @@ class CachedActivations:
     """A cache folder as an `ActivationSource` of ``batch_tokens``-row `ActivationBatch`es.
 
     ``sites`` selects a subset of the cached sites (default all); ``model`` (a name or a
-    `Model`) is checked against the cache's model. ``shuffle`` permutes shard order per epoch
+    `Model` or ``HookedTransformer``) is checked against the cache's model. ``shuffle`` permutes shard order per epoch
     and rows within each shard (seeded by ``seed``, epoch and shard). ``epochs=None`` repeats
     forever. ``verify=True`` checks every shard's SHA-256 up front.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, batch_tokens: int = 4096, *, shuffle: bool = False,
-                 seed: int = 0, sites: "Iterable[Site | str] | None" = None, model: "Model | str | None" = None,
+                 seed: int = 0, sites: "Iterable[Site | str] | None" = None, model: "Model | HookedTransformer | str | None" = None,
                  epochs: int | None = 1, device: torch.device | str = "cpu", drop_last: bool = False,
                  verify: bool = False) -> None:
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
         cached = [Site.parse(s) for s in self.manifest["sites"]]
         if model is not None:
-            name = model if isinstance(model, str) else model.name
+            name = model if isinstance(model, str) else Model.wrap(model).name
             if name != self.manifest.get("model"):
                 raise CacheError(f"cache {self.dir} was built from model {self.manifest.get('model')!r}, not {name!r}")
         want = cached if sites is None else [Site.parse(s) for s in sites]

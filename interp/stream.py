@@ -31,11 +31,12 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechscope.interp.activations import ActivationBatch
+from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 from mechscope.interp.tokens import TokenStream
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
 
 STATE_VERSION = 1
 
@@ -71,7 +72,7 @@ def flatten_site(site: Site, act: Tensor) -> Tensor:
 
 
 def window_rows(
-    model: "Model",
+    model: "Model | HookedTransformer",
     windows: Int[Tensor, "b n_ctx"],
     seq_index: Int[Tensor, "b"],
     sites: Iterable[Site],
@@ -82,6 +83,7 @@ def window_rows(
     """Rows of one forward pass over ``windows``; ``keep [b, n_ctx]`` selects rows (tokens)."""
     from mechscope.interp.capture import capture
 
+    model = Model.wrap(model)
     sites = list(sites)
     b, n = windows.shape
     acts = capture(model, windows, sites)
@@ -100,8 +102,9 @@ def window_rows(
     )
 
 
-def site_dims(model: "Model", sites: Iterable[Site], n_ctx: int) -> dict[Site, int]:
+def site_dims(model: "Model | HookedTransformer", sites: Iterable[Site], n_ctx: int) -> dict[Site, int]:
     """Row width per site, read off one forward pass over a dummy window."""
+    model = Model.wrap(model)
     sites = list(sites)
     dummy = torch.zeros(1, n_ctx, dtype=torch.int64)
     rows = window_rows(model, dummy, torch.zeros(1, dtype=torch.int64), sites)
@@ -140,7 +143,7 @@ class ActivationStream:
 
     def __init__(
         self,
-        model: "Model",
+        model: "Model | HookedTransformer",
         token_stream: TokenStream,
         sites: "Iterable[Site | str] | Site | str",
         batch_tokens: int = 4096,
@@ -154,6 +157,7 @@ class ActivationStream:
     ) -> None:
         from mechscope.interp.capture import resolve_sites
 
+        model = Model.wrap(model)
         self.model, self.token_stream = model, token_stream
         self.sites = tuple(resolve_sites(model, sites))
         if len(set(self.sites)) != len(self.sites):

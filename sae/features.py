@@ -207,10 +207,10 @@ def _batches(stream: Iterable[Tensor], batch_size: int, n_tokens: int) -> Iterab
             raise ValueError(f"token windows must be integer tensors [n_ctx] or [b, n_ctx], got "
                              f"{item.dtype} {tuple(item.shape)}")
         for row in item.reshape(-1, item.shape[-1]).long():
+            row = row[: n_tokens - seen]  # cut first: a cut row cannot share a batch with full ones
             if rows and row.shape != rows[0].shape:
                 yield torch.stack(rows)
                 rows = []
-            row = row[: n_tokens - seen]
             rows.append(row)
             seen += row.numel()
             if len(rows) == batch_size or seen >= n_tokens:

@@ -20,11 +20,12 @@ from torch import Tensor
 
 from mechscope.interp.capture import hooks_for
 from mechscope.interp.intervene import ablate
+from mechscope.interp.models import Model
 from mechscope.sae.dictionary import Dictionary
 from mechscope.sae.evaluate import ce_loss_recovered
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
 
 
 def reconstruct(dictionary: Dictionary, x: Tensor) -> Tensor:
@@ -54,9 +55,10 @@ def _spliced_logits(model: "Model", dictionary: Dictionary, site_in: Any, site_o
 
 
 @torch.no_grad()
-def spliced_metrics(model: "Model", dictionary: Dictionary, site_in: Any, windows: Iterable[Tensor],
+def spliced_metrics(model: "Model | HookedTransformer", dictionary: Dictionary, site_in: Any, windows: Iterable[Tensor],
                     site_out: Any = None, batch_size: int = 8) -> dict[str, float]:
     """Clean / spliced / zero-ablated loss, CE loss recovered and KL over token ``windows``."""
+    model = Model.wrap(model)
     site_out = site_in if site_out is None else site_out
     totals = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}
     n_pred, batch = 0, []

@@ -18,9 +18,10 @@ import torch
 
 from mechscope.circuits.routes import extract_route, flow_contributions, mid_node
 from mechscope.interp.capture import hooks_for
+from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
-    from mechscope.interp.models import Model
+    from transformer_lens import HookedTransformer
 
 _FALLBACK = dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=256, d_vocab=4096,
                  act_fn="gelu_new", normalization_type="LN")
@@ -36,8 +37,9 @@ def _model() -> "tuple[Model, str]":
             f"random GPT-2 4L d128 (zoo model unavailable: {type(exc).__name__})"
 
 
-def route_edge_scores(model: "Model", tokens: torch.Tensor) -> list[dict[tuple, float]]:
+def route_edge_scores(model: "Model | HookedTransformer", tokens: torch.Tensor) -> list[dict[tuple, float]]:
     """Per prompt: ``{(L, h, i, j): flow share}`` for every attention edge (module doc)."""
+    model = Model.wrap(model)
     c = flow_contributions(model, tokens)
     out = []
     for b in range(tokens.shape[0]):
@@ -53,15 +55,16 @@ def route_edge_scores(model: "Model", tokens: torch.Tensor) -> list[dict[tuple, 
     return out
 
 
-def patch_edge_scores(model: "Model", tokens: torch.Tensor, patch_batch: int = 256) -> tuple[list[dict], int, int]:
+def patch_edge_scores(model: "Model | HookedTransformer", tokens: torch.Tensor, patch_batch: int = 256) -> tuple[list[dict], int, int]:
     """``|Δ logit|`` of the prediction when each edge's attention weight is zeroed; also the
     number of forward passes (sequences) and of batched calls."""
+    model = Model.wrap(model)
     n_pos = tokens.shape[1]
     edges = [(L, h, i, j) for L in range(model.n_layers) for h in range(model.n_heads)
              for i in range(n_pos) for j in range(i + 1)]
     out, passes, calls = [], 0, 0
     with torch.no_grad():
-        base = model.tl(tokens)[:, -1]
+        base = model(tokens)[:, -1]
         for b in range(tokens.shape[0]):
             pred = int(base[b].argmax())
             scores = {}
@@ -78,7 +81,7 @@ def patch_edge_scores(model: "Model", tokens: torch.Tensor, patch_batch: int = 2
                         return p
 
                     with hooks_for(model, {model.site(f"L{L}.pattern"): cut}):
-                        logits = model.tl(tokens[b: b + 1].expand(len(sub), -1))[:, -1, pred]
+                        logits = model(tokens[b: b + 1].expand(len(sub), -1))[:, -1, pred]
                     passes, calls = passes + len(sub), calls + 1
                     for e, v in zip(sub, (logits - base[b, pred]).abs().tolist()):
                         scores[e] = v

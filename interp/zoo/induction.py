@@ -25,7 +25,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechscope.interp.tokens import bos_token_id
+
 FIRST_SYMBOL = 2  # ids 0, 1 are EOS and BOS; the rest are the printable characters
+BOS_ID = 1  # the zoo tokenizer's BOS, also used for models built without a tokenizer
 
 
 def repeated_batch(batch: int, seq_len: int, vocab: int, min_period: int, max_period: int,
@@ -44,6 +47,11 @@ def repeated_batch(batch: int, seq_len: int, vocab: int, min_period: int, max_pe
     return tokens, mask
 
 
+def _bos(model) -> int:
+    bos = bos_token_id(model.tokenizer)
+    return BOS_ID if bos is None else bos
+
+
 def _patterns(model, tokens: Tensor) -> list[Float[Tensor, "b h q k"]]:
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
     with torch.no_grad():
@@ -54,7 +62,7 @@ def _patterns(model, tokens: Tensor) -> list[Float[Tensor, "b h q k"]]:
 def head_scores(model, period: int = 20, n_rows: int = 64, seed: int = 1234) -> dict:
     """Previous-token and induction scores ``[n_layers, n_heads]`` on fresh ``[BOS] + x + x``."""
     gen = torch.Generator().manual_seed(seed)
-    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else 1
+    bos = _bos(model)
     tokens, _ = repeated_batch(n_rows, 2 * period + 1, model.cfg.d_vocab, period, period, bos, gen)
     tokens = tokens.to(model.cfg.device)
     prev, ind = [], []
@@ -104,7 +112,7 @@ def circuit_report(model, seq_len: int, min_period: int, max_period: int, seed: 
     prev_head = int(scores["prev_token"][0].argmax())
     ind_head = int(scores["induction"][1].argmax())
     gen = torch.Generator().manual_seed(seed + 1)
-    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else 1
+    bos = _bos(model)
     tokens, mask = repeated_batch(128, seq_len, model.cfg.d_vocab, min_period, max_period, bos, gen)
     base = repeat_loss(model, tokens, mask)
     ablation = [[repeat_loss(model, tokens, mask, (l, h)) - base for h in range(model.cfg.n_heads)]

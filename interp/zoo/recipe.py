@@ -17,6 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
+from mechscope.interp.tokens import bos_token_id
+
 from . import corpus, specs, store, tokenizer
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -54,7 +56,7 @@ def unigram_entropy(stream) -> float:
 def _train_lm(spec, model, tok, seed, log, quick: bool) -> dict:
     from . import train
 
-    bos = tok.bos_token_id
+    bos = bos_token_id(tok)
     works = corpus.split_works(corpus.corpus_text("train"))
     held_works = corpus.split_works(corpus.corpus_text("heldout"))
     if quick:  # a smoke build needs a stream, not the whole corpus
@@ -73,7 +75,7 @@ def _evaluate_lm(spec, model, stats, log) -> dict:
     from . import train
 
     held = stats.pop("_heldout_stream")
-    bos = model.tokenizer.bos_token_id
+    bos = bos_token_id(model.tokenizer)
     full = train.evaluate(model, train.heldout_windows(held, spec.seq_len, bos))
     sliced = train.evaluate(model, train.heldout_windows(held, spec.seq_len, bos, EVAL_SLICE_WINDOWS))
     log(f"held-out loss {full:.4f} (slice of {EVAL_SLICE_WINDOWS} windows: {sliced:.4f})")
@@ -90,7 +92,7 @@ def _evaluate_lm(spec, model, stats, log) -> dict:
 def _train_induction(spec, model, seed, log) -> dict:
     from . import induction, train
 
-    bos = model.tokenizer.bos_token_id
+    bos = bos_token_id(model.tokenizer)
     lo, hi = spec.extra["min_period"], spec.extra["max_period"]
     stats = train.fit(model, spec, lambda g: induction.repeated_batch(
         spec.batch, spec.seq_len, model.cfg.d_vocab, lo, hi, bos, g), seed, log)

@@ -106,7 +106,7 @@ def induction():
     prev, ind = tuple(card["prev_token_head"]), tuple(card["induction_head"])
     gen = torch.Generator().manual_seed(7)
     seg = torch.randint(2, model.d_vocab, (10,), generator=gen)
-    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else 1
+    bos = model.require_bos_id()
     tokens = torch.cat([torch.tensor([bos]), seg, seg[:6]])  # the last token repeats seg[5]
     return model, prev, ind, tokens
 

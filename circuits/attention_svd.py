@@ -48,7 +48,7 @@ from mechscope.interp.capture import capture, hooks_for
 from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
 
 Part = tuple  # ("embed",) ("pos_embed",) ("head", l, h) ("attn_bias", l) ("mlp", l) ("qk_bias",)
 
@@ -92,7 +92,7 @@ class FiringDecomposition:
         return float(self.terms[self.signal].sum())
 
 
-def check_supported(model: "Model | HookedTransformer") -> None:
+def check_supported(model: "ModelLike") -> None:
     model = Model.wrap(model)
     if model.positional != "standard":
         raise ValueError(
@@ -109,7 +109,7 @@ def _check_head(model: "Model", layer: int, head: int) -> None:
                          f"heads 0..{model.n_heads - 1}")
 
 
-def qk_svd(model: "Model | HookedTransformer", layer: int, head: int) -> QKDecomposition:
+def qk_svd(model: "ModelLike", layer: int, head: int) -> QKDecomposition:
     """SVD of the augmented, norm-folded query-key matrix of a head (module doc)."""
     model = Model.wrap(model)
     check_supported(model)
@@ -134,7 +134,7 @@ def qk_svd(model: "Model | HookedTransformer", layer: int, head: int) -> QKDecom
     return QKDecomposition(layer, head, (q1 @ um).to(dtype), s.to(dtype), (q2 @ vmt.T).to(dtype), ln1.centred)
 
 
-def normalised(model: "Model | HookedTransformer", resid: Float[Tensor, "... d_model"], layer: int = 0
+def normalised(model: "ModelLike", resid: Float[Tensor, "... d_model"], layer: int = 0
                ) -> tuple[Float[Tensor, "... d_model"], Float[Tensor, "..."]]:
     """``(x~, sigma)``: block ``layer``'s attention norm input before its weight and bias, and
     its scale."""
@@ -166,7 +166,7 @@ def sparse_signal(terms: Float[Tensor, "rank"], score: float, share: float = 1.0
     return mask
 
 
-def activations(model: "Model | HookedTransformer", tokens: Int[Tensor, "pos"], up_to: int) -> dict:
+def activations(model: "ModelLike", tokens: Int[Tensor, "pos"], up_to: int) -> dict:
     """The activations the decomposition reads, for blocks ``0..up_to``."""
     model = Model.wrap(model)
     kinds = ["resid_pre", "z", "pattern", "scores"] + ([] if model.attn_only else ["mlp_out"])
@@ -175,7 +175,7 @@ def activations(model: "Model | HookedTransformer", tokens: Int[Tensor, "pos"], 
     return {(s.layer, s.kind): a[0] for s, a in acts.items()} | {"tokens": tokens.view(-1)}
 
 
-def upstream_parts(model: "Model | HookedTransformer", acts: dict, layer: int, pos: int
+def upstream_parts(model: "ModelLike", acts: dict, layer: int, pos: int
                    ) -> tuple[list[Part], Float[Tensor, "n d_model"]]:
     """The parts that sum to the residual entering block ``layer`` at ``pos``."""
     model = Model.wrap(model)
@@ -195,7 +195,7 @@ def upstream_parts(model: "Model | HookedTransformer", acts: dict, layer: int, p
     return names, torch.stack(vecs).detach()
 
 
-def decompose_firing(model: "Model | HookedTransformer", acts: dict, dec: QKDecomposition, dst: int, src: int,
+def decompose_firing(model: "ModelLike", acts: dict, dec: QKDecomposition, dst: int, src: int,
                      share: float = 1.0) -> FiringDecomposition:
     """SVD terms, sparse signal and per-part contributions of one firing (module doc)."""
     model = Model.wrap(model)
@@ -233,7 +233,7 @@ class OVDecomposition:
     suppressed: list[list[tuple[int, str, float]]]
 
 
-def ov_svd(model: "Model | HookedTransformer", layer: int, head: int, k: int = 4,
+def ov_svd(model: "ModelLike", layer: int, head: int, k: int = 4,
            top_tokens: int = 8) -> OVDecomposition:
     """OV-circuit SVD of a head, its output directions read through the unembedding."""
     model = Model.wrap(model)
@@ -275,7 +275,7 @@ class ProjectionCheck:
         return float((self.drop_random < self.drop_selected).float().mean())
 
 
-def projection_check(model: "Model | HookedTransformer", tokens: Int[Tensor, "pos"], layer: int, head: int, dst: int, src: int,
+def projection_check(model: "ModelLike", tokens: Int[Tensor, "pos"], layer: int, head: int, dst: int, src: int,
                      upstream: tuple[int, int], side: str = "key", n_random: int = 16, seed: int = 0,
                      share: float = 1.0) -> ProjectionCheck:
     """Project the firing's signal subspace (``side`` directions) out of upstream head

@@ -58,7 +58,7 @@ from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
 
 VIEWS = ("heads", "summed")
 DEFAULT_TAU = 0.04
@@ -143,7 +143,7 @@ def _normalise(parts: list[Tensor], signed: bool) -> list[Tensor]:
     return [p / total.view(-1, *([1] * (p.ndim - 1))) for p in parts]
 
 
-def readout_direction(model: "Model | HookedTransformer", token: int) -> Float[Tensor, "d_model"]:
+def readout_direction(model: "ModelLike", token: int) -> Float[Tensor, "d_model"]:
     """``u`` of the signed measure: the token's unembedding seen through the final norm."""
     model = Model.wrap(model)
     norm = model.ln_final
@@ -155,7 +155,7 @@ def readout_direction(model: "Model | HookedTransformer", token: int) -> Float[T
     return u
 
 
-def flow_contributions(model: "Model | HookedTransformer", tokens: Int[Tensor, "batch pos"] | Int[Tensor, "pos"],
+def flow_contributions(model: "ModelLike", tokens: Int[Tensor, "batch pos"] | Int[Tensor, "pos"],
                        signed: bool = False, target: Int[Tensor, "batch"] | None = None,
                        chunk_elems: int = DEFAULT_CHUNK) -> FlowContributions:
     """Shares of all parts of all residual updates from one forward pass (module doc).

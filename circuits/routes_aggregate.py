@@ -25,12 +25,12 @@ from mechscope.circuits.routes import DEFAULT_TAU, extract_route, flow_contribut
 from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
 
 COMPONENT_KINDS = ("embedding", "head", "mlp")
 
 
-def prompt_routes(model: "Model | HookedTransformer", prompts: "Sequence[Tensor] | Tensor", tau: float = DEFAULT_TAU,
+def prompt_routes(model: "ModelLike", prompts: "Sequence[Tensor] | Tensor", tau: float = DEFAULT_TAU,
                   view: str = "heads", signed: bool = False, batch_size: int = 16,
                   position: int = -1) -> list[Graph]:
     """The route of every prompt (token ids, ``[pos]`` each or a ``[batch, pos]`` tensor), in

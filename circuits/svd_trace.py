@@ -29,7 +29,7 @@ from mechscope.circuits.graph import Graph, Node
 from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
 
 
 
@@ -57,7 +57,7 @@ def _node(part: Part) -> Node | None:
     return None  # biases carry signal but are not components
 
 
-def trace_prompt(model: "Model | HookedTransformer", tokens: Tensor, heads: Sequence[tuple[int, int]],
+def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, int]],
                  positions: Sequence[int] | None = None, firing_threshold: float = 0.3,
                  share: float = 0.7, signal_share: float = 1.0, max_depth: int | None = None,
                  skip_bos: bool = True) -> Graph:
@@ -116,7 +116,7 @@ def trace_prompt(model: "Model | HookedTransformer", tokens: Tensor, heads: Sequ
     return g
 
 
-def trace_attention(model: "Model | HookedTransformer", prompts: Sequence[Tensor], heads: Sequence[tuple[int, int]],
+def trace_attention(model: "ModelLike", prompts: Sequence[Tensor], heads: Sequence[tuple[int, int]],
                     **kwargs) -> Graph:
     """`trace_prompt` on every prompt, averaged with `Graph.aggregate` (sides averaged too)."""
     model = Model.wrap(model)

@@ -40,7 +40,7 @@ from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
     from mechscope.interp.tokens import TokenStream
 
 FORMAT = "mechscope-activation-cache"
@@ -159,7 +159,7 @@ def write_cache(
 
 
 def build_cache(
-    model: "Model | HookedTransformer",
+    model: "ModelLike",
     token_stream: "TokenStream",
     sites: "Iterable[Site | str] | Site | str",
     out_dir: str | os.PathLike,
@@ -221,7 +221,7 @@ class CachedActivations:
     """
 
     def __init__(self, cache_dir: str | os.PathLike, batch_tokens: int = 4096, *, shuffle: bool = False,
-                 seed: int = 0, sites: "Iterable[Site | str] | None" = None, model: "Model | HookedTransformer | str | None" = None,
+                 seed: int = 0, sites: "Iterable[Site | str] | None" = None, model: "ModelLike | str | None" = None,
                  epochs: int | None = 1, device: torch.device | str = "cpu", drop_last: bool = False,
                  verify: bool = False) -> None:
         self.dir = Path(cache_dir)

@@ -22,10 +22,10 @@ from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
 
 
-def resolve_sites(model: "Model | HookedTransformer", sites: "Iterable[Site | str] | Site | str") -> list[Site]:
+def resolve_sites(model: "ModelLike", sites: "Iterable[Site | str] | Site | str") -> list[Site]:
     model = Model.wrap(model)
     if isinstance(sites, (str, Site)):
         sites = [sites]
@@ -36,7 +36,7 @@ def resolve_sites(model: "Model | HookedTransformer", sites: "Iterable[Site | st
 
 
 @contextmanager
-def hooks_for(model: "Model | HookedTransformer",
+def hooks_for(model: "ModelLike",
               site_fns: dict[Site, Callable[[Tensor], Tensor | None]]) -> Iterator[None]:
     """Install forward hooks ``fn(site_activation) -> new activation or None`` at sites.
 
@@ -74,7 +74,7 @@ class _Done(Exception):
 
 
 def capture(
-    model: "Model | HookedTransformer",
+    model: "ModelLike",
     tokens: Int[Tensor, "batch pos"],
     sites: "Iterable[Site | str] | Site | str",
     grad: bool = False,

@@ -28,7 +28,7 @@ from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
 
 ABLATIONS = ("zero", "mean")
 
@@ -48,7 +48,7 @@ def _at_positions(fn: Callable[[Tensor], Tensor], positions: Sequence[int] | Non
 
 
 @contextmanager
-def splice(model: "Model | HookedTransformer", site_fns: Mapping["Site | str", Callable[[Tensor], Tensor]],
+def splice(model: "ModelLike", site_fns: Mapping["Site | str", Callable[[Tensor], Tensor]],
            positions: Sequence[int] | None = None) -> Iterator[None]:
     """Replace each site's activation by ``fn(activation)`` for the duration of the block."""
     model = Model.wrap(model)
@@ -58,7 +58,7 @@ def splice(model: "Model | HookedTransformer", site_fns: Mapping["Site | str", C
 
 
 @contextmanager
-def patch(model: "Model | HookedTransformer", values: Mapping["Site | str", Tensor],
+def patch(model: "ModelLike", values: Mapping["Site | str", Tensor],
           positions: Sequence[int] | None = None) -> Iterator[None]:
     """Replace each site's activation by a given tensor (broadcast to the activation's shape)."""
     def const(v: Tensor) -> Callable[[Tensor], Tensor]:
@@ -69,7 +69,7 @@ def patch(model: "Model | HookedTransformer", values: Mapping["Site | str", Tens
 
 
 @contextmanager
-def ablate(model: "Model | HookedTransformer", sites: "Iterable[Site | str] | Site | str", mode: str = "zero",
+def ablate(model: "ModelLike", sites: "Iterable[Site | str] | Site | str", mode: str = "zero",
            means: Mapping["Site | str", Tensor] | None = None,
            positions: Sequence[int] | None = None) -> Iterator[None]:
     """Zero- or mean-ablate sites (see module doc)."""

@@ -320,6 +320,11 @@ def _norm(module: Any, eps: float) -> Norm:
                 float(getattr(module, "eps", eps)))
 
 
+if TYPE_CHECKING:
+    # what every public function of mechscope that takes a model accepts (see `Model.wrap`)
+    ModelLike = Model | HookedTransformer
+
+
 def load_model(spec: "str | Path", device: str = "cpu", fold_ln: bool = False, **kwargs: Any) -> Model:
     """Load a zoo model, a local HF checkpoint folder, or a TransformerLens hub name.
 

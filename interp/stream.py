@@ -36,7 +36,7 @@ from mechscope.interp.sites import Site
 from mechscope.interp.tokens import TokenStream
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
 
 STATE_VERSION = 1
 
@@ -72,7 +72,7 @@ def flatten_site(site: Site, act: Tensor) -> Tensor:
 
 
 def window_rows(
-    model: "Model | HookedTransformer",
+    model: "ModelLike",
     windows: Int[Tensor, "b n_ctx"],
     seq_index: Int[Tensor, "b"],
     sites: Iterable[Site],
@@ -102,7 +102,7 @@ def window_rows(
     )
 
 
-def site_dims(model: "Model | HookedTransformer", sites: Iterable[Site], n_ctx: int) -> dict[Site, int]:
+def site_dims(model: "ModelLike", sites: Iterable[Site], n_ctx: int) -> dict[Site, int]:
     """Row width per site, read off one forward pass over a dummy window."""
     model = Model.wrap(model)
     sites = list(sites)
@@ -143,7 +143,7 @@ class ActivationStream:
 
     def __init__(
         self,
-        model: "Model | HookedTransformer",
+        model: "ModelLike",
         token_stream: TokenStream,
         sites: "Iterable[Site | str] | Site | str",
         batch_tokens: int = 4096,

@@ -55,8 +55,7 @@ from mechscope.kernels.code import SparseCode
 from mechscope.sae.codebook import nearest_codes, spherical_kmeans
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
-
+    from mechscope.interp.models import ModelLike
     from mechscope.sae.codebook import CodebookDictionary
 
 SITE_KINDS = ("attn_out", "mlp_out", "resid_pre", "resid_mid", "resid_post", "z")
@@ -175,7 +174,7 @@ class SiteBottleneck(nn.Module):
 class CodebookModel(nn.Module):
     """A `Model` whose forward passes go through codebook bottlenecks at ``spec.sites``."""
 
-    def __init__(self, model: "Model | HookedTransformer", spec: CodebookSpec) -> None:
+    def __init__(self, model: "ModelLike", spec: CodebookSpec) -> None:
         super().__init__()
         model = Model.wrap(model)
         self.model, self.spec = model, spec
@@ -358,7 +357,7 @@ class CodebookModel(nn.Module):
         return cbm.eval()
 
 
-def base_model_copy(model: "Model | HookedTransformer") -> "Model":
+def base_model_copy(model: "ModelLike") -> "Model":
     """An independent copy of a model (fine-tuning through codebooks changes the weights)."""
     import copy
 

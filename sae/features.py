@@ -43,8 +43,7 @@ from mechscope.interp.models import Model
 from mechscope.sae.cards import Context, FeatureCard
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
-
+    from mechscope.interp.models import ModelLike
     from mechscope.interp.sites import Site
     from mechscope.sae.dictionary import Dictionary
 
@@ -233,7 +232,7 @@ def _keep_fn(model: "Model", stream: Any, keep_mask: Callable | None) -> Callabl
     return lambda t: t != bos
 
 
-def accumulate_feature_stats(model: "Model | HookedTransformer", dictionary: "Dictionary", site: "str | Site",
+def accumulate_feature_stats(model: "ModelLike", dictionary: "Dictionary", site: "str | Site",
                              token_stream: Iterable[Tensor], n_tokens: int, *, batch_size: int = 8,
                              keep_mask: Callable[[Tensor], Tensor] | None = None,
                              **stats_kwargs: Any) -> FeatureStats:
@@ -260,7 +259,7 @@ def accumulate_feature_stats(model: "Model | HookedTransformer", dictionary: "Di
     return stats
 
 
-def compute_feature_cards(model: "Model | HookedTransformer", dictionary: "Dictionary", site: "str | Site",
+def compute_feature_cards(model: "ModelLike", dictionary: "Dictionary", site: "str | Site",
                           token_stream: Iterable[Tensor], n_tokens: int, *, batch_size: int = 8,
                           n_top: int = 10, n_samples: int = 12, left: int = 12, right: int = 4,
                           n_bins: int = 64, n_logits: int = 10, n_neighbours: int = 8, seed: int = 0,

@@ -25,7 +25,7 @@ from mechscope.sae.dictionary import Dictionary
 from mechscope.sae.evaluate import ce_loss_recovered
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
 
 
 def reconstruct(dictionary: Dictionary, x: Tensor) -> Tensor:
@@ -55,7 +55,7 @@ def _spliced_logits(model: "Model", dictionary: Dictionary, site_in: Any, site_o
 
 
 @torch.no_grad()
-def spliced_metrics(model: "Model | HookedTransformer", dictionary: Dictionary, site_in: Any, windows: Iterable[Tensor],
+def spliced_metrics(model: "ModelLike", dictionary: Dictionary, site_in: Any, windows: Iterable[Tensor],
                     site_out: Any = None, batch_size: int = 8) -> dict[str, float]:
     """Clean / spliced / zero-ablated loss, CE loss recovered and KL over token ``windows``."""
     model = Model.wrap(model)

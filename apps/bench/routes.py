@@ -21,7 +21,7 @@ from mechscope.interp.capture import hooks_for
 from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from mechscope.interp.models import ModelLike
 
 _FALLBACK = dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=256, d_vocab=4096,
                  act_fn="gelu_new", normalization_type="LN")
@@ -37,7 +37,7 @@ def _model() -> "tuple[Model, str]":
             f"random GPT-2 4L d128 (zoo model unavailable: {type(exc).__name__})"
 
 
-def route_edge_scores(model: "Model | HookedTransformer", tokens: torch.Tensor) -> list[dict[tuple, float]]:
+def route_edge_scores(model: "ModelLike", tokens: torch.Tensor) -> list[dict[tuple, float]]:
     """Per prompt: ``{(L, h, i, j): flow share}`` for every attention edge (module doc)."""
     model = Model.wrap(model)
     c = flow_contributions(model, tokens)
@@ -55,7 +55,7 @@ def route_edge_scores(model: "Model | HookedTransformer", tokens: torch.Tensor) 
     return out
 
 
-def patch_edge_scores(model: "Model | HookedTransformer", tokens: torch.Tensor, patch_batch: int = 256) -> tuple[list[dict], int, int]:
+def patch_edge_scores(model: "ModelLike", tokens: torch.Tensor, patch_batch: int = 256) -> tuple[list[dict], int, int]:
     """``|Δ logit|`` of the prediction when each edge's attention weight is zeroed; also the
     number of forward passes (sequences) and of batched calls."""
     model = Model.wrap(model)

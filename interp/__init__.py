@@ -2,7 +2,10 @@
 
 Entry points (import from the submodules; importing this package loads nothing heavy):
 
-- `mechscope.interp.models.load_model(spec) -> Model` (zoo name, local HF folder, hub name)
+- `mechscope.interp.models.load_model(spec) -> Model` (zoo name, local HF folder, hub name);
+  `Model` is THE adapter to TransformerLens: `attn(L)` / `ln(L)` / `ln_final` / `W_E` / `W_pos` /
+  `W_U` / `b_U` (typed in `mechscope.interp.weights`), `bos_id`, `positional`,
+  `attention_direction`, `hooks(...)`, `run_with_cache(...)`; `Model.wrap(hooked_transformer)`
 - `mechscope.interp.sites.Site` (``Site.parse("L3.resid_post")``, ``.hook_name``)
 - `mechscope.interp.capture.capture(model, tokens, sites)` (stops after the last site)
 - `mechscope.interp.intervene.patch / ablate / splice` (context managers)

@@ -196,3 +196,25 @@ def test_from_config_is_deterministic_and_keeps_global_rng(tiny_model, cfg_seed)
     if cfg_seed is None:  # a different seed gives different weights (TL's cfg seed wins otherwise)
         c = Model.from_config(cfg, seed=8)
         assert not torch.equal(c.attn(0).W_Q, a.attn(0).W_Q)
+
+
+def test_only_interp_touches_transformer_lens():
+    """The adapter stays the only adapter: no ``.tl`` reach, TransformerLens import or BOS lookup
+    of its own in circuits/, sae/, apps/ (the zoo and interp/ may)."""
+    import re
+    from pathlib import Path
+
+    import mechscope.interp
+
+    root = Path(mechscope.interp.__file__).resolve().parents[1]
+    rules = {r"\.tl\b": "model.tl", r"\btransformer_lens\b": "a TransformerLens import",
+             r"\bbos_token_id\b": "a BOS lookup (use Model.bos_id / interp.tokens.bos_token_id)"}
+    found = []
+    for pkg in ("circuits", "sae", "apps"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#")[0]
+                for pattern, what in rules.items():
+                    if re.search(pattern, code):
+                        found.append(f"{path.relative_to(root)}:{n}: {what}: {line.strip()}")
+    assert not found, "\n".join(found)

@@ -199,15 +199,15 @@ def test_from_config_is_deterministic_and_keeps_global_rng(tiny_model, cfg_seed)
 
 
 def test_only_interp_touches_transformer_lens():
-    """The adapter stays the only adapter: no ``.tl`` reach, TransformerLens import or BOS lookup
-    of its own in circuits/, sae/, apps/ (the zoo and interp/ may)."""
+    """The adapter stays the only adapter: no ``.tl`` reach or BOS lookup of its own in
+    circuits/, sae/, apps/ (the zoo and interp/ may; imports are tests/test_layering.py's job)."""
     import re
     from pathlib import Path
 
     import mechscope.interp
 
     root = Path(mechscope.interp.__file__).resolve().parents[1]
-    rules = {r"\.tl\b": "model.tl", r"\btransformer_lens\b": "a TransformerLens import",
+    rules = {r"\.tl\b": "model.tl",
              r"\bbos_token_id\b": "a BOS lookup (use Model.bos_id / interp.tokens.bos_token_id)"}
     found = []
     for pkg in ("circuits", "sae", "apps"):

@@ -204,7 +204,8 @@ def _layer_shares(model: "Model", get: dict, L: int, b: int, u: Tensor | None,
     v = get[(L, "v")][b]
     if v.shape[1] != model.n_heads:  # grouped-query attention: each key/value head serves a group
         v = v.repeat_interleave(model.n_heads // v.shape[1], dim=1)
-    W_O, b_O = model.attn(L).W_O, model.attn(L).b_O
+    attn = model.attn(L)
+    W_O, b_O = attn.W_O, attn.b_O
     heads = _attn_head_scores(m, get[(L, "pattern")][b], v, W_O, u, chunk_elems)
     resid, bias = _score(m, x, u), _score(m, b_O.expand_as(m), u)
     heads, resid, bias = _normalise([heads, resid, bias], u is not None)

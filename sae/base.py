@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from mechscope.kernels import SparseCode, sparse_decode
-from mechscope.sae.config import TrainConfig
+from mechscope.sae.config import DictionaryConfig, TrainConfig
 
 
 class LossOutput(NamedTuple):
@@ -40,18 +40,35 @@ class LossOutput(NamedTuple):
 
 
 class SparseDictionary(nn.Module):
-    """Base class; subclasses implement ``_encode`` and ``loss`` (both on normalised inputs)."""
+    """Base class; subclasses implement ``_encode`` and ``loss`` (both on normalised inputs).
+
+    ``cfg`` is the architecture's `DictionaryConfig`; ``train_cfg`` the `TrainConfig` it was (or
+    is being) trained with, None for weights loaded from SAELens / sparsify; ``provenance`` says
+    where loaded weights came from (`mechscope.sae.io.Provenance`, None when built here).
+
+    Saving and loading: `folded_weights` / `weight_shapes` / `load_folded` are the weights in raw
+    units with SAELens key names, and ``saelens_architecture`` the name SAELens reads them under
+    (None: no SAELens cfg.json); ``saelens_reads`` the SAELens names it loads; each architecture
+    adds its own tensors.
+    """
 
     architecture: ClassVar[str] = ""
+    config_class: ClassVar[type[DictionaryConfig]] = DictionaryConfig
     unit_norm_decoder: ClassVar[bool] = True
+    saelens_architecture: ClassVar[str | None] = None  # written to cfg.json
+    saelens_reads: ClassVar[tuple[str, ...]] = ()  # SAELens cfg.json architectures loaded as this class
 
-    def __init__(self, cfg: TrainConfig, generator: torch.Generator | None = None) -> None:
+    def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}")
+        self.cfg, self.train_cfg, self.provenance = cfg, train, None
         self.d_in, self.d_dict, self.d_out = cfg.d_in, cfg.d_dict, cfg.d_output
         # an SAE centres its input with b_dec; a transcoder's b_dec lives at another site
         self.b_dec_to_input = not cfg.transcoder
-        g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        seed = train.seed if train is not None else 0
+        g = generator if generator is not None else torch.Generator().manual_seed(seed)
         w = torch.randn(self.d_dict, self.d_out, generator=g)
         self.W_dec = nn.Parameter(w / w.norm(dim=-1, keepdim=True))
         self.b_dec = nn.Parameter(torch.zeros(self.d_out))
@@ -89,8 +106,15 @@ class SparseDictionary(nn.Module):
         raise NotImplementedError
 
     # --- training hooks ---
+    @property
+    def training_config(self) -> TrainConfig:
+        if self.train_cfg is None:
+            raise ValueError(f"this {self.architecture} dictionary has no TrainConfig (loaded from "
+                             f"{getattr(self.provenance, 'source', 'elsewhere')}); set .train_cfg to train it")
+        return self.train_cfg
+
     def dead_mask(self) -> Tensor:
-        return self.tokens_since_fired >= self.cfg.dead_tokens
+        return self.tokens_since_fired >= self.training_config.dead_tokens
 
     @torch.no_grad()
     def update_firing(self, code: SparseCode) -> None:
@@ -117,14 +141,43 @@ class SparseDictionary(nn.Module):
     @torch.no_grad()
     def init_from_data(self, x_in: Tensor, x_out: Tensor) -> None:
         """Set the scales and b_dec from a first batch of raw activations."""
-        if self.cfg.normalize:
+        train = self.training_config
+        if train.normalize:
             self.scale_in.fill_(_scale(x_in))
             self.scale_out.fill_(_scale(x_out) if self.cfg.transcoder else float(self.scale_in))
         y = x_out * self.scale_out
-        if self.cfg.b_dec_init == "mean":
+        if train.b_dec_init == "mean":
             self.b_dec.copy_(y.mean(0))
-        elif self.cfg.b_dec_init == "geometric_median":
+        elif train.b_dec_init == "geometric_median":
             self.b_dec.copy_(geometric_median(y))
+
+    # --- files (raw units, SAELens names and layout; see mechscope.sae.io) ---
+    @torch.no_grad()
+    def folded_weights(self) -> dict[str, Tensor]:
+        """Weights with the normalisation scales folded in (``decode`` unchanged, scales 1)."""
+        s_out = float(self.scale_out)
+        return {"W_dec": self.W_dec / s_out, "b_dec": self.b_dec / s_out}
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The tensors `load_folded` needs, with their shapes."""
+        return {"W_dec": (self.d_dict, self.d_out), "b_dec": (self.d_out,)}
+
+    @torch.no_grad()
+    def load_folded(self, t: dict[str, Tensor]) -> None:
+        """Set raw-unit weights (the keys of `weight_shapes`, already checked) with unit scales."""
+        self.scale_in.fill_(1.0)
+        self.scale_out.fill_(1.0)
+        self.W_dec.copy_(t["W_dec"])
+        self.b_dec.copy_(t["b_dec"])
+
+    def saelens_config(self) -> dict[str, object]:
+        """The architecture's own keys of SAELens' cfg.json (beside d_in, d_sae, ...)."""
+        return {}
+
+    @classmethod
+    def from_saelens_tensors(cls, t: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Tensors of a SAELens folder in the names `load_folded` reads (older names upgraded)."""
+        return t
 
     @staticmethod
     def _check_width(x: Tensor, d: int, name: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.sae.config import TrainConfig
+from mechscope.sae.config import DictionaryConfig
 
 
 def split_batch(batch: Any, site_in: str = "", site_out: str = "", transcoder: bool = False
@@ -38,7 +38,7 @@ def split_batch(batch: Any, site_in: str = "", site_out: str = "", transcoder: b
     return x_in.reshape(x_in.shape[0], -1), x_out.reshape(x_out.shape[0], -1)
 
 
-def as_pair(batch: Any, cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+def as_pair(batch: Any, cfg: DictionaryConfig, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """`split_batch` with the config's sites, checked against its widths, cast to ``dtype``."""
     x_in, x_out = split_batch(batch, cfg.site_in, cfg.site_out, cfg.transcoder)
     if x_in.shape[1] != cfg.d_in or x_out.shape[1] != cfg.d_output:

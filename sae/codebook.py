@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mechscope.kernels import SparseCode, sparse_decode, topk_encode
 from mechscope.sae.base import LossOutput, SparseDictionary, mse
+from mechscope.sae.config import CodebookConfig, DictionaryConfig, TrainConfig
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -38,10 +39,12 @@ def _nonzero_rows(x: Tensor, n: int, generator: torch.Generator) -> Tensor:
 
 class CodebookDictionary(SparseDictionary):
     architecture = "codebook"
+    config_class = CodebookConfig
     unit_norm_decoder = False
 
-    def __init__(self, cfg, generator=None) -> None:
-        super().__init__(cfg, generator)
+    def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, train, generator)
         self.b_dec.requires_grad_(False)  # a codebook output is a plain sum of codes
 
     def _encode(self, x: Tensor) -> SparseCode:
@@ -69,7 +72,7 @@ class CodebookDictionary(SparseDictionary):
         self.b_dec.zero_()
         # codes start as (scaled) data points so that every code is near some activations
         y = x_out * self.scale_out
-        g = torch.Generator().manual_seed(self.cfg.seed)
+        g = torch.Generator().manual_seed(self.training_config.seed)
         self.W_dec.copy_(y[_nonzero_rows(y, self.d_dict, g)] / self.cfg.k)
 
     @torch.no_grad()

@@ -111,12 +111,11 @@ def _key(site: str) -> str:
 
 def _new_codebook(width: int, spec: CodebookSpec, seed: int) -> "CodebookDictionary":
     from mechscope.sae.codebook import CodebookDictionary
-    from mechscope.sae.config import TrainConfig
+    from mechscope.sae.config import CodebookConfig, TrainConfig
 
-    cfg = TrainConfig(architecture="codebook", d_in=width, d_dict=spec.n_codes, k=spec.k,
-                      codebook_commitment=float(spec.commitment), dead_tokens=spec.dead_tokens,
-                      b_dec_init="zeros", seed=seed, progress=False)
-    return CodebookDictionary(cfg)
+    cfg = CodebookConfig(d_in=width, d_dict=spec.n_codes, k=spec.k, codebook_commitment=float(spec.commitment))
+    return CodebookDictionary(cfg, TrainConfig(dead_tokens=spec.dead_tokens, b_dec_init="zeros", seed=seed,
+                                               progress=False))
 
 
 class SiteBottleneck(nn.Module):
@@ -297,7 +296,7 @@ class CodebookModel(nn.Module):
             for g, cb in enumerate(b.codebooks):
                 x = rows[:, :, g].reshape(-1, rows.shape[-1])
                 cb.init_from_data(x, x)
-                gen = torch.Generator().manual_seed(cb.cfg.seed)
+                gen = torch.Generator().manual_seed(cb.training_config.seed)
                 cent = spherical_kmeans(x * cb.scale_in, self.spec.n_codes, kmeans_iters, gen)
                 cb.W_dec.copy_(cent / self.spec.k)
             done[b.site] = b

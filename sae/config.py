@@ -1,12 +1,24 @@
-"""`TrainConfig`: one frozen, validated description of a dictionary and how to train it.
+"""Configs: what a dictionary is (`DictionaryConfig`, one per architecture) and how it is trained
+(`TrainConfig`); `RunConfig` pairs them for one training run.
+
+- `DictionaryConfig` holds the shape and sites (``d_in``, ``d_dict``, ``d_out``, ``site_in``,
+  ``site_out``, ``transcoder``, ``k``); each architecture subclasses it with its own fields (its
+  loss coefficients, thresholds, ...). A dictionary loaded from SAELens or sparsify has one of
+  these and no `TrainConfig`.
+- `TrainConfig` holds the optimisation and bookkeeping fields (steps, Adam, LR schedule, seed,
+  initialisation from data, dead-latent window, logging).
+- `RunConfig.from_dict` reads the flat ``[sae]`` table of a job file: ``architecture`` picks the
+  dictionary config and every other key is routed to the config it belongs to; a key of another
+  architecture, or an unknown key, is an error that names the valid keys of this architecture.
 
 Every field carries its help text in ``field(metadata={"help": ...})``; `fields_help()` lists
-them for ``--help`` screens and `TrainConfig.from_dict` builds a config from a flat mapping (a
-TOML table, command-line overrides). Validation runs once, in ``__post_init__``, and every error
+all of them for ``--help`` screens. Validation runs once, in ``__post_init__``, and every error
 names the field and the valid values.
 
-Sweeps: `expand_sweep` turns a mapping whose values may be lists into the grid (Cartesian
-product) of configs, in a fixed order (the mapping's key order, last key fastest).
+Sweeps: `expand_sweep` turns a flat mapping whose values may be lists into the grid (Cartesian
+product) of `RunConfig` s, in a fixed order (the mapping's key order, last key fastest). A key
+may then belong to any architecture of the sweep; it applies to the runs of the architectures
+that have it.
 """
 
 from __future__ import annotations
@@ -15,9 +27,8 @@ import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "mp", "codebook")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 
 
@@ -25,17 +36,52 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """A dictionary architecture plus its training hyper-parameters (all in normalised units)."""
+def _bad(obj: Any, name: str, valid: str) -> ValueError:
+    return ValueError(f"config field {name}={getattr(obj, name)!r} is invalid: {valid}")
 
-    # `__post_init__` is this class's type check (int accepted for float, bool refused for int,
-    # messages that name the field): run-time checkers (jaxtyping's import hook with beartype)
-    # must not pre-empt it on the generated `__init__`; its methods are still checked
+
+class _Checked:
+    """Type check (int accepted for float, bool refused for int; floats stored as float) and
+    range checks, run once from ``__post_init__``."""
+
+    # `__post_init__` is the type check, with messages that name the field: run-time checkers
+    # (jaxtyping's import hook with beartype) must not pre-empt it on the generated `__init__`
     __no_type_check__ = True
+    _positive: ClassVar[tuple[str, ...]] = ()
+    _non_negative: ClassVar[tuple[str, ...]] = ()
 
-    # --- dictionary ---
-    architecture: str = _f("topk", "dictionary kind: " + ", ".join(ARCHITECTURES))
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            want = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
+            if not isinstance(v, want) or (f.type != "bool" and isinstance(v, bool)):
+                raise TypeError(f"config field {f.name} must be {f.type}, got {v!r}")
+            if f.type == "float" and not isinstance(v, float):
+                object.__setattr__(self, f.name, float(v))  # downstream code sees floats only
+        for name in self._positive:
+            if not getattr(self, name) > 0:
+                raise _bad(self, name, "must be > 0")
+        for name in self._non_negative:
+            if not getattr(self, name) >= 0:
+                raise _bad(self, name, "must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)
+
+
+# -- dictionaries ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DictionaryConfig(_Checked):
+    """Shape and sites of a dictionary; subclasses add their architecture's own fields."""
+
+    architecture: ClassVar[str] = ""
+    transcoders: ClassVar[bool] = True  # may map one site to another
+    _positive = ("d_in", "d_dict", "k")
+    _non_negative = ("d_out",)
+
     d_in: int = _f(0, "width of the input activations (required, > 0)")
     d_dict: int = _f(0, "number of latents / atoms / codes (required, > 0)")
     d_out: int = _f(0, "width of the reconstructed activations; 0 means d_in (SAE). A "
@@ -44,83 +90,20 @@ class TrainConfig:
     site_out: str = _f("", "output site of a transcoder; '' means site_in (an SAE)")
     transcoder: bool = _f(False, "map x_in to x_out (pairs) instead of reconstructing x_in")
     k: int = _f(32, "active latents per row (topk, batchtopk mean, mp steps, codebook codes)")
-    # --- sparsity and its penalties ---
-    l1_coeff: float = _f(5.0, "relu: L1 coefficient on f_i * ||W_dec_i||")
-    l1_warmup_steps: int = _f(0, "relu: steps of linear warm-up of the L1 coefficient from 0")
-    l0_coeff: float = _f(1e-3, "jumprelu: coefficient of the (straight-through) L0 penalty")
-    jumprelu_bandwidth: float = _f(1e-3, "jumprelu: kernel-density bandwidth epsilon")
-    jumprelu_init_threshold: float = _f(1e-3, "jumprelu: initial threshold of every latent")
-    batchtopk_max_per_row: int = _f(0, "batchtopk: cap on latents one row may get; 0 = 4k")
-    batchtopk_threshold_momentum: float = _f(0.99, "batchtopk: EMA momentum of the threshold")
-    mp_residual_threshold: float = _f(0.0, "mp: stop a row once ||residual|| falls below this "
-                                           "(0 = always k steps)")
-    codebook_commitment: float = _f(0.25, "codebook: weight of the commitment term")
-    aux_k: int = _f(0, "topk/batchtopk: latents in the aux-k loss; 0 = d_in // 2")
-    aux_coeff: float = _f(1 / 32, "topk/batchtopk: weight of the aux-k loss")
-    dead_tokens: int = _f(1_000_000, "a latent is dead after this many tokens without firing")
-    # --- optimisation ---
-    steps: int = _f(1000, "training steps (one batch each)")
-    lr: float = _f(2e-4, "peak Adam learning rate")
-    adam_beta1: float = _f(0.9, "Adam beta1")
-    adam_beta2: float = _f(0.999, "Adam beta2")
-    warmup_steps: int = _f(0, "linear LR warm-up steps")
-    decay_fraction: float = _f(0.2, "fraction of the steps, at the end, of linear LR decay to 0")
-    grad_clip: float = _f(0.0, "clip the gradient norm to this (0 = off)")
-    b_dec_init: str = _f("geometric_median", "b_dec init from the first batch: "
-                         + ", ".join(B_DEC_INITS))
-    normalize: bool = _f(True, "rescale activations so that E||x||^2 = d (saved with the SAE)")
-    seed: int = _f(0, "seed of the weights and of every random choice in training")
-    # --- bookkeeping ---
-    log_every: int = _f(10, "steps between metric lines in metrics.jsonl")
-    checkpoint_every: int = _f(0, "steps between checkpoints (0 = only at the end)")
-    progress: bool = _f(True, "show a tqdm progress bar")
-    wandb_project: str = _f("", "log to this Weights & Biases project ('' = off)")
 
     def __post_init__(self) -> None:
-        def bad(name: str, valid: str) -> ValueError:
-            return ValueError(f"config field {name}={getattr(self, name)!r} is invalid: {valid}")
-
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            want = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
-            if not isinstance(v, want) or (f.type != "bool" and isinstance(v, bool)):
-                raise TypeError(f"config field {f.name} must be {f.type}, got {v!r}")
-            if f.type == "float" and not isinstance(v, float):
-                object.__setattr__(self, f.name, float(v))  # downstream code sees floats only
-        if self.architecture not in ARCHITECTURES:
-            raise bad("architecture", "one of " + ", ".join(ARCHITECTURES))
-        if self.b_dec_init not in B_DEC_INITS:
-            raise bad("b_dec_init", "one of " + ", ".join(B_DEC_INITS))
-        for name in ("d_in", "d_dict", "k", "steps", "log_every"):
-            if getattr(self, name) <= 0:
-                raise bad(name, "must be a positive integer")
-        for name in ("d_out", "l1_warmup_steps", "warmup_steps", "batchtopk_max_per_row", "aux_k",
-                     "checkpoint_every", "dead_tokens"):
-            if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
-        for name in ("lr", "jumprelu_bandwidth", "jumprelu_init_threshold"):
-            if not getattr(self, name) > 0:
-                raise bad(name, "must be > 0")
-        for name in ("l1_coeff", "l0_coeff", "aux_coeff", "codebook_commitment", "grad_clip",
-                     "mp_residual_threshold"):
-            if not getattr(self, name) >= 0:
-                raise bad(name, "must be >= 0")
-        for name in ("adam_beta1", "adam_beta2", "batchtopk_threshold_momentum"):
-            if not 0 <= getattr(self, name) < 1:
-                raise bad(name, "must be in [0, 1)")
-        if not 0 <= self.decay_fraction <= 1:
-            raise bad("decay_fraction", "must be in [0, 1]")
+        self._check_types()
         if self.k > self.d_dict:
-            raise bad("k", f"must be <= d_dict={self.d_dict}")
-        if self.warmup_steps > self.steps:
-            raise bad("warmup_steps", f"must be <= steps={self.steps}")
+            raise _bad(self, "k", f"must be <= d_dict={self.d_dict}")
         if self.d_out not in (0, self.d_in) and not self.transcoder:
-            raise bad("d_out", "may differ from d_in only when transcoder=true")
+            raise _bad(self, "d_out", "may differ from d_in only when transcoder=true")
         if self.site_out and self.site_out != self.site_in and not self.transcoder:
-            raise bad("site_out", "may differ from site_in only when transcoder=true")
-        if self.transcoder and self.architecture in ("mp", "codebook"):
-            raise bad("architecture", "transcoders support topk, batchtopk, relu, jumprelu "
-                      "(mp and codebook encode with their own decoder atoms)")
+            raise _bad(self, "site_out", "may differ from site_in only when transcoder=true")
+        if self.transcoder and not self.transcoders:
+            with_tc = ", ".join(a for a, c in CONFIGS.items() if c.transcoders)
+            raise _bad(self, "transcoder", f"architecture {self.architecture} has no transcoder; "
+                       f"transcoders support {with_tc} (mp and codebook encode with their own "
+                       "decoder atoms)")
         for name in ("site_in", "site_out"):
             if getattr(self, name):
                 from mechscope.interp.sites import Site
@@ -134,36 +117,231 @@ class TrainConfig:
     def d_output(self) -> int:
         return self.d_out or self.d_in
 
+    def to_dict(self) -> dict[str, Any]:
+        """Flat, with ``architecture`` first (the form `dictionary_config` reads back)."""
+        return {"architecture": self.architecture, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class TopKConfig(DictionaryConfig):
+    """Top-k SAE (Gao et al. 2024) with the aux-k loss against dead latents."""
+
+    architecture: ClassVar[str] = "topk"
+    _non_negative = ("d_out", "aux_k", "aux_coeff")
+
+    aux_k: int = _f(0, "topk/batchtopk: latents in the aux-k loss; 0 = d_in // 2")
+    aux_coeff: float = _f(1 / 32, "topk/batchtopk: weight of the aux-k loss")
+
     @property
     def effective_aux_k(self) -> int:
         return min(self.aux_k or max(self.d_in // 2, 1), self.d_dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
+@dataclass(frozen=True)
+class BatchTopKConfig(TopKConfig):
+    """Batch-top-k SAE (Bussmann et al. 2024)."""
+
+    architecture: ClassVar[str] = "batchtopk"
+    _non_negative = ("d_out", "aux_k", "aux_coeff", "batchtopk_max_per_row")
+
+    batchtopk_max_per_row: int = _f(0, "batchtopk: cap on latents one row may get; 0 = 4k")
+    batchtopk_threshold_momentum: float = _f(0.99, "batchtopk: EMA momentum of the threshold")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.batchtopk_threshold_momentum < 1:
+            raise _bad(self, "batchtopk_threshold_momentum", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ReluConfig(DictionaryConfig):
+    """ReLU + L1 SAE (Anthropic, April 2024)."""
+
+    architecture: ClassVar[str] = "relu"
+    _non_negative = ("d_out", "l1_coeff", "l1_warmup_steps")
+
+    l1_coeff: float = _f(5.0, "relu: L1 coefficient on f_i * ||W_dec_i||")
+    l1_warmup_steps: int = _f(0, "relu: steps of linear warm-up of the L1 coefficient from 0")
+
+
+@dataclass(frozen=True)
+class JumpReluConfig(DictionaryConfig):
+    """JumpReLU SAE (Rajamanoharan et al. 2024)."""
+
+    architecture: ClassVar[str] = "jumprelu"
+    _positive = ("d_in", "d_dict", "k", "jumprelu_bandwidth", "jumprelu_init_threshold")
+    _non_negative = ("d_out", "l0_coeff")
+
+    l0_coeff: float = _f(1e-3, "jumprelu: coefficient of the (straight-through) L0 penalty")
+    jumprelu_bandwidth: float = _f(1e-3, "jumprelu: kernel-density bandwidth epsilon")
+    jumprelu_init_threshold: float = _f(1e-3, "jumprelu: initial threshold of every latent")
+
+
+@dataclass(frozen=True)
+class MatchingPursuitConfig(DictionaryConfig):
+    """Matching-pursuit SAE (Costa et al. 2025)."""
+
+    architecture: ClassVar[str] = "mp"
+    transcoders: ClassVar[bool] = False
+    _non_negative = ("d_out", "mp_residual_threshold")
+
+    mp_residual_threshold: float = _f(0.0, "mp: stop a row once ||residual|| falls below this "
+                                           "(0 = always k steps)")
+
+
+@dataclass(frozen=True)
+class CodebookConfig(DictionaryConfig):
+    """Codebook features (Tamkin et al. 2023)."""
+
+    architecture: ClassVar[str] = "codebook"
+    transcoders: ClassVar[bool] = False
+    _non_negative = ("d_out", "codebook_commitment")
+
+    codebook_commitment: float = _f(0.25, "codebook: weight of the commitment term")
+
+
+CONFIGS: dict[str, type[DictionaryConfig]] = {c.architecture: c for c in (
+    TopKConfig, BatchTopKConfig, ReluConfig, JumpReluConfig, MatchingPursuitConfig, CodebookConfig)}
+ARCHITECTURES = tuple(CONFIGS)
+
+
+# -- training -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig(_Checked):
+    """How a dictionary is trained (all in normalised units)."""
+
+    _positive = ("steps", "log_every", "lr")
+    _non_negative = ("warmup_steps", "checkpoint_every", "dead_tokens", "grad_clip")
+
+    dead_tokens: int = _f(1_000_000, "a latent is dead after this many tokens without firing "
+                                     "(aux-k, codebook code replacement, dead_fraction)")
+    steps: int = _f(1000, "training steps (one batch each)")
+    lr: float = _f(2e-4, "peak Adam learning rate")
+    adam_beta1: float = _f(0.9, "Adam beta1")
+    adam_beta2: float = _f(0.999, "Adam beta2")
+    warmup_steps: int = _f(0, "linear LR warm-up steps")
+    decay_fraction: float = _f(0.2, "fraction of the steps, at the end, of linear LR decay to 0")
+    grad_clip: float = _f(0.0, "clip the gradient norm to this (0 = off)")
+    b_dec_init: str = _f("geometric_median", "b_dec init from the first batch: "
+                         + ", ".join(B_DEC_INITS))
+    normalize: bool = _f(True, "rescale activations so that E||x||^2 = d (saved with the SAE)")
+    seed: int = _f(0, "seed of the weights and of every random choice in training")
+    log_every: int = _f(10, "steps between metric lines in metrics.jsonl")
+    checkpoint_every: int = _f(0, "steps between checkpoints (0 = only at the end)")
+    progress: bool = _f(True, "show a tqdm progress bar")
+    wandb_project: str = _f("", "log to this Weights & Biases project ('' = off)")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        if self.b_dec_init not in B_DEC_INITS:
+            raise _bad(self, "b_dec_init", "one of " + ", ".join(B_DEC_INITS))
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise _bad(self, name, "must be in [0, 1)")
+        if not 0 <= self.decay_fraction <= 1:
+            raise _bad(self, "decay_fraction", "must be in [0, 1]")
+        if self.warmup_steps > self.steps:
+            raise _bad(self, "warmup_steps", f"must be <= steps={self.steps}")
+
+
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+TRAIN_FIELDS = tuple(_names(TrainConfig))
+
+
+def dictionary_fields(architecture: str) -> list[str]:
+    """``architecture`` and the fields of its `DictionaryConfig`, in declaration order."""
+    return ["architecture", *_names(_config_class(architecture))]
+
+
+def _config_class(architecture: Any) -> type[DictionaryConfig]:
+    if architecture not in CONFIGS:
+        raise ValueError(f"config field architecture={architecture!r} is invalid: one of "
+                         + ", ".join(ARCHITECTURES))
+    return CONFIGS[architecture]
+
+
+def dictionary_config(data: Mapping[str, Any]) -> DictionaryConfig:
+    """The `DictionaryConfig` of a flat mapping with ``architecture`` (default topk) and only
+    that architecture's fields (as written by `DictionaryConfig.to_dict`)."""
+    data = dict(data)
+    cls = _config_class(data.pop("architecture", "topk"))
+    _check_keys(data, cls.architecture, allowed=set(_names(cls)))
+    return cls(**data)
+
+
+def _check_keys(data: Mapping[str, Any], architecture: str, allowed: set[str]) -> None:
+    valid = ", ".join(sorted(allowed | {"architecture"}))
+    for key in data:
+        if key in allowed:
+            continue
+        owners = [a for a, c in CONFIGS.items() if key in _names(c)]
+        if owners:
+            raise ValueError(f"config field {key} belongs to architecture {', '.join(owners)}, not "
+                             f"{architecture}; valid fields for {architecture}: {valid}")
+        unknown = sorted(k for k in data if k not in allowed and not any(k in _names(c) for c in CONFIGS.values()))
+        raise ValueError(f"unknown config field(s) {unknown}; valid fields for {architecture}: {valid}")
+
+
+# -- one training run -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunConfig:
+    """A dictionary and how to train it: the flat ``[sae]`` table of a job, parsed and validated."""
+
+    dictionary: DictionaryConfig
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def architecture(self) -> str:
+        return self.dictionary.architecture
+
+    def parts(self) -> tuple[DictionaryConfig, TrainConfig]:
+        """``(dictionary, train)``, e.g. for ``build_dictionary(*run.parts())``."""
+        return self.dictionary, self.train
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat mapping `from_dict` reads: architecture, dictionary fields, training fields."""
+        return {**self.dictionary.to_dict(), **self.train.to_dict()}
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with flat field changes (routed as in `from_dict`)."""
+        return RunConfig.from_dict({**self.to_dict(), **changes})
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a flat mapping; unknown keys and list values (use `expand_sweep`) fail."""
-        _check_keys(data)
+    def from_dict(cls, data: Mapping[str, Any], sweep_fields: frozenset[str] = frozenset()) -> "RunConfig":
+        """Route a flat mapping's keys to the dictionary and training configs.
+
+        Keys of another architecture are errors, except those in ``sweep_fields`` (keys that an
+        architecture of the same sweep uses), which are dropped. List values (a sweep) fail: use
+        `expand_sweep`.
+        """
         lists = [k for k, v in data.items() if isinstance(v, (list, tuple))]
         if lists:
             raise ValueError(f"fields {lists} are lists: a sweep; use expand_sweep(...)")
-        return cls(**data)  # TOML's int for a float field is fine: __post_init__ converts it
-
-
-def _check_keys(data: Mapping[str, Any]) -> None:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(names))}")
+        arch = data.get("architecture", "topk")
+        own = set(_names(_config_class(arch)))
+        d = {k: v for k, v in data.items() if k in own}
+        t = {k: v for k, v in data.items() if k in TRAIN_FIELDS}
+        rest = {k: v for k, v in data.items()
+                if k not in own and k not in TRAIN_FIELDS and k != "architecture" and k not in sweep_fields}
+        _check_keys(rest, arch, own | set(TRAIN_FIELDS))
+        # TOML's int for a float field is fine: __post_init__ converts it
+        return cls(CONFIGS[arch](**d), TrainConfig(**t))
 
 
 def fields_help() -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) of every config field, in declaration order."""
-    return [(f.name, f.type, f.default, f.metadata["help"]) for f in dataclasses.fields(TrainConfig)]
+    """(name, type, default, help) of every config field: architecture, the dictionary fields
+    shared by every architecture, each architecture's own fields, then the training fields."""
+    rows = [("architecture", "str", "topk", "dictionary kind: " + ", ".join(ARCHITECTURES))]
+    seen = {"architecture"}
+    for cls in (DictionaryConfig, *CONFIGS.values(), TrainConfig):
+        for f in dataclasses.fields(cls):
+            if f.name not in seen:
+                seen.add(f.name)
+                rows.append((f.name, f.type, f.default, f.metadata["help"]))
+    return rows
 
 
 # fields whose values must agree across a sweep, because every run reads the same stream
@@ -171,9 +349,8 @@ SHARED_FIELDS = ("d_in", "d_out", "site_in", "site_out", "transcoder", "steps", 
                  "log_every", "checkpoint_every")
 
 
-def expand_sweep(data: Mapping[str, Any]) -> list[TrainConfig]:
+def expand_sweep(data: Mapping[str, Any]) -> list[RunConfig]:
     """The grid of configs over every list-valued field (a scalar is a one-point axis)."""
-    _check_keys(data)
     axes = [(k, list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in data.items()]
     for name, values in axes:
         if not values:
@@ -181,5 +358,9 @@ def expand_sweep(data: Mapping[str, Any]) -> list[TrainConfig]:
         if name in SHARED_FIELDS and len(values) > 1:
             raise ValueError(f"field {name} cannot be swept: all runs of a sweep share one data "
                              f"stream and {', '.join(SHARED_FIELDS)}")
-    return [TrainConfig.from_dict(dict(zip([a[0] for a in axes], combo)))
+    archs = dict(axes).get("architecture", ["topk"])
+    for a in archs:
+        _config_class(a)
+    used = frozenset(k for a in archs for k in _names(CONFIGS[a]))
+    return [RunConfig.from_dict(dict(zip([a[0] for a in axes], combo)), used)
             for combo in itertools.product(*[a[1] for a in axes])]

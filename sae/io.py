@@ -10,7 +10,12 @@ A saved folder holds
   so ``sae_lens.SAE.load_from_disk(folder)`` gives the same encode/decode as mechscope; written
   only for architectures SAELens shares (batch-top-k is saved, as SAELens does, as a JumpReLU
   with one global threshold). MP-SAEs, codebooks and transcoders get no cfg.json;
-- ``mechscope.json``: our own metadata (format, architecture, full `TrainConfig`, scales).
+- ``mechscope.json``: our own metadata (format, architecture, the `DictionaryConfig`, the
+  `TrainConfig` it was trained with, scales).
+
+What each architecture saves (its SAELens name, extra tensors such as thresholds, unfolded MP
+scales) lives on its class (`SparseDictionary.folded_weights` / ``weight_shapes`` /
+``load_folded`` / ``saelens_architecture``); this module only reads and writes folders.
 
 Folding the normalisation ``x̃ = s·x`` (s_in = s_out = s for an SAE): since the dictionary sees
 ``(s x − b) W_encᵀ + b_enc`` and outputs ``(f W_dec + b)/s``, saving ``W_enc·s``, ``W_dec/s``,
@@ -20,12 +25,16 @@ Folding the normalisation ``x̃ = s·x`` (s_in = s_out = s for an SAE): since th
 ``sae_weights.safetensors``; topk, standard, jumprelu, batchtopk), or a sparsify (EleutherAI)
 folder (``cfg.json`` + ``sae.safetensors`` with ``encoder.weight [m, d_in]``, ``encoder.bias``,
 ``W_dec [m, d_out]``, ``b_dec``; top-k on ``relu(encoder(x − b_dec))``, no centring when
-``transcode``). This is the only module that imports sae_lens, and only in `load_sae_lens`.
+``transcode``). A dictionary loaded from SAELens or sparsify has its `DictionaryConfig` and a
+`Provenance`, and no `TrainConfig` (``train_cfg`` is None). This is the only module that imports
+sae_lens, and only in `load_sae_lens`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,64 +43,57 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mechscope.sae.base import SparseDictionary
-from mechscope.sae.config import TrainConfig
-from mechscope.sae.factory import build_dictionary
+from mechscope.sae.config import CONFIGS, RunConfig, TrainConfig, dictionary_config
+from mechscope.sae.factory import build_dictionary, dictionary_classes
 
-FORMAT = 1
+FORMAT = 2  # 1: one flat "config" holding every architecture's fields (still read)
 META, SL_CFG, SL_WEIGHTS, SPARSIFY_WEIGHTS = "mechscope.json", "cfg.json", "sae_weights.safetensors", "sae.safetensors"
-_SAELENS_ARCH = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
 
 
 class DictionaryFileError(ValueError):
     """A dictionary folder that is missing, corrupt or inconsistent."""
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a loaded dictionary came from: ``source`` is mechscope, sae_lens or sparsify;
+    ``metadata`` is what the folder says about itself (SAELens metadata, sparsify cfg.json)."""
+
+    source: str
+    path: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
 @torch.no_grad()
 def folded_weights(model: SparseDictionary) -> dict[str, torch.Tensor]:
     """The model's weights in raw units, SAELens key names and layout."""
-    s_in, s_out = float(model.scale_in), float(model.scale_out)
-    if model.architecture == "mp":
-        # the pursuit's coefficients depend on the scale, so MP-SAEs keep theirs unfolded
-        return {"W_dec": model.W_dec.detach().clone(), "b_dec": model.b_dec.detach().clone(),
-                "scale_in": model.scale_in.clone(), "scale_out": model.scale_out.clone()}
-    out = {"W_dec": model.W_dec / s_out, "b_dec": model.b_dec / s_out}
-    if hasattr(model, "W_enc"):
-        out["W_enc"] = (model.W_enc * s_in).T
-        out["b_enc"] = model.b_enc.clone()
-    if model.architecture == "jumprelu":
-        out["threshold"] = model.threshold.detach().clone()
-    if model.architecture == "batchtopk":
-        out["threshold"] = model.threshold.clamp_min(0).expand(model.d_dict).clone()
-    return {k: v.detach().contiguous().float() for k, v in out.items()}
+    return {k: v.detach().contiguous().float() for k, v in model.folded_weights().items()}
 
 
 def save_dictionary(model: SparseDictionary, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``path/{sae_weights.safetensors, mechscope.json[, cfg.json]}``; returns ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
     save_file(folded_weights(model), str(path / SL_WEIGHTS))
-    meta = {"format": FORMAT, "architecture": model.architecture, "config": cfg.to_dict(),
-            "b_dec_to_input": model.b_dec_to_input, "folded_scales": [float(model.scale_in), float(model.scale_out)],
-            "metadata": metadata or {}}
+    train = model.train_cfg.to_dict() if model.train_cfg is not None else None
+    meta = {"format": FORMAT, "architecture": model.architecture, "dictionary": model.cfg.to_dict(),
+            "train": train, "b_dec_to_input": model.b_dec_to_input,
+            "folded_scales": [float(model.scale_in), float(model.scale_out)], "metadata": metadata or {}}
     (path / META).write_text(json.dumps(meta, indent=2))
-    if model.architecture in _SAELENS_ARCH and model.d_in == model.d_out:
+    if model.saelens_architecture is not None and model.d_in == model.d_out:
         (path / SL_CFG).write_text(json.dumps(_saelens_cfg(model, metadata or {}), indent=2))
     return path
 
 
 def _saelens_cfg(model: SparseDictionary, metadata: dict[str, Any]) -> dict[str, Any]:
-    cfg = model.cfg
-    out: dict[str, Any] = {
-        "architecture": _SAELENS_ARCH[model.architecture], "d_in": model.d_in, "d_sae": model.d_dict,
+    return {
+        "architecture": model.saelens_architecture, "d_in": model.d_in, "d_sae": model.d_dict,
         "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": model.b_dec_to_input,
         "normalize_activations": "none", "reshape_activations": "none",
         "metadata": {"sae_lens_version": "6.54.0", "sae_lens_training_version": None,
-                     "hook_name": _hook_name(cfg.site_in), **metadata},
+                     "hook_name": _hook_name(model.cfg.site_in), **metadata},
+        **model.saelens_config(),
     }
-    if model.architecture == "topk":
-        out.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
-    return out
 
 
 def _hook_name(site: str) -> str | None:
@@ -145,59 +147,55 @@ def _require(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]
 
 
 @torch.no_grad()
-def _fill(model: SparseDictionary, W_enc: torch.Tensor | None, b_enc: torch.Tensor | None,
-          W_dec: torch.Tensor, b_dec: torch.Tensor, threshold: torch.Tensor | None,
-          scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> SparseDictionary:
-    """Set raw-unit weights (ours: W_enc [m, d_in]) with unit scales."""
-    model.scale_in.fill_(1.0)
-    model.scale_out.fill_(1.0)
-    model.W_dec.copy_(W_dec)
-    model.b_dec.copy_(b_dec)
-    if W_enc is not None:
-        model.W_enc.copy_(W_enc)
-        model.b_enc.copy_(b_enc)
-    if threshold is not None and model.architecture == "jumprelu":
-        model.log_threshold.copy_(threshold.clamp_min(1e-30).log())
-    if threshold is not None and model.architecture == "batchtopk":
-        model.threshold.fill_(float(threshold.max()))
-    if scales is not None:
-        model.scale_in.copy_(scales[0])
-        model.scale_out.copy_(scales[1])
+def _fill(model: SparseDictionary, t: dict[str, torch.Tensor], where: Path, provenance: Provenance) -> SparseDictionary:
+    _require(t, model.weight_shapes(), where)
+    model.load_folded(t)
+    model.provenance = provenance
     return model.eval()
 
 
 def _load_mechscope(path: Path) -> SparseDictionary:
     meta = _read_json(path / META)
-    if meta.get("format") != FORMAT:
-        raise DictionaryFileError(f"{path / META}: format {meta.get('format')!r} is not {FORMAT}")
     try:
-        cfg = TrainConfig.from_dict(meta["config"])
+        if meta.get("format") == 1:
+            run = _from_flat_v1(meta["config"])
+            cfg, train = run.dictionary, run.train
+        elif meta.get("format") == FORMAT:
+            cfg = dictionary_config(meta["dictionary"])
+            train = TrainConfig(**meta["train"]) if meta.get("train") is not None else None
+        else:
+            raise DictionaryFileError(f"{path / META}: format {meta.get('format')!r} is not {FORMAT} (or 1)")
     except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, DictionaryFileError):
+            raise
         raise DictionaryFileError(f"{path / META}: bad config ({e})") from None
-    model = build_dictionary(cfg)
+    model = build_dictionary(cfg, train)
     model.b_dec_to_input = bool(meta.get("b_dec_to_input", True))
-    t = _read_tensors(path / SL_WEIGHTS)
-    m, di, do = cfg.d_dict, cfg.d_in, cfg.d_output
-    shapes = {"W_dec": (m, do), "b_dec": (do,)}
-    if hasattr(model, "W_enc"):
-        shapes.update(W_enc=(di, m), b_enc=(m,))
-    if cfg.architecture in ("jumprelu", "batchtopk"):
-        shapes["threshold"] = (m,)
-    if cfg.architecture == "mp":
-        shapes.update(scale_in=(), scale_out=())
-    _require(t, shapes, path / SL_WEIGHTS)
-    W_enc = t["W_enc"].T if "W_enc" in shapes else None
-    scales = (t["scale_in"], t["scale_out"]) if cfg.architecture == "mp" else None
-    return _fill(model, W_enc, t.get("b_enc"), t["W_dec"], t["b_dec"], t.get("threshold"), scales)
+    return _fill(model, _read_tensors(path / SL_WEIGHTS), path / SL_WEIGHTS,
+                 Provenance("mechscope", str(path), meta.get("metadata") or {}))
+
+
+def _from_flat_v1(flat: dict[str, Any]) -> RunConfig:
+    """Format 1 stored every architecture's fields in one flat config: keep this one's."""
+    arch = flat.get("architecture", "topk")
+    if arch not in CONFIGS:
+        raise ValueError(f"architecture {arch!r} is not one of {', '.join(CONFIGS)}")
+    others = {f.name for c in CONFIGS.values() for f in dataclasses.fields(c)}
+    return RunConfig.from_dict(flat, sweep_fields=frozenset(others))
+
+
+def _saelens_classes() -> dict[str, type[SparseDictionary]]:
+    """SAELens architecture name -> the class that reads it (`SparseDictionary.saelens_reads`)."""
+    return {name: c for c in dictionary_classes().values() for name in c.saelens_reads}
 
 
 def _load_saelens(path: Path) -> SparseDictionary:
     c = _read_json(path / SL_CFG)
     arch = c.get("architecture", "standard")
-    ours = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
-    if arch not in ours:
+    classes = _saelens_classes()
+    if arch not in classes:
         raise DictionaryFileError(f"{path / SL_CFG}: SAELens architecture {arch!r} is not supported; "
-                                  f"supported: {', '.join(ours)}")
+                                  f"supported: {', '.join(classes)}")
     if c.get("normalize_activations", "none") not in ("none", None):
         raise DictionaryFileError(f"{path / SL_CFG}: normalize_activations={c['normalize_activations']!r}"
                                   " is not supported; fold it into the weights first (SAELens: "
@@ -206,24 +204,20 @@ def _load_saelens(path: Path) -> SparseDictionary:
         d_in, d_sae, k = int(c["d_in"]), int(c["d_sae"]), int(c.get("k", 1))
     except (KeyError, TypeError, ValueError) as e:
         raise DictionaryFileError(f"{path / SL_CFG}: needs integer d_in and d_sae ({e})") from None
-    t = _read_tensors(path / SL_WEIGHTS)
-    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    if arch == "jumprelu":
-        if "log_threshold" in t:  # older SAELens checkpoints
-            t["threshold"] = t.pop("log_threshold").exp()
-        shapes["threshold"] = (d_sae,)
-    _require(t, shapes, path / SL_WEIGHTS)
-    cfg = TrainConfig(architecture=ours[arch], d_in=d_in, d_dict=d_sae, k=min(k, d_sae), normalize=False,
-                      site_in=_site_of(c.get("metadata", {}).get("hook_name") or c.get("hook_name")))
-    model = build_dictionary(cfg)
+    cls = classes[arch]
+    t = cls.from_saelens_tensors(_read_tensors(path / SL_WEIGHTS))
+    _require(t, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)},
+             path / SL_WEIGHTS)
+    meta = c.get("metadata") or {}
+    cfg = cls.config_class(d_in=d_in, d_dict=d_sae, k=min(k, d_sae),
+                           site_in=_site_of(meta.get("hook_name") or c.get("hook_name")))
+    model = cls(cfg, None)
     model.b_dec_to_input = bool(c.get("apply_b_dec_to_input", True))
-    W_enc, b_enc, W_dec = t["W_enc"].T, t["b_enc"], t["W_dec"]
     if c.get("rescale_acts_by_decoder_norm"):
         # SAELens multiplies pre-activations by ||W_dec_i|| and divides before decoding
-        norm = W_dec.norm(dim=-1).clamp_min(1e-8)
-        W_enc, b_enc, W_dec = W_enc * norm[:, None], b_enc * norm, W_dec / norm[:, None]
-    return _fill(model, W_enc, b_enc, W_dec, t["b_dec"], t.get("threshold"))
-
+        norm = t["W_dec"].norm(dim=-1).clamp_min(1e-8)
+        t = {**t, "W_enc": t["W_enc"] * norm, "b_enc": t["b_enc"] * norm, "W_dec": t["W_dec"] / norm[:, None]}
+    return _fill(model, t, path / SL_WEIGHTS, Provenance("sae_lens", str(path), meta))
 
 def _site_of(hook_name: str | None) -> str:
     """'L3.resid_post' for 'blocks.3.hook_resid_post' when it is a plain block site, else ''."""
@@ -260,10 +254,11 @@ def _load_sparsify(path: Path) -> SparseDictionary:
         raise DictionaryFileError(f"{path / SL_CFG}: sparsify config needs k")
     _require(t, {"encoder.bias": (m,), "W_dec": (m, d_out), "b_dec": (d_out,)}, path / SPARSIFY_WEIGHTS)
     transcode = bool(c.get("transcode", False)) or d_out != d_in
-    cfg = TrainConfig(architecture="topk", d_in=d_in, d_dict=m, d_out=d_out if transcode else 0,
-                      transcoder=transcode, k=int(c["k"]), normalize=False)
-    model = build_dictionary(cfg)
-    return _fill(model, t["encoder.weight"], t["encoder.bias"], t["W_dec"], t["b_dec"], None)
+    cls = dictionary_classes()["topk"]
+    cfg = cls.config_class(d_in=d_in, d_dict=m, d_out=d_out if transcode else 0, transcoder=transcode,
+                           k=int(c["k"]))
+    ours = {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    return _fill(cls(cfg, None), ours, path / SPARSIFY_WEIGHTS, Provenance("sparsify", str(path), c))
 
 
 def load_sae_lens(path: str | Path) -> Any:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from mechscope.kernels import SparseCode
 from mechscope.sae.base import LossOutput, mse
-from mechscope.sae.config import TrainConfig
+from mechscope.sae.config import DictionaryConfig, JumpReluConfig, TrainConfig
 from mechscope.sae.topk import _Encoder
 
 
@@ -61,15 +61,39 @@ class _Step(torch.autograd.Function):
 
 
 class JumpReluSAE(_Encoder):
-    architecture = "jumprelu"
+    """Saved with SAELens' ``threshold [d_sae]`` (older SAELens folders: ``log_threshold``)."""
 
-    def __init__(self, cfg: TrainConfig, generator: torch.Generator | None = None) -> None:
-        super().__init__(cfg, generator)
+    architecture = "jumprelu"
+    config_class = JumpReluConfig
+    saelens_architecture = "jumprelu"
+    saelens_reads = ("jumprelu",)
+
+    def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, train, generator)
         self.log_threshold = nn.Parameter(torch.full((self.d_dict,), math.log(cfg.jumprelu_init_threshold)))
 
     @property
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()
+
+    @torch.no_grad()
+    def folded_weights(self) -> dict[str, Tensor]:
+        return {**super().folded_weights(), "threshold": self.threshold.detach().clone()}
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**super().weight_shapes(), "threshold": (self.d_dict,)}
+
+    @torch.no_grad()
+    def load_folded(self, t: dict[str, Tensor]) -> None:
+        super().load_folded(t)
+        self.log_threshold.copy_(t["threshold"].clamp_min(1e-30).log())
+
+    @classmethod
+    def from_saelens_tensors(cls, t: dict[str, Tensor]) -> dict[str, Tensor]:
+        if "log_threshold" in t:  # older SAELens checkpoints
+            t = {k: v for k, v in t.items() if k != "log_threshold"} | {"threshold": t["log_threshold"].exp()}
+        return t
 
     def _encode(self, x: Tensor) -> SparseCode:
         z = self.pre_activations(x)

@@ -24,10 +24,28 @@ from torch import Tensor
 
 from mechscope.kernels import SparseCode
 from mechscope.sae.base import LossOutput, SparseDictionary, mse
+from mechscope.sae.config import MatchingPursuitConfig
 
 
 class MatchingPursuitSAE(SparseDictionary):
+    """Saved unfolded, with its scales: the pursuit's coefficients depend on the scale."""
+
     architecture = "mp"
+    config_class = MatchingPursuitConfig
+
+    @torch.no_grad()
+    def folded_weights(self) -> dict[str, Tensor]:
+        return {"W_dec": self.W_dec.detach().clone(), "b_dec": self.b_dec.detach().clone(),
+                "scale_in": self.scale_in.clone(), "scale_out": self.scale_out.clone()}
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**super().weight_shapes(), "scale_in": (), "scale_out": ()}
+
+    @torch.no_grad()
+    def load_folded(self, t: dict[str, Tensor]) -> None:
+        super().load_folded(t)
+        self.scale_in.copy_(t["scale_in"])
+        self.scale_out.copy_(t["scale_out"])
 
     def atoms(self) -> Tensor:
         return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)

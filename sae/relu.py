@@ -15,12 +15,16 @@ from torch import Tensor
 
 from mechscope.kernels import SparseCode
 from mechscope.sae.base import LossOutput, mse
+from mechscope.sae.config import ReluConfig
 from mechscope.sae.topk import _Encoder
 
 
 class ReluSAE(_Encoder):
     architecture = "relu"
+    config_class = ReluConfig
     unit_norm_decoder = False
+    saelens_architecture = "standard"
+    saelens_reads = ("standard",)
 
     def _dense(self, x: Tensor) -> Tensor:
         return self.pre_activations(x).relu()

@@ -4,7 +4,8 @@ Each batch is read once and fed to every run (one model forward would feed them 
 of R configs costs one stream instead of R. Runs share nothing but the batch: each has its own
 weights, optimiser and generator (seeded from its own config), so every run ends exactly where
 the same config trained alone on the same stream ends. Results: one row per run (the swept
-hyper-parameters and the last logged metrics) in ``results.csv`` and ``results.json``.
+hyper-parameters and the last logged metrics, and the held-out evaluation when a job adds it),
+`RunResult.row`, in ``results.csv`` and ``results.json``.
 """
 
 from __future__ import annotations
@@ -14,31 +15,59 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mechscope.sae.config import TrainConfig, expand_sweep
-from mechscope.sae.trainer import CHECKPOINT, Run, TrainResult, fit
+from mechscope.sae.config import RunConfig, expand_sweep
+from mechscope.sae.trainer import CHECKPOINT, Run, TrainResult, TrainStep, fit
+
+if TYPE_CHECKING:
+    from mechscope.sae.splice_eval import HeldoutEval
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run of a sweep: its name, config, last logged training step, held-out evaluation (None
+    until a job evaluates it), folder, and the fields swept (the config columns of its row)."""
+
+    name: str
+    config: RunConfig
+    train: TrainStep
+    eval: "HeldoutEval | None"
+    path: Path
+    swept: tuple[str, ...] = ()
+
+    def row(self) -> dict[str, Any]:
+        """The flat row of ``results.{csv,json}``: run, swept fields, training metrics, ``eval_*``."""
+        flat = self.config.to_dict()
+        row = {"run": self.name, **{k: flat[k] for k in self.swept if k in flat}, **self.train.to_dict()}
+        return {**row, **(self.eval.row() if self.eval is not None else {})}
 
 
 @dataclass(frozen=True)
 class SweepResult:
     runs: list[TrainResult]
-    table: list[dict[str, Any]]
+    results: list[RunResult]
     out_dir: Path
 
-
-def swept_fields(configs: Sequence[TrainConfig]) -> list[str]:
-    """Fields whose value differs between configs, in declaration order."""
-    first = configs[0].to_dict()
-    return [k for k in first if any(c.to_dict()[k] != first[k] for c in configs)]
+    @property
+    def table(self) -> list[dict[str, Any]]:
+        return [r.row() for r in self.results]
 
 
-def run_names(configs: Sequence[TrainConfig]) -> list[str]:
+def swept_fields(configs: Sequence[RunConfig]) -> list[str]:
+    """Fields whose value differs between the configs that have them, in declaration order."""
+    flats = [c.to_dict() for c in configs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return [k for k in keys if len({json.dumps(f[k]) for f in flats if k in f}) > 1]
+
+
+def run_names(configs: Sequence[RunConfig]) -> list[str]:
     keys = swept_fields(configs)
-    return [f"run{i:03d}" + "".join(f"_{k}={getattr(c, k)}" for k in keys) for i, c in enumerate(configs)]
+    flats = [c.to_dict() for c in configs]
+    return [f"run{i:03d}" + "".join(f"_{k}={f[k]}" for k in keys if k in f) for i, f in enumerate(flats)]
 
 
-def train_sweep(configs: Sequence[TrainConfig] | Mapping[str, Any], source: Iterable[Any],
+def train_sweep(configs: Sequence[RunConfig] | Mapping[str, Any], source: Iterable[Any],
                 out_dir: str | Path, resume: bool = True) -> SweepResult:
     """Train every config (or the grid of a mapping with list values) on one stream.
 
@@ -53,13 +82,13 @@ def train_sweep(configs: Sequence[TrainConfig] | Mapping[str, Any], source: Iter
     out = Path(out_dir)
     runs = [Run.new(c, out / "runs" / name) for c, name in zip(configs, run_names(configs))]
     start = fit(runs, source, out / CHECKPOINT, resume)
-    results, keys = [], swept_fields(configs)
+    keys = tuple(swept_fields(configs))
     for r in runs:
         save_dictionary(r.model, r.out_dir / "dictionary")
-        results.append(TrainResult(r.model, dict(r.last), r.out_dir, start))
-    table = [{"run": r.out_dir.name, **{k: getattr(r.cfg, k) for k in keys}, **r.last} for r in runs]
-    write_table(table, out)
-    return SweepResult(results, table, out)
+    trained = [TrainResult(r.model, r.cfg, r.last, r.out_dir, start) for r in runs]
+    results = [RunResult(r.out_dir.name, r.cfg, r.last, None, r.out_dir, keys) for r in runs]
+    write_table([r.row() for r in results], out)
+    return SweepResult(trained, results, out)
 
 
 def write_table(table: list[dict[str, Any]], out_dir: Path) -> None:

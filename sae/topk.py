@@ -27,15 +27,18 @@ from torch import Tensor, nn
 
 from mechscope.kernels import SparseCode, sparse_decode, topk_encode
 from mechscope.sae.base import LossOutput, SparseDictionary, mse
-from mechscope.sae.config import TrainConfig
+from mechscope.sae.config import BatchTopKConfig, DictionaryConfig, TopKConfig, TrainConfig
 
 
 class _Encoder(SparseDictionary):
-    """Adds ``W_enc [d_dict, d_in]`` and ``b_enc [d_dict]``; W_enc starts as W_dec (SAEs)."""
+    """Adds ``W_enc [d_dict, d_in]`` and ``b_enc [d_dict]``; W_enc starts as W_dec (SAEs).
 
-    def __init__(self, cfg: TrainConfig, generator: torch.Generator | None = None) -> None:
-        g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
-        super().__init__(cfg, g)
+    Saved as SAELens does: ``W_enc`` transposed, ``[d_in, d_sae]``, times ``s_in``."""
+
+    def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        g = generator if generator is not None else torch.Generator().manual_seed(train.seed if train else 0)
+        super().__init__(cfg, train, g)
         if self.d_in == self.d_out:
             w = self.W_dec.detach().clone()
         else:
@@ -46,6 +49,20 @@ class _Encoder(SparseDictionary):
     def pre_activations(self, x: Tensor) -> Tensor:
         """Dense ``(x̃ − b_dec) W_encᵀ + b_enc`` on normalised input (for analysis and tests)."""
         return self._centred(x) @ self.W_enc.T + self.b_enc
+
+    @torch.no_grad()
+    def folded_weights(self) -> dict[str, Tensor]:
+        return {**super().folded_weights(), "W_enc": (self.W_enc * float(self.scale_in)).T,
+                "b_enc": self.b_enc.clone()}
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**super().weight_shapes(), "W_enc": (self.d_in, self.d_dict), "b_enc": (self.d_dict,)}
+
+    @torch.no_grad()
+    def load_folded(self, t: dict[str, Tensor]) -> None:
+        super().load_folded(t)
+        self.W_enc.copy_(t["W_enc"].T)
+        self.b_enc.copy_(t["b_enc"])
 
 
 class _AuxK:
@@ -64,6 +81,12 @@ class _AuxK:
 
 class TopKSAE(_AuxK, _Encoder):
     architecture = "topk"
+    config_class = TopKConfig
+    saelens_architecture = "topk"
+    saelens_reads = ("topk",)
+
+    def saelens_config(self) -> dict[str, object]:
+        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
     def _encode(self, x: Tensor) -> SparseCode:
         return topk_encode(self._centred(x), self.W_enc, self.b_enc, self.cfg.k)
@@ -78,12 +101,36 @@ class TopKSAE(_AuxK, _Encoder):
 
 
 class BatchTopKSAE(_AuxK, _Encoder):
-    architecture = "batchtopk"
+    """Saved, as SAELens does, as a JumpReLU whose every latent has the global threshold."""
 
-    def __init__(self, cfg: TrainConfig, generator: torch.Generator | None = None) -> None:
-        super().__init__(cfg, generator)
+    architecture = "batchtopk"
+    config_class = BatchTopKConfig
+    saelens_architecture = "jumprelu"
+    saelens_reads = ("batchtopk",)  # SAELens' training-time name; its inference form is a JumpReLU
+
+    def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, train, generator)
         # < 0 until the first training batch has set it
         self.register_buffer("threshold", torch.full((), -1.0))
+
+    @torch.no_grad()
+    def folded_weights(self) -> dict[str, Tensor]:
+        return {**super().folded_weights(), "threshold": self.threshold.clamp_min(0).expand(self.d_dict).clone()}
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**super().weight_shapes(), "threshold": (self.d_dict,)}
+
+    @torch.no_grad()
+    def load_folded(self, t: dict[str, Tensor]) -> None:
+        super().load_folded(t)
+        self.threshold.fill_(float(t["threshold"].max()))
+
+    @classmethod
+    def from_saelens_tensors(cls, t: dict[str, Tensor]) -> dict[str, Tensor]:
+        if "threshold" not in t and "b_enc" in t:  # a training checkpoint: no threshold estimated yet
+            t = {**t, "threshold": torch.full_like(t["b_enc"], -1.0)}
+        return t
 
     @property
     def max_per_row(self) -> int:

@@ -12,6 +12,10 @@ other batch. Each run owns a `torch.Generator` seeded from its config, used for 
 choice after initialisation, so a run's result does not depend on the other runs of a sweep,
 and its state is checkpointed so a resumed run is bitwise identical to an uninterrupted one.
 
+Every step reports a `TrainStep` (loss and its named terms, L0, FVU, dead fraction, lr) as
+0-d tensors, so a step forces no device sync; ``log_every`` steps are written to
+``metrics.jsonl``.
+
 Public API: `train(config, source, out_dir, resume=True) -> TrainResult` and
 `mechscope.sae.sweep.train_sweep(configs, source, out_dir)`; both call `fit`.
 """
@@ -20,49 +24,91 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
 from mechscope.sae.base import SparseDictionary, fvu
 from mechscope.sae.batches import as_pair
 from mechscope.sae.checkpoint import load_checkpoint, save_checkpoint
-from mechscope.sae.config import SHARED_FIELDS, TrainConfig
+from mechscope.sae.config import SHARED_FIELDS, RunConfig, TrainConfig
 from mechscope.sae.factory import build_dictionary
 
 CHECKPOINT = "checkpoint.safetensors"
+
+
+class TrainStep(NamedTuple):
+    """What one training step reports; ``step`` counts the steps done (1 after the first).
+
+    Tensor fields are detached 0-d tensors (no device sync until read); ``terms`` are the
+    architecture's named loss terms (``mse``, ``aux``, ``l1``, ...). `metrics` is the flat line
+    of ``metrics.jsonl`` (without ``step`` and ``time``).
+    """
+
+    step: int
+    lr: float
+    loss: Tensor
+    l0: Tensor
+    fvu: Tensor
+    dead_fraction: Tensor
+    terms: dict[str, Tensor]
+
+    def metrics(self) -> dict[str, float]:
+        return {"loss": float(self.loss), "l0": float(self.l0), "fvu": float(self.fvu),
+                "dead_fraction": float(self.dead_fraction), "lr": self.lr,
+                **{k: float(v) for k, v in self.terms.items()}}
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"step": self.step, **self.metrics()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainStep":
+        """Back from a ``metrics.jsonl`` line (``time`` ignored)."""
+        fixed = ("step", "time", "lr", "loss", "l0", "fvu", "dead_fraction")
+        def scalar(v: Any) -> Tensor:
+            return torch.tensor(v, dtype=torch.float64)  # holds the logged float exactly
+
+        return cls(int(d["step"]), float(d["lr"]), **{k: scalar(d[k]) for k in ("loss", "l0", "fvu", "dead_fraction")},
+                   terms={k: scalar(v) for k, v in d.items() if k not in fixed})
 
 
 @dataclass
 class Run:
     """One dictionary being trained: its config, module, optimiser, generator and output folder."""
 
-    cfg: TrainConfig
+    cfg: RunConfig
     model: SparseDictionary
     opt: torch.optim.Optimizer
     gen: torch.Generator
     out_dir: Path
-    last: dict[str, float | int] = field(default_factory=dict)  # "step" is an int
+    last: TrainStep | None = None  # the last logged step
 
     @classmethod
-    def new(cls, cfg: TrainConfig, out_dir: str | Path) -> "Run":
-        model = build_dictionary(cfg)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                               fused=True)
-        return cls(cfg, model, opt, torch.Generator().manual_seed(cfg.seed + 1), Path(out_dir))
+    def new(cls, cfg: RunConfig, out_dir: str | Path) -> "Run":
+        t = cfg.train
+        model = build_dictionary(cfg.dictionary, t)
+        opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), fused=True)
+        return cls(cfg, model, opt, torch.Generator().manual_seed(t.seed + 1), Path(out_dir))
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The trained dictionary, its last logged metrics, where it was saved, and the step resumed from."""
+    """The trained dictionary, its config, last logged step, where it was saved, the step resumed from."""
 
     dictionary: SparseDictionary
-    metrics: dict[str, float | int]  # the floats of `train_step` plus the int "step"
+    config: RunConfig
+    last: TrainStep
     out_dir: Path
     resumed_from: int
+
+    @property
+    def metrics(self) -> dict[str, float | int]:
+        """The last line of ``metrics.jsonl`` without its time: ``step`` and `TrainStep.metrics`."""
+        return self.last.to_dict()
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -75,10 +121,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr
 
 
-def train_step(run: Run, x_in: torch.Tensor, x_out: torch.Tensor, step: int, measure: bool) -> dict[str, float]:
-    m, cfg = run.model, run.cfg
+def train_step(run: Run, x_in: Tensor, x_out: Tensor, step: int) -> TrainStep:
+    m, cfg = run.model, run.cfg.train
+    lr = lr_at(cfg, step)
     for group in run.opt.param_groups:
-        group["lr"] = lr_at(cfg, step)
+        group["lr"] = lr
     xi, xo = x_in * m.scale_in, x_out * m.scale_out
     out = m.loss(xi, xo, step)
     run.opt.zero_grad(set_to_none=True)
@@ -90,20 +137,20 @@ def train_step(run: Run, x_in: torch.Tensor, x_out: torch.Tensor, step: int, mea
     m.project_decoder()
     m.update_firing(out.code)
     m.after_step(xi, xo, run.gen)
-    if not measure:
-        return {}
-    return {"loss": float(out.loss.detach()), "l0": float(out.code.l0().mean()),
-            "fvu": float(fvu(out.x_hat.detach(), xo)), "dead_fraction": float(m.dead_mask().float().mean()),
-            "lr": run.opt.param_groups[0]["lr"], **{k: float(v) for k, v in out.terms.items()}}
+    with torch.no_grad():
+        return TrainStep(step + 1, lr, out.loss.detach(), out.code.l0().float().mean(),
+                         fvu(out.x_hat.detach(), xo), m.dead_mask().float().mean(), dict(out.terms))
 
 
 def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bool = True) -> int:
     """Train every run on each batch of ``source``; returns the step training resumed from."""
-    cfg0 = runs[0].cfg
+    flat0 = runs[0].cfg.to_dict()
     for r in runs:
-        bad = [f for f in SHARED_FIELDS if getattr(r.cfg, f) != getattr(cfg0, f)]
+        flat = r.cfg.to_dict()
+        bad = [f for f in SHARED_FIELDS if flat.get(f) != flat0.get(f)]
         if bad:
             raise ValueError(f"runs trained on one stream must agree on {bad}")
+    cfg0, dcfg0 = runs[0].cfg.train, runs[0].cfg.dictionary
     start, it = 0, None
     if resume and checkpoint.exists():
         meta = load_checkpoint(checkpoint, runs)
@@ -117,7 +164,7 @@ def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bo
                desc="train", dynamic_ncols=True)
     for step in bar:
         try:
-            x_in, x_out = as_pair(next(it), cfg0)
+            x_in, x_out = as_pair(next(it), dcfg0)
         except StopIteration:
             raise RuntimeError(f"data source ran out at step {step} of {cfg0.steps}") from None
         if step == 0:
@@ -125,11 +172,11 @@ def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bo
                 r.model.init_from_data(x_in, x_out)
         measure = (step + 1) % cfg0.log_every == 0 or step + 1 == cfg0.steps
         for r, log in zip(runs, logs):
-            metrics = train_step(r, x_in, x_out, step, measure)
+            reported = train_step(r, x_in, x_out, step)
             if measure:
-                log.write(step + 1, metrics)
+                log.write(reported)
         if measure:
-            bar.set_postfix({k: f"{runs[0].last[k]:.3g}" for k in ("loss", "l0", "fvu", "dead_fraction")})
+            bar.set_postfix({k: f"{float(getattr(runs[0].last, k)):.3g}" for k in ("loss", "l0", "fvu", "dead_fraction")})
         done = step + 1
         if done == cfg0.steps or (cfg0.checkpoint_every and done % cfg0.checkpoint_every == 0):
             save_checkpoint(checkpoint, runs, done, _source_state(source, done))
@@ -168,27 +215,28 @@ class _MetricsLog:
             kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
         self.path.write_text("".join(ln + "\n" for ln in kept))
         if kept:  # a run resumed at its end still reports its last metrics
-            run.last = {k: v for k, v in json.loads(kept[-1]).items() if k != "time"}
+            run.last = TrainStep.from_dict(json.loads(kept[-1]))
         self.wandb = None
-        if run.cfg.wandb_project:
+        if run.cfg.train.wandb_project:
             import wandb
 
-            self.wandb = wandb.init(project=run.cfg.wandb_project, name=run.out_dir.name,
+            self.wandb = wandb.init(project=run.cfg.train.wandb_project, name=run.out_dir.name,
                                     config=run.cfg.to_dict(), reinit=True)
 
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        self.run.last = {"step": step, **metrics}
+    def write(self, reported: TrainStep) -> None:
+        self.run.last = reported
+        metrics = reported.metrics()
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+            f.write(json.dumps({"step": reported.step, "time": time.time(), **metrics}) + "\n")
         if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+            self.wandb.log(metrics, step=reported.step)
 
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
 
 
-def train(config: TrainConfig, source: Iterable[Any], out_dir: str | Path, resume: bool = True) -> TrainResult:
+def train(config: RunConfig, source: Iterable[Any], out_dir: str | Path, resume: bool = True) -> TrainResult:
     """Train one dictionary; writes ``out_dir/{checkpoint.safetensors, metrics.jsonl, dictionary/}``.
 
     With ``resume`` and an existing checkpoint, training continues from it (same config
@@ -200,4 +248,4 @@ def train(config: TrainConfig, source: Iterable[Any], out_dir: str | Path, resum
     run = Run.new(config, out)
     start = fit([run], source, out / CHECKPOINT, resume)
     save_dictionary(run.model, out / "dictionary")
-    return TrainResult(run.model, dict(run.last), out, start)
+    return TrainResult(run.model, config, run.last, out, start)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from mechscope.sae.config import TrainConfig
+from mechscope.sae.config import RunConfig, TopKConfig, TrainConfig
 from mechscope.sae.synthetic import PlantedSource
 
 
@@ -45,11 +45,11 @@ def _fvu(y: torch.Tensor, y_hat: torch.Tensor) -> float:
 def _mechscope(batches, held, d_in, d_sae, k, lr, steps):
     from mechscope.sae.trainer import Run, train_step
 
-    cfg = TrainConfig(d_in=d_in, d_dict=d_sae, k=k, lr=lr, steps=steps + 1, decay_fraction=0.0,
-                      progress=False, dead_tokens=10**12)
+    cfg = RunConfig(TopKConfig(d_in=d_in, d_dict=d_sae, k=k),
+                    TrainConfig(lr=lr, steps=steps + 1, decay_fraction=0.0, progress=False, dead_tokens=10**12))
     run = Run.new(cfg, ".")
     run.model.init_from_data(batches[0], batches[0])
-    t = _median_time(lambda i: train_step(run, batches[i], batches[i], i, False), steps)
+    t = _median_time(lambda i: train_step(run, batches[i], batches[i], i), steps)
     with torch.no_grad():
         return t, _fvu(held, run.model(held))
 

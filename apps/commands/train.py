@@ -6,7 +6,7 @@ A job file has two tables::
     model = "gpt2-shakespeare"
     text = "zoo:train"
 
-    [sae]                        # TrainConfig fields; a list value is a sweep axis
+    [sae]                        # RunConfig fields (flat); a list value is a sweep axis
     architecture = "topk"
     site_in = "L2.resid_post"
     d_dict = 1024
@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mechscope.apps.cli import command
-from mechscope.sae.config import TrainConfig, expand_sweep
+from mechscope.sae.config import RunConfig, expand_sweep
 
 if TYPE_CHECKING:
     from mechscope.interp.tokens import TokenStream
@@ -95,8 +95,8 @@ def fields_help(cls: type) -> list[tuple[str, str, Any, str]]:
 @dataclass(frozen=True)
 class Job:
     data: DataConfig
-    sae: dict[str, Any]  # TrainConfig fields, lists = sweep axes (d_in filled from the model)
-    configs: tuple[TrainConfig, ...]
+    sae: dict[str, Any]  # RunConfig fields, lists = sweep axes (d_in filled from the model)
+    configs: tuple[RunConfig, ...]
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -172,11 +172,12 @@ def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool
     from mechscope.sae.sweep import train_sweep, write_table
 
     model = load_model(job.data.model)
-    site_in = model.site(job.configs[0].site_in or _missing("site_in"))
-    site_out = model.site(job.configs[0].site_out or str(site_in))
+    first = job.configs[0].dictionary
+    site_in = model.site(first.site_in or _missing("site_in"))
+    site_out = model.site(first.site_out or str(site_in))
     widths = _site_widths(model, [site_in, site_out])
     sae = {"d_in": widths[site_in], "progress": progress, **job.sae}
-    if job.configs[0].transcoder:
+    if first.transcoder:
         sae.setdefault("d_out", widths[site_out])
     configs = expand_sweep(sae)
     d = job.data

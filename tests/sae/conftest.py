@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechscope.sae.config import TrainConfig
+from mechscope.sae.config import RunConfig
 
 
-def _cfg(**kw) -> TrainConfig:
+def _cfg(**kw) -> RunConfig:
+    """A small run config from flat fields (as in a job's [sae] table)."""
     base = dict(d_in=16, d_dict=48, k=3, steps=40, lr=3e-3, progress=False, log_every=10, dead_tokens=2000)
     base.update(kw)
-    return TrainConfig(**base)
+    return RunConfig.from_dict(base)
 
 
 def _mean_max_cos(learned: torch.Tensor, true: torch.Tensor) -> float:

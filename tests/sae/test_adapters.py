@@ -93,10 +93,10 @@ def test_sparsify_coder_as_dictionary(activation):
 
 
 def test_mechscope_dictionaries_pass_through():
-    from mechscope.sae.config import TrainConfig
+    from mechscope.sae.config import TopKConfig
     from mechscope.sae.factory import build_dictionary
 
-    sae = build_dictionary(TrainConfig(architecture="topk", d_in=D_IN, d_dict=D_SAE, k=4))
+    sae = build_dictionary(TopKConfig(d_in=D_IN, d_dict=D_SAE, k=4))
     assert as_dictionary(sae) is sae
 
 

@@ -20,7 +20,7 @@ def _trained_a_bit(make_cfg, arch, tmp_path, **kw):
     x = _x()
     run.model.init_from_data(x, x)
     for s in range(3):
-        train_step(run, _x(seed=s + 1), _x(seed=s + 1), s, False)
+        train_step(run, _x(seed=s + 1), _x(seed=s + 1), s)
     run.opt.zero_grad(set_to_none=True)
     return run
 
@@ -76,7 +76,7 @@ def test_aux_k_only_trains_dead_latents(make_cfg, tmp_path):
     m = _trained_a_bit(make_cfg, "topk", tmp_path).model
     dead = torch.zeros(m.d_dict, dtype=torch.bool)
     dead[::3] = True
-    m.tokens_since_fired.copy_(dead.long() * 10 * m.cfg.dead_tokens)
+    m.tokens_since_fired.copy_(dead.long() * 10 * m.train_cfg.dead_tokens)
     x = _x(seed=4)
     x_c = m._centred(x)
     residual = torch.randn_like(x)
@@ -121,7 +121,7 @@ def test_jumprelu_pseudo_derivatives():
 
 
 def test_relu_l1_is_weighted_by_decoder_norm_and_warms_up(make_cfg, tmp_path):
-    m = build_dictionary(make_cfg(architecture="relu", l1_coeff=2.0, l1_warmup_steps=10))
+    m = build_dictionary(*make_cfg(architecture="relu", l1_coeff=2.0, l1_warmup_steps=10).parts())
     with torch.no_grad():
         m.W_dec.mul_(torch.linspace(0.5, 2.0, m.d_dict)[:, None])
     x = _x()
@@ -157,7 +157,7 @@ def test_matching_pursuit_invariants(make_cfg, tmp_path):
 
 def test_matching_pursuit_memory_does_not_scale_with_steps_times_dict(make_cfg):
     """Autograd keeps O(k·n·d) for the pursuit, never a [k, n, d_dict] tensor."""
-    m = build_dictionary(make_cfg(architecture="mp", d_in=8, d_dict=4096, k=6))
+    m = build_dictionary(*make_cfg(architecture="mp", d_in=8, d_dict=4096, k=6).parts())
     x = _x(n=32, d=8)
     biggest = []
 
@@ -184,7 +184,7 @@ def test_codebook_selects_by_cosine_and_replaces_dead_codes(make_cfg, tmp_path):
     st.sum().backward()
     assert torch.equal(x.grad, torch.ones_like(x))
     before = m.W_dec.detach().clone()
-    m.tokens_since_fired[:5] = m.cfg.dead_tokens
+    m.tokens_since_fired[:5] = m.train_cfg.dead_tokens
     m.after_step(x.detach(), x.detach(), torch.Generator().manual_seed(0))
     assert not torch.equal(m.W_dec[:5], before[:5]) and torch.equal(m.W_dec[5:], before[5:])
     assert int(m.tokens_since_fired[:5].max()) == 0

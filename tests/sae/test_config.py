@@ -1,12 +1,21 @@
+import dataclasses
+
 import pytest
 
-from mechscope.sae.config import TrainConfig, expand_sweep, fields_help
+from mechscope.sae.config import (ARCHITECTURES, CONFIGS, ReluConfig, RunConfig, TopKConfig, TrainConfig,
+                                  dictionary_config, expand_sweep, fields_help)
+
+
+def _names(cls):
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def test_valid_config_and_defaults():
-    c = TrainConfig(d_in=8, d_dict=32, k=4)
-    assert c.d_output == 8 and c.effective_aux_k == 4
-    assert TrainConfig.from_dict(c.to_dict()) == c
+    c = RunConfig.from_dict(dict(d_in=8, d_dict=32, k=4))
+    assert c.dictionary.d_output == 8 and c.dictionary.effective_aux_k == 4
+    assert RunConfig.from_dict(c.to_dict()) == c
+    assert dictionary_config(c.dictionary.to_dict()) == c.dictionary
+    assert isinstance(c.dictionary, TopKConfig) and c.train == TrainConfig()
 
 
 @pytest.mark.parametrize("kw, field", [
@@ -21,36 +30,65 @@ def test_valid_config_and_defaults():
     (dict(site_in="L0.resid_pots"), "site_in"),
     (dict(transcoder=True, architecture="mp"), "architecture"),
     (dict(warmup_steps=5000), "warmup_steps"),
+    (dict(architecture="batchtopk", batchtopk_threshold_momentum=1.0), "batchtopk_threshold_momentum"),
+    (dict(architecture="jumprelu", jumprelu_bandwidth=0.0), "jumprelu_bandwidth"),
+    (dict(architecture="relu", l1_coeff=-1.0), "l1_coeff"),
 ])
 def test_bad_configs_name_the_field(kw, field):
     base = dict(d_in=8, d_dict=32, k=4)
     with pytest.raises(ValueError, match=field):
-        TrainConfig(**{**base, **kw})
+        RunConfig.from_dict({**base, **kw})
 
 
 def test_wrong_types_and_unknown_keys():
     with pytest.raises(TypeError, match="k must be int"):
-        TrainConfig(d_in=8, d_dict=32, k=4.5)
+        TopKConfig(d_in=8, d_dict=32, k=4.5)
     with pytest.raises(TypeError, match="normalize must be bool"):
-        TrainConfig(d_in=8, d_dict=32, normalize=1)
+        RunConfig.from_dict(dict(d_in=8, d_dict=32, normalize=1))
     with pytest.raises(ValueError, match="unknown config field.*'kk'"):
-        TrainConfig.from_dict({"d_in": 8, "d_dict": 32, "kk": 3})
+        RunConfig.from_dict({"d_in": 8, "d_dict": 32, "kk": 3})
     with pytest.raises(ValueError, match="sweep"):
-        TrainConfig.from_dict({"d_in": 8, "d_dict": 32, "k": [1, 2]})
+        RunConfig.from_dict({"d_in": 8, "d_dict": 32, "k": [1, 2]})
     # TOML integers are accepted for float fields, and stored as floats (run-time checked
     # annotations downstream see the declared type)
-    lr = TrainConfig.from_dict({"d_in": 8, "d_dict": 32, "lr": 1}).lr
+    lr = RunConfig.from_dict({"d_in": 8, "d_dict": 32, "lr": 1}).train.lr
     assert lr == 1.0 and type(lr) is float
-    assert type(TrainConfig(d_in=8, d_dict=32, grad_clip=2).grad_clip) is float
+    assert type(TrainConfig(grad_clip=2).grad_clip) is float
+
+
+def test_flat_table_routes_keys_and_refuses_other_architectures_fields():
+    c = RunConfig.from_dict({"architecture": "relu", "d_in": 8, "d_dict": 32, "l1_coeff": 2, "lr": 1e-3,
+                             "dead_tokens": 100})
+    assert c.dictionary == ReluConfig(d_in=8, d_dict=32, l1_coeff=2.0)
+    assert c.train == TrainConfig(lr=1e-3, dead_tokens=100)
+    # a key of another architecture: the error names its owner and this architecture's valid keys
+    with pytest.raises(ValueError, match=r"aux_k belongs to architecture topk, batchtopk, not relu; "
+                                         r"valid fields for relu: .*l1_coeff.*lr"):
+        RunConfig.from_dict({"architecture": "relu", "d_in": 8, "d_dict": 32, "aux_k": 3})
+    with pytest.raises(ValueError, match="valid fields for mp: .*mp_residual_threshold") as e:
+        RunConfig.from_dict({"architecture": "mp", "d_in": 8, "d_dict": 32, "nonsense": 3})
+    assert "l1_coeff" not in str(e.value)
+    # every field of every architecture is in exactly one place
+    for arch, cls in CONFIGS.items():
+        assert cls.architecture == arch and set(_names(cls)).isdisjoint(_names(TrainConfig))
 
 
 def test_expand_sweep_is_the_grid_in_order():
     grid = expand_sweep({"d_in": 8, "d_dict": 32, "k": [2, 4], "lr": [1e-3, 1e-2, 1e-1]})
-    assert [(c.k, c.lr) for c in grid] == [(2, 1e-3), (2, 1e-2), (2, 1e-1), (4, 1e-3), (4, 1e-2), (4, 1e-1)]
+    assert [(c.dictionary.k, c.train.lr) for c in grid] == [(2, 1e-3), (2, 1e-2), (2, 1e-1), (4, 1e-3),
+                                                            (4, 1e-2), (4, 1e-1)]
     with pytest.raises(ValueError, match="d_in cannot be swept"):
         expand_sweep({"d_in": [8, 16], "d_dict": 32})
     with pytest.raises(ValueError, match="empty"):
         expand_sweep({"d_in": 8, "d_dict": 32, "k": []})
+
+
+def test_sweep_across_architectures_applies_each_key_where_it_belongs():
+    grid = expand_sweep({"architecture": ["topk", "relu"], "d_in": 8, "d_dict": 32, "aux_k": 3, "l1_coeff": 2.0})
+    assert [type(c.dictionary).__name__ for c in grid] == ["TopKConfig", "ReluConfig"]
+    assert grid[0].dictionary.aux_k == 3 and grid[1].dictionary.l1_coeff == 2.0
+    with pytest.raises(ValueError, match="jumprelu_bandwidth belongs to architecture jumprelu"):
+        expand_sweep({"architecture": ["topk", "relu"], "d_in": 8, "d_dict": 32, "jumprelu_bandwidth": 0.1})
 
 
 def test_fields_help_lists_every_field_with_text():
@@ -58,3 +96,5 @@ def test_fields_help_lists_every_field_with_text():
     names = [r[0] for r in rows]
     assert names[:3] == ["architecture", "d_in", "d_dict"] and "lr" in names
     assert all(isinstance(r[3], str) and r[3] for r in rows)
+    every = {"architecture", *_names(TrainConfig), *(f for a in ARCHITECTURES for f in _names(CONFIGS[a]))}
+    assert set(names) == every and len(names) == len(every)

@@ -17,13 +17,14 @@ def _trained(make_cfg, arch, tmp_path, **kw):
     xs = [torch.randn(64, 16, generator=g) * 5 + 2 for _ in range(4)]
     run.model.init_from_data(xs[0], xs[0])
     for s, x in enumerate(xs):
-        train_step(run, x, x, s, False)
+        train_step(run, x, x, s)
     return run.model.eval(), torch.randn(32, 16, generator=g) * 5 + 2
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu", "batchtopk"])
 def test_sae_lens_loads_our_folders_with_identical_outputs(make_cfg, tmp_path, arch):
-    ours, x = _trained(make_cfg, arch, tmp_path, jumprelu_init_threshold=0.05)
+    # the JumpReLU threshold starts where it matters; other architectures have no such field
+    ours, x = _trained(make_cfg, arch, tmp_path, **({"jumprelu_init_threshold": 0.05} if arch == "jumprelu" else {}))
     assert float(ours.scale_in) != 1.0
     path = save_dictionary(ours, tmp_path / "saved", metadata={"model_name": "tiny"})
     sl = load_sae_lens(path)
@@ -125,3 +126,42 @@ def test_bad_files_give_clear_errors(make_cfg, tmp_path):
     save_file({k: v for k, v in t.items() if k != "W_dec"}, str(tmp_path / "sp" / "sae.safetensors"))
     with pytest.raises(DictionaryFileError, match="expected sparsify keys"):
         load_dictionary(tmp_path / "sp")
+
+
+def test_foreign_weights_carry_their_dictionary_config_and_no_training_config(make_cfg, tmp_path):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from mechscope.sae.config import TopKConfig
+
+    TopKSAE(TopKSAEConfig(d_in=16, d_sae=40, k=5)).save_model(tmp_path / "sl")
+    sl = load_dictionary(tmp_path / "sl")
+    assert sl.cfg == TopKConfig(d_in=16, d_dict=40, k=5) and sl.train_cfg is None
+    assert sl.provenance.source == "sae_lens" and sl.provenance.path == str(tmp_path / "sl")
+    _sparsify_folder(tmp_path / "sp")
+    sp = load_dictionary(tmp_path / "sp")
+    assert sp.cfg == TopKConfig(d_in=16, d_dict=40, k=4) and sp.train_cfg is None
+    assert sp.provenance.source == "sparsify" and sp.provenance.metadata["num_latents"] == 40
+    # saved again by mechscope, it still has no training config: none is made up
+    again = load_dictionary(save_dictionary(sp, tmp_path / "sp2"))
+    assert again.train_cfg is None and again.cfg == sp.cfg
+    assert json.loads((tmp_path / "sp2" / "mechscope.json").read_text())["train"] is None
+    with pytest.raises(ValueError, match="no TrainConfig .loaded from sparsify"):
+        sp.dead_mask()
+    # ours keeps the configs it was trained with
+    c = make_cfg(architecture="relu", l1_coeff=2.0)
+    ours = load_dictionary(save_dictionary(Run.new(c, tmp_path / "r").model, tmp_path / "ours"))
+    assert (ours.cfg, ours.train_cfg) == c.parts() and ours.provenance.source == "mechscope"
+
+
+def test_format_1_folders_with_one_flat_config_still_load(make_cfg, tmp_path):
+    """Folders written before the per-architecture configs hold every architecture's fields."""
+    ours, x = _trained(make_cfg, "jumprelu", tmp_path)
+    p = save_dictionary(ours, tmp_path / "new")
+    meta = json.loads((p / "mechscope.json").read_text())
+    flat = {**meta["dictionary"], **meta["train"], "l1_coeff": 5.0, "aux_k": 0, "mp_residual_threshold": 0.0}
+    old = {k: v for k, v in meta.items() if k not in ("dictionary", "train")} | {"format": 1, "config": flat}
+    (p / "mechscope.json").write_text(json.dumps(old))
+    back = load_dictionary(p)
+    assert (back.cfg, back.train_cfg) == (ours.cfg, ours.train_cfg)
+    with torch.no_grad():
+        assert torch.allclose(back(x), ours(x), atol=1e-5)

@@ -71,14 +71,14 @@ def test_sweep_equals_runs_one_by_one(tmp_path, make_cfg):
     assert (tmp_path / "sweep" / "results.csv").read_text().splitlines()[0].startswith("run,architecture,lr")
     assert json.loads((tmp_path / "sweep" / "results.json").read_text()) == sweep.table
     for r in sweep.runs:
-        alone = train(r.dictionary.cfg, _src(), tmp_path / r.out_dir.name, resume=False)
+        alone = train(r.config, _src(), tmp_path / r.out_dir.name, resume=False)
         for k, v in alone.dictionary.state_dict().items():
             assert torch.equal(v, r.dictionary.state_dict()[k]), (r.out_dir.name, k)
 
 
 def test_lr_schedule(make_cfg):
     c = make_cfg(steps=100, lr=1.0, warmup_steps=10, decay_fraction=0.2)
-    lrs = [lr_at(c, s) for s in range(100)]
+    lrs = [lr_at(c.train, s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[50] == 1.0
     assert lrs[80] == 1.0 and lrs[90] == pytest.approx(0.5) and lrs[99] == pytest.approx(0.05)
 

@@ -9,11 +9,11 @@ from mechscope.circuits.graph import Graph
 
 
 def test_trace_cli_from_files(tmp_path, induction_model):
-    from mechscope.sae.config import TrainConfig
+    from mechscope.sae.config import TopKConfig
     from mechscope.sae.factory import build_dictionary
     from mechscope.sae.io import save_dictionary
 
-    sae = build_dictionary(TrainConfig(architecture="topk", d_in=64, d_dict=32, k=4, site_in="L0.attn_out"))
+    sae = build_dictionary(TopKConfig(d_in=64, d_dict=32, k=4, site_in="L0.attn_out"))
     save_dictionary(sae, tmp_path / "dicts" / "L0.attn_out")
     (tmp_path / "prompts.txt").write_text("abcdefabcdef\nqwerty qwerty\n")
     out = tmp_path / "graph.json"

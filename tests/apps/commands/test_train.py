@@ -64,8 +64,8 @@ def test_toml_file_and_overrides(tmp_path):
     path = tmp_path / "job.toml"
     path.write_text('[data]\nn_ctx = 16\n[sae]\nd_dict = 64\nk = [2, 4]\nsite_in = "L0.resid_post"\n')
     job = load_job(path, ["sae.lr=1e-3"])
-    assert job.data.n_ctx == 16 and [c.k for c in job.configs] == [2, 4]
-    assert all(c.lr == 1e-3 for c in job.configs)
+    assert job.data.n_ctx == 16 and [c.dictionary.k for c in job.configs] == [2, 4]
+    assert all(c.train.lr == 1e-3 for c in job.configs)
     assert parse_override("data.model=gpt2") == ("data", "model", "gpt2")
     (tmp_path / "bad.toml").write_text("[data\n")
     with pytest.raises(ValueError, match="not valid TOML"):
@@ -109,7 +109,7 @@ def test_resume_through_a_real_activation_stream_is_exact(tmp_path, tiny_gpt2):
     is restored from the checkpoint, so the weights equal those of an uninterrupted run."""
     from mechscope.interp.stream import ActivationStream
     from mechscope.interp.token_memmap import MemmapTokenStream, write_token_memmap
-    from mechscope.sae.config import TrainConfig
+    from mechscope.sae.config import RunConfig
     from mechscope.sae.trainer import train
 
     gen = torch.Generator().manual_seed(0)
@@ -134,8 +134,8 @@ def test_resume_through_a_real_activation_stream_is_exact(tmp_path, tiny_gpt2):
         def state_dict(self):
             return self.source.state_dict()
 
-    cfg = TrainConfig(d_in=32, d_dict=64, k=4, steps=9, checkpoint_every=3, log_every=3, progress=False,
-                      site_in="L1.resid_mid")
+    cfg = RunConfig.from_dict(dict(d_in=32, d_dict=64, k=4, steps=9, checkpoint_every=3, log_every=3,
+                                   progress=False, site_in="L1.resid_mid"))
     full = train(cfg, stream(), tmp_path / "full", resume=False)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, Crash(stream(), after=5), tmp_path / "cut")

@@ -49,6 +49,45 @@ class EvalResult:
                                               "dead_fraction", "dense_fraction")}
 
 
+class ReconstructionStats:
+    """Running sums of `evaluate` for one dictionary: feed batches with `update`, read `result`."""
+
+    def __init__(self, dictionary: Dictionary, dense_threshold: float | int = 0.1, bins: int = 50) -> None:
+        self.dictionary, self.dense_threshold, self.bins = dictionary, dense_threshold, bins
+        self.n, self.sq_err, self.sum_y, self.sum_y2, self.nnz = 0, 0.0, None, 0.0, 0.0
+        self.fires = torch.zeros(dictionary.d_dict, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"]) -> None:
+        d = self.dictionary
+        code = d.encode(x)
+        y_hat = d.decode(code)
+        y, y_hat = y.double(), y_hat.double()
+        self.n += x.shape[0]
+        self.sq_err += float((y - y_hat).pow(2).sum())
+        self.sum_y = y.sum(0) if self.sum_y is None else self.sum_y + y.sum(0)
+        self.sum_y2 += float(y.pow(2).sum())
+        nz = code.values != 0
+        self.nnz += float(nz.sum())
+        dev = code.indices.device
+        per_row = torch.zeros(x.shape[0], d.d_dict, dtype=torch.bool, device=dev)
+        per_row[torch.arange(x.shape[0], device=dev)[:, None].expand_as(nz)[nz], code.indices[nz]] = True
+        self.fires += per_row.sum(0).cpu()
+
+    def result(self) -> EvalResult:
+        n, bins = self.n, self.bins
+        if n == 0:
+            raise ValueError("the source yielded no batches")
+        total = self.sum_y2 - float(self.sum_y.pow(2).sum()) / n
+        fvu = self.sq_err / total if total > 0 else float("nan")
+        density = (self.fires / n).float()
+        live = density[density > 0]
+        edges = torch.linspace(-float(torch.log10(torch.tensor(float(n)))), 0.0, bins + 1)
+        counts = torch.histc(live.log10(), bins, float(edges[0]), float(edges[-1])) if live.numel() else torch.zeros(bins)
+        return EvalResult(n, self.nnz / n, self.sq_err / n, fvu, 1 - fvu, float((density == 0).float().mean()),
+                          float((density > self.dense_threshold).float().mean()), density, (counts, edges))
+
+
 @torch.no_grad()
 def evaluate(dictionary: Dictionary, source: Iterable[Any], n_batches: int | None = None, *,
              site_in: str = "", site_out: str = "", transcoder: bool | None = None,
@@ -60,34 +99,12 @@ def evaluate(dictionary: Dictionary, source: Iterable[Any], n_batches: int | Non
     site_in = site_in or getattr(cfg, "site_in", "")
     site_out = site_out or getattr(cfg, "site_out", "")
     transcoder = getattr(cfg, "transcoder", False) if transcoder is None else transcoder
-    n, sq_err, sum_y, sum_y2, nnz = 0, 0.0, None, 0.0, 0.0
-    fires = torch.zeros(dictionary.d_dict, dtype=torch.float64)
+    stats = ReconstructionStats(dictionary, dense_threshold, bins)
     for i, batch in enumerate(source):
         if n_batches is not None and i >= n_batches:
             break
-        x, y = split_batch(batch, site_in, site_out, transcoder)
-        code = dictionary.encode(x)
-        y_hat = dictionary.decode(code)
-        y, y_hat = y.double(), y_hat.double()
-        n += x.shape[0]
-        sq_err += float((y - y_hat).pow(2).sum())
-        sum_y = y.sum(0) if sum_y is None else sum_y + y.sum(0)
-        sum_y2 += float(y.pow(2).sum())
-        nz = code.values != 0
-        nnz += float(nz.sum())
-        per_row = torch.zeros(x.shape[0], dictionary.d_dict, dtype=torch.bool)
-        per_row[torch.arange(x.shape[0])[:, None].expand_as(nz)[nz], code.indices[nz]] = True
-        fires += per_row.sum(0)
-    if n == 0:
-        raise ValueError("the source yielded no batches")
-    total = sum_y2 - float(sum_y.pow(2).sum()) / n
-    fvu = sq_err / total if total > 0 else float("nan")
-    density = (fires / n).float()
-    live = density[density > 0]
-    edges = torch.linspace(-float(torch.log10(torch.tensor(float(n)))), 0.0, bins + 1)
-    counts = torch.histc(live.log10(), bins, float(edges[0]), float(edges[-1])) if live.numel() else torch.zeros(bins)
-    return EvalResult(n, nnz / n, sq_err / n, fvu, 1 - fvu, float((density == 0).float().mean()),
-                      float((density > dense_threshold).float().mean()), density, (counts, edges))
+        stats.update(*split_batch(batch, site_in, site_out, transcoder))
+    return stats.result()
 
 
 def ce_loss_recovered(clean: float, spliced: float, zero_ablated: float) -> float:

@@ -42,6 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mechscope.files import atomic_path, write_json
 from mechscope.sae.base import SparseDictionary
 from mechscope.sae.config import CONFIGS, RunConfig, TrainConfig, dictionary_config
 from mechscope.sae.factory import build_dictionary, dictionary_classes
@@ -74,14 +75,15 @@ def save_dictionary(model: SparseDictionary, path: str | Path, metadata: dict[st
     """Write ``path/{sae_weights.safetensors, mechscope.json[, cfg.json]}``; returns ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(folded_weights(model), str(path / SL_WEIGHTS))
+    with atomic_path(path / SL_WEIGHTS) as tmp:
+        save_file(folded_weights(model), str(tmp))
     train = model.train_cfg.to_dict() if model.train_cfg is not None else None
     meta = {"format": FORMAT, "architecture": model.architecture, "dictionary": model.cfg.to_dict(),
             "train": train, "b_dec_to_input": model.b_dec_to_input,
             "folded_scales": [float(model.scale_in), float(model.scale_out)], "metadata": metadata or {}}
-    (path / META).write_text(json.dumps(meta, indent=2))
+    write_json(path / META, meta, indent=2)
     if model.saelens_architecture is not None and model.d_in == model.d_out:
-        (path / SL_CFG).write_text(json.dumps(_saelens_cfg(model, metadata or {}), indent=2))
+        write_json(path / SL_CFG, _saelens_cfg(model, metadata or {}), indent=2)
     return path
 
 

@@ -11,12 +11,14 @@ hyper-parameters and the last logged metrics, and the held-out evaluation when a
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mechscope.files import write_text
 from mechscope.sae.config import RunConfig, expand_sweep
 from mechscope.sae.trainer import CHECKPOINT, Run, TrainResult, TrainStep, fit
 
@@ -92,10 +94,11 @@ def train_sweep(configs: Sequence[RunConfig] | Mapping[str, Any], source: Iterab
 
 
 def write_table(table: list[dict[str, Any]], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(table, indent=2))
+    """``results.json`` and ``results.csv`` (columns: every key of every row, in first-seen order)."""
+    write_text(out_dir / "results.json", json.dumps(table, indent=2))  # NaN metrics stay readable
     columns = list(dict.fromkeys(k for row in table for k in row))
-    with (out_dir / "results.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(table)
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=columns)
+    w.writeheader()
+    w.writerows(table)
+    write_text(out_dir / "results.csv", f.getvalue())

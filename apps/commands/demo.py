@@ -41,7 +41,7 @@ def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_t
     overrides = [f"data.{k}={json.dumps(v)}" for k, v in data.items()]
     overrides += [f"sae.{k}={json.dumps(v)}" for k, v in sae.items()]
     job = load_job(None, overrides)
-    row = run_job(job, out, resume=False, progress=progress)[0]
+    row = run_job(job, out, resume=False, progress=progress)[0].row()
     sae_dir = out / "runs" / row["run"] / "dictionary"
 
     model = load_model(job.data.model)

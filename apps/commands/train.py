@@ -33,6 +33,8 @@ from mechscope.sae.config import RunConfig, expand_sweep
 
 if TYPE_CHECKING:
     from mechscope.interp.tokens import TokenStream
+    from mechscope.sae.splice_eval import HeldoutEval
+    from mechscope.sae.sweep import RunResult
 
 TABLES = ("data", "sae")
 
@@ -161,11 +163,11 @@ def token_windows(model: Any, spec: str, n_ctx: int, seed: int = 0, epochs: int 
     return open_token_stream(spec, n_ctx, model.tokenizer, **kw)
 
 
-def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool = True) -> list[dict[str, Any]]:
-    """Train the job's dictionaries on one activation stream, evaluate on held-out text.
+def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool = True) -> list["RunResult"]:
+    """Train the job's dictionaries on one activation stream, evaluate them on held-out text.
 
-    Returns one row per dictionary (config differences, training metrics, evaluation) and writes
-    ``out_dir/results.{json,csv}`` and ``out_dir/job.json``.
+    Returns one `RunResult` per dictionary (config, last training step, held-out evaluation) and
+    writes ``out_dir/results.{json,csv}`` (their rows), ``runs/<name>/eval.json`` and ``job.json``.
     """
     from mechscope.interp.models import load_model
     from mechscope.interp.stream import ActivationStream
@@ -189,35 +191,28 @@ def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "job.json").write_text(json.dumps({"data": dataclasses.asdict(d), "sae": job.sae}, indent=2))
-    result = train_sweep(configs, stream, out, resume=resume)
-    rows = []
-    for run, row in zip(result.runs, result.table):
-        row = {**row, **evaluate_on_heldout(model, run.dictionary, d, site_in, site_out)}
-        (run.out_dir / "eval.json").write_text(json.dumps(row, indent=2))
-        rows.append(row)
-    write_table(rows, out)
-    return rows
+    swept = train_sweep(configs, stream, out, resume=resume)
+    evals = evaluate_on_heldout(model, [r.dictionary for r in swept.runs], d, site_in, site_out)
+    results = [dataclasses.replace(r, eval=e) for r, e in zip(swept.results, evals)]
+    for r in results:
+        (r.path / "eval.json").write_text(json.dumps(r.row(), indent=2))
+    write_table([r.row() for r in results], out)
+    return results
 
 
-def evaluate_on_heldout(model: Any, dictionary: Any, data: DataConfig, site_in: Any, site_out: Any) -> dict[str, Any]:
-    """Reconstruction metrics and CE loss recovered on ``data.eval_windows`` held-out windows."""
+def evaluate_on_heldout(model: Any, dictionaries: Sequence[Any], data: DataConfig, site_in: Any,
+                        site_out: Any) -> list["HeldoutEval"]:
+    """Reconstruction metrics and CE loss recovered of every dictionary on ``data.eval_windows``
+    held-out windows, tokenised once; clean and zero-ablated losses computed once for all
+    (`mechscope.sae.splice_eval.evaluate_heldout`). Reconstruction rows skip special tokens."""
     import itertools
 
-    from mechscope.interp.stream import ActivationStream
-    from mechscope.sae.evaluate import evaluate
-    from mechscope.sae.splice_eval import spliced_metrics
+    from mechscope.sae.splice_eval import evaluate_heldout
 
-    def windows():
-        return itertools.islice(token_windows(model, data.heldout_text, data.n_ctx, epochs=1), data.eval_windows)
-
-    held = ActivationStream(model, token_windows(model, data.heldout_text, data.n_ctx, epochs=1),
-                            sorted({site_in, site_out}), batch_tokens=data.batch_tokens,
-                            model_batch_size=data.model_batch_size, shuffle_buffer=0)
-    n_batches = max(1, data.eval_windows * (data.n_ctx - 1) // data.batch_tokens)
-    rec = evaluate(dictionary, held, n_batches, site_in=str(site_in), site_out=str(site_out)).to_dict()
-    ce = spliced_metrics(model, dictionary, site_in, windows(), site_out=site_out,
-                         batch_size=data.model_batch_size)
-    return {**{f"eval_{k}": v for k, v in rec.items()}, **{f"eval_{k}": v for k, v in ce.items()}}
+    held = token_windows(model, data.heldout_text, data.n_ctx, epochs=1)
+    windows = list(itertools.islice(held, data.eval_windows))
+    return evaluate_heldout(model, dictionaries, site_in, windows, site_out=site_out,
+                            batch_size=data.model_batch_size, keep_mask=held.keep_mask)
 
 
 def _missing(name: str) -> str:
@@ -257,9 +252,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     job = load_job(args.config, args.overrides)  # rejects bad configs before any work
     print(f"training {len(job.configs)} dictionar{'y' if len(job.configs) == 1 else 'ies'} "
           f"on {job.data.model} -> {args.out}")
-    rows = run_job(job, args.out, resume=not args.no_resume)
-    for row in rows:
-        print(f"  {row['run']}: FVU {row['eval_fvu']:.3f}  L0 {row['eval_l0']:.1f}  "
-              f"CE loss recovered {row['eval_ce_loss_recovered']:.3f}")
+    for r in run_job(job, args.out, resume=not args.no_resume):
+        rec, spliced = r.eval.reconstruction, r.eval.spliced
+        print(f"  {r.name}: FVU {rec.fvu:.3f}  L0 {rec.l0:.1f}  CE loss recovered {spliced.ce_loss_recovered:.3f}")
     print(f"results: {args.out}/results.csv")
     return 0

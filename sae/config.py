@@ -306,8 +306,10 @@ class RunConfig:
         return {**self.dictionary.to_dict(), **self.train.to_dict()}
 
     def replace(self, **changes: Any) -> "RunConfig":
-        """A copy with flat field changes (routed as in `from_dict`)."""
-        return RunConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with flat field changes (routed as in `from_dict`); changing ``architecture``
+        drops the old architecture's own fields."""
+        old = frozenset(_names(type(self.dictionary))) - set(changes)
+        return RunConfig.from_dict({**self.to_dict(), **changes}, sweep_fields=old)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], sweep_fields: frozenset[str] = frozenset()) -> "RunConfig":

@@ -68,6 +68,10 @@ def test_flat_table_routes_keys_and_refuses_other_architectures_fields():
     with pytest.raises(ValueError, match="valid fields for mp: .*mp_residual_threshold") as e:
         RunConfig.from_dict({"architecture": "mp", "d_in": 8, "d_dict": 32, "nonsense": 3})
     assert "l1_coeff" not in str(e.value)
+    assert c.replace(l1_coeff=3, steps=7).dictionary.l1_coeff == 3.0
+    assert c.replace(architecture="topk").dictionary == TopKConfig(d_in=8, d_dict=32)
+    with pytest.raises(ValueError, match="aux_k belongs to architecture topk"):
+        c.replace(aux_k=3)
     # every field of every architecture is in exactly one place
     for arch, cls in CONFIGS.items():
         assert cls.architecture == arch and set(_names(cls)).isdisjoint(_names(TrainConfig))

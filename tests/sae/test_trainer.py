@@ -138,3 +138,21 @@ def test_resuming_a_finished_run_is_a_no_op(tmp_path, make_cfg):
     assert again.resumed_from == 6 and again.metrics == first.metrics
     for k, v in first.dictionary.state_dict().items():
         assert torch.equal(v, again.dictionary.state_dict()[k])
+
+
+def test_train_step_always_reports_a_train_step_and_the_log_holds_its_metrics(tmp_path, make_cfg):
+    from mechscope.sae.trainer import Run, TrainStep, train_step
+
+    run = Run.new(make_cfg(architecture="relu"), tmp_path)
+    x = _src().batch(0)
+    run.model.init_from_data(x, x)
+    steps = [train_step(run, _src().batch(i), _src().batch(i), i) for i in range(3)]
+    assert all(type(s) is TrainStep for s in steps) and [s.step for s in steps] == [1, 2, 3]
+    assert list(steps[0].terms) == ["mse", "l1"]
+    s = steps[-1]
+    assert float(s.loss) == pytest.approx(float(s.terms["mse"] + run.model.l1_coeff(2) * s.terms["l1"]), rel=1e-5)
+    assert TrainStep.from_dict(json.loads(json.dumps(s.to_dict()))).to_dict() == s.to_dict()
+    r = train(make_cfg(steps=6, log_every=3), _src(), tmp_path / "t")
+    last = json.loads((tmp_path / "t" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert list(last) == ["step", "time", "loss", "l0", "fvu", "dead_fraction", "lr", "mse", "aux"]
+    assert {k: v for k, v in last.items() if k != "time"} == r.metrics == r.last.to_dict()

@@ -37,6 +37,7 @@ from mechscope.circuits.splice import Parts, SiteNodes, site_rank
 from mechscope.interp.capture import hooks_for, stop_layer
 from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
+from mechscope.sae.adapters import as_dictionary
 
 Metric = Callable[[Tensor], Tensor]  # logits [b, pos, vocab] -> one value per prompt [b]
 ABLATIONS = ("patch", "zero", "mean", "resample")
@@ -114,7 +115,7 @@ class Setup:
         mapping = dict(sites) if isinstance(sites, Mapping) else {s: None for s in sites}
         if not mapping:
             raise ValueError("no sites given")
-        parsed = {model.site(s): d for s, d in mapping.items()}
+        parsed = {model.site(s): None if d is None else as_dictionary(d) for s, d in mapping.items()}
         acts = capture(model, clean[:1, :2], list(parsed))
         nodes = {s: SiteNodes.make(s, d, tuple(acts[s].shape[2:]))
                  for s, d in sorted(parsed.items(), key=lambda kv: site_rank(kv[0]))}

@@ -53,8 +53,9 @@ def as_dictionary(obj: Any) -> Any:
     if all(hasattr(obj, a) for a in ("d_in", "d_dict", "encode", "decode", "directions")):
         return obj
     raise AdapterError(
-        f"{type(obj).__module__}.{type(obj).__name__} is not a dictionary: pass a mechscope "
-        f"dictionary (mechscope.sae.io.load_dictionary), a sae_lens.SAE or a sparsify SparseCoder")
+        f"{type(obj).__module__}.{type(obj).__name__} is not a dictionary: pass an object with the "
+        f"mechscope.sae.dictionary.Dictionary protocol (e.g. from mechscope.sae.io.load_dictionary), "
+        f"a sae_lens.SAE or a sparsify SparseCoder")
 
 
 def _site(hook_name: Any) -> str:

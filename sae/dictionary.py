@@ -9,12 +9,17 @@ linear-decoder dictionary (SAE, transcoder, codebook, matching pursuit).
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from jaxtyping import Float
 from torch import Tensor
 
 from mechscope.kernels.code import SparseCode
+
+
+# What entry points accept: a `Dictionary`, or a user's ``sae_lens.SAE`` / sparsify ``SparseCoder``,
+# which `mechscope.sae.adapters.as_dictionary` wraps (an alias, so run-time checks accept all three)
+DictionaryLike = Any
 
 
 @runtime_checkable

@@ -28,7 +28,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechscope.sae.batches import split_batch
-from mechscope.sae.dictionary import Dictionary
+from mechscope.sae.adapters import as_dictionary
+from mechscope.sae.dictionary import Dictionary, DictionaryLike
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,14 @@ class ReconstructionStats:
 
 
 @torch.no_grad()
-def evaluate(dictionary: Dictionary, source: Iterable[Any], n_batches: int | None = None, *,
+def evaluate(dictionary: DictionaryLike, source: Iterable[Any], n_batches: int | None = None, *,
              site_in: str = "", site_out: str = "", transcoder: bool | None = None,
              dense_threshold: float | int = 0.1, bins: int = 50) -> EvalResult:
     """Metrics of ``dictionary`` over up to ``n_batches`` batches of ``source``."""
     if n_batches is not None and n_batches <= 0:
         raise ValueError(f"n_batches must be > 0 or None, got {n_batches}")
-    cfg = getattr(dictionary, "cfg", None)
+    dictionary = as_dictionary(dictionary)
+    cfg = getattr(dictionary, "cfg", dictionary)
     site_in = site_in or getattr(cfg, "site_in", "")
     site_out = site_out or getattr(cfg, "site_out", "")
     transcoder = getattr(cfg, "transcoder", False) if transcoder is None else transcoder

@@ -40,7 +40,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mechscope.interp.models import Model
+from mechscope.sae.adapters import as_dictionary
 from mechscope.sae.cards import Context, FeatureCard
+from mechscope.sae.dictionary import DictionaryLike
 
 if TYPE_CHECKING:
     from mechscope.interp.models import ModelLike
@@ -232,14 +234,14 @@ def _keep_fn(model: "Model", stream: Any, keep_mask: Callable | None) -> Callabl
     return lambda t: t != bos
 
 
-def accumulate_feature_stats(model: "ModelLike", dictionary: "Dictionary", site: "str | Site",
+def accumulate_feature_stats(model: "ModelLike", dictionary: "DictionaryLike", site: "str | Site",
                              token_stream: Iterable[Tensor], n_tokens: int, *, batch_size: int = 8,
                              keep_mask: Callable[[Tensor], Tensor] | None = None,
                              **stats_kwargs: Any) -> FeatureStats:
     """Stream ``n_tokens`` positions through model → site → ``dictionary.encode``."""
     from mechscope.interp.capture import capture
 
-    model = Model.wrap(model)
+    model, dictionary = Model.wrap(model), as_dictionary(dictionary)
     if n_tokens < 1 or batch_size < 1:
         raise ValueError(f"n_tokens and batch_size must be >= 1, got {n_tokens}, {batch_size}")
     site = model.site(site)
@@ -259,7 +261,7 @@ def accumulate_feature_stats(model: "ModelLike", dictionary: "Dictionary", site:
     return stats
 
 
-def compute_feature_cards(model: "ModelLike", dictionary: "Dictionary", site: "str | Site",
+def compute_feature_cards(model: "ModelLike", dictionary: "DictionaryLike", site: "str | Site",
                           token_stream: Iterable[Tensor], n_tokens: int, *, batch_size: int = 8,
                           n_top: int = 10, n_samples: int = 12, left: int = 12, right: int = 4,
                           n_bins: int = 64, n_logits: int = 10, n_neighbours: int = 8, seed: int = 0,
@@ -271,7 +273,7 @@ def compute_feature_cards(model: "ModelLike", dictionary: "Dictionary", site: "s
     own ``keep_mask`` if it has one, else every token but the model's `bos_id`). Logit effects
     are left empty when the dictionary's output width is not the model's ``d_model``.
     """
-    model = Model.wrap(model)
+    model, dictionary = Model.wrap(model), as_dictionary(dictionary)
     stats = accumulate_feature_stats(model, dictionary, site, token_stream, n_tokens,
                                      batch_size=batch_size, keep_mask=keep_mask, n_top=n_top,
                                      n_samples=n_samples, left=left, right=right, n_bins=n_bins, seed=seed)

@@ -106,8 +106,14 @@ def _hook_name(site: str) -> str | None:
     return Site.parse(site).hook_name
 
 
-def load_dictionary(path: str | Path) -> SparseDictionary:
-    """A mechscope dictionary from a mechscope, SAELens or sparsify folder (see module doc)."""
+def load_dictionary(path: str | Path) -> Any:
+    """A mechscope dictionary from a mechscope, SAELens or sparsify folder (see module doc), or a
+    SAELens pretrained SAE written ``sae_lens:RELEASE/SAE_ID`` (through SAELens' own loader, which
+    needs the hub or its cache; returned as a `mechscope.sae.adapters.SAELensDictionary`)."""
+    from mechscope.sae.adapters import SAELENS_PREFIX, load_pretrained
+
+    if str(path).startswith(SAELENS_PREFIX):
+        return load_pretrained(str(path))
     path = Path(path)
     if not path.is_dir():
         raise DictionaryFileError(f"{path} is not a folder")

@@ -30,7 +30,8 @@ from torch import Tensor
 from mechscope.interp.capture import hooks_for
 from mechscope.interp.intervene import ablate
 from mechscope.interp.models import Model
-from mechscope.sae.dictionary import Dictionary
+from mechscope.sae.adapters import as_dictionary
+from mechscope.sae.dictionary import Dictionary, DictionaryLike
 from mechscope.sae.evaluate import EvalResult, ReconstructionStats, ce_loss_recovered
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def _batches(windows: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
 
 
 @torch.no_grad()
-def evaluate_heldout(model: "ModelLike", dictionaries: Sequence[Dictionary], site_in: Any,
+def evaluate_heldout(model: "ModelLike", dictionaries: Sequence[DictionaryLike], site_in: Any,
                      windows: Iterable[Int[Tensor, "... n_ctx"]], site_out: Any = None, batch_size: int = 8,
                      keep_mask: Callable[[Tensor], Bool[Tensor, "b n_ctx"]] | None = None) -> list[HeldoutEval]:
     """Every dictionary (all at ``site_in`` -> ``site_out``) on the same token ``windows``.
@@ -127,6 +128,7 @@ def evaluate_heldout(model: "ModelLike", dictionaries: Sequence[Dictionary], sit
     from mechscope.interp.stream import flatten_site
 
     model = Model.wrap(model)
+    dictionaries = [as_dictionary(d) for d in dictionaries]
     site_in = model.site(site_in)
     site_out = site_in if site_out is None else model.site(site_out)
     if not dictionaries:

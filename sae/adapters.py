@@ -50,8 +50,8 @@ def as_dictionary(obj: Any) -> Any:
         return SAELensDictionary(obj)
     if kind == "sparsify":
         return SparsifyDictionary(obj)
-    if all(hasattr(obj, a) for a in ("d_in", "d_dict", "encode", "decode", "directions")):
-        return obj
+    if all(hasattr(obj, a) for a in ("d_in", "d_dict", "encode")):
+        return obj  # duck-typed: what each consumer needs beyond encode it checks itself
     raise AdapterError(
         f"{type(obj).__module__}.{type(obj).__name__} is not a dictionary: pass an object with the "
         f"mechscope.sae.dictionary.Dictionary protocol (e.g. from mechscope.sae.io.load_dictionary), "

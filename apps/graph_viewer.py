@@ -1,11 +1,13 @@
 """Graph viewer: one Plotly figure for every `Graph` (feature circuits, flow routes, attention SVD).
 
-Layout: tokens across, layers up. A node at layer ``l`` and position ``p`` sits at
-``x = p``, ``y = l + δ(kind)`` with a small per-kind offset inside the block (attention / heads
-at the block's bottom, MLP above them, features and error terms above that, residual states on
-top; embedding at ``y = -1``, logits at ``y = n_layers``). Nodes sharing a cell are spread
+Layout (one for every method, read from the canonical node fields and the typed `GraphMeta`):
+tokens across, layers up. A node at layer ``l`` and position ``p`` sits at ``x = p``,
+``y = l + δ`` with ``δ`` its place in the block's forward order: the block's input residual at
+the bottom, heads / attention above it, then ``resid_mid``, the MLP, and the block's output
+residual on top; features and error terms sit just above the site their dictionary reads. The
+embedding is at ``y = -1`` and logits at ``y = meta.n_layers``. Nodes sharing a cell are spread
 horizontally; nodes summed over positions (``position=None``) sit in a column left of
-position 0.
+position 0. The token axis shows ``meta.prompt_tokens`` of the first prompt.
 
 Edges are drawn with their width growing with ``|w|`` and coloured by sign (blue positive, red
 negative). Plotly gives one line width per trace, so edges are bucketed by ``|w|`` into
@@ -32,11 +34,14 @@ from typing import Any
 
 from mechscope.apps.html import asset, escape, standalone_page, write_text
 from mechscope.circuits.graph import Graph, Node
+from mechscope.interp.sites import Site
 
 KIND_COLOURS = {"embedding": "#7f8c8d", "head": "#e67e22", "attention": "#e67e22", "mlp": "#27ae60",
                 "feature": "#8e44ad", "error": "#95a5a6", "residual": "#34495e", "logit": "#2980b9"}
-KIND_DY = {"embedding": 0.0, "head": 0.0, "attention": 0.0, "mlp": 0.35, "feature": 0.6,
-           "error": 0.6, "residual": 0.85, "logit": 0.0}
+KIND_DY = {"embedding": 0.0, "head": 0.15, "attention": 0.15, "mlp": 0.6, "logit": 0.0}
+SITE_DY = {"resid_pre": 0.0, "v": 0.3, "z": 0.3, "result": 0.3, "attn_out": 0.3, "resid_mid": 0.45,
+           "mlp_in": 0.7, "mlp_pre": 0.7, "mlp_post": 0.7, "mlp_out": 0.7, "resid_post": 0.85}
+DICT_DY = 0.08  # features / error terms above the state their dictionary reads
 POS_COLOUR, NEG_COLOUR, ROUTE_COLOUR = "rgba(41,128,185,{a})", "rgba(192,57,43,{a})", "rgba(241,196,15,0.55)"
 
 FeatureUrl = "str | dict[str, str] | Callable[[Node], str | None] | None"
@@ -58,12 +63,20 @@ def _url_fn(feature_url: Any) -> Callable[[Node], str | None]:
                      f"got {type(feature_url).__name__}")
 
 
+def node_dy(n: Node) -> float:
+    """Height of a node inside its layer (module doc): in ``[0, 1)``."""
+    if n.kind in KIND_DY:
+        return KIND_DY[n.kind]
+    dy = SITE_DY[Site.parse(n.site).kind]
+    return dy if n.kind == "residual" else dy + DICT_DY
+
+
 def layout_positions(graph: Graph) -> dict[str, tuple[float, float]]:
-    """``(x, y)`` of every node: x = token position (spread within a cell), y = layer + kind offset."""
+    """``(x, y)`` of every node: x = token position (spread within a cell), y = layer + `node_dy`."""
     cells: dict[tuple[float, float], list[str]] = defaultdict(list)
     for i, n in graph.nodes.items():
         x = -1.5 if n.position is None else float(n.position)
-        cells[(x, n.layer + KIND_DY[n.kind])].append(i)
+        cells[(x, n.layer + node_dy(n))].append(i)
     xy = {}
     for (x, y), ids in cells.items():
         ids.sort(key=lambda i: (graph.nodes[i].kind, graph.nodes[i].index or 0, i))
@@ -199,7 +212,7 @@ def _controls(fig: Any, graph: Graph, levels: list[float], n_route: int, sinks: 
     fig.update_layout(sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="|edge weight| ≥ "),
                                     pad=dict(t=40), len=0.6, x=0.2)])
     if sinks:
-        tokens = graph.metadata.get("prompt_tokens") or []
+        tokens = _tokens(graph)
         route_ids = list(range(n_route))
         buttons = [dict(method="restyle", label="no route", args=[{"visible": [False] * n_route}, route_ids])]
         for j, pos in enumerate(sinks):
@@ -210,28 +223,44 @@ def _controls(fig: Any, graph: Graph, levels: list[float], n_route: int, sinks: 
                                             xanchor="left", showactive=True)])
 
 
+def _tokens(graph: Graph) -> tuple[str, ...]:
+    """The tokens on the position axis: the first prompt's (prompts of a graph share positions)."""
+    return graph.meta.prompt_tokens[0] if graph.meta.prompt_tokens else ()
+
+
+def _layer_name(l: int, n_layers: int | None) -> str:
+    return "embed" if l == -1 else "logits" if l == n_layers else f"L{l}"
+
+
 def _axes(fig: Any, graph: Graph, title: str | None) -> None:
-    tokens = graph.metadata.get("prompt_tokens") or []
+    tokens, meta = _tokens(graph), graph.meta
     positions = sorted({n.position for n in graph.nodes.values() if n.position is not None})
     tickvals = ([-1.5] if any(n.position is None for n in graph.nodes.values()) else []) + positions
     ticktext = (["Σ pos"] if tickvals and tickvals[0] == -1.5 else []) + [
         f"{p}: {escape(repr(tokens[p]))}" if p < len(tokens) else str(p) for p in positions]
+    n_layers = meta.n_layers
+    if n_layers is None:  # hand-built graphs: logits, if any, mark the top
+        n_layers = max((n.layer for n in graph.nodes.values() if n.kind == "logit"), default=None)
     layers = sorted({n.layer for n in graph.nodes.values()})
-    n_layers = graph.metadata.get("n_layers")
-    names = {-1: "embed"}
-    ylabels = [names.get(l, "logits" if (n_layers is not None and l == n_layers) or
-                         (l == layers[-1] and any(n.kind == "logit" and n.layer == l for n in graph.nodes.values()))
-                         else f"L{l}") for l in layers]
-    method = graph.metadata.get("method", "graph")
+    ylabels = [_layer_name(l, n_layers) for l in layers]
     fig.update_layout(
-        title=escape(title or f"{method}: {graph.metadata.get('model', '')}"), hovermode="closest",
+        title=escape(title or f"{meta.method or 'graph'}: {meta.model}"), hovermode="closest",
         xaxis=dict(tickmode="array", tickvals=tickvals, ticktext=ticktext, title="token position",
                    zeroline=False, showgrid=False),
         yaxis=dict(tickmode="array", tickvals=layers, ticktext=ylabels, title="layer", zeroline=False),
         legend=dict(title="node kind"), margin=dict(l=60, r=20, t=90, b=110), plot_bgcolor="white")
 
 
-_BODY = '<div id="graph" style="height: 92vh"></div><p id="message" class="meta"></p>'
+_BODY = ('<p id="summary" class="meta"></p><div id="graph" style="height: 88vh"></div>'
+         '<p id="message" class="meta"></p>')
+
+
+def summary(graph: Graph) -> dict[str, Any]:
+    """What the page states about the graph (from `GraphMeta`), shown above the figure."""
+    m = graph.meta
+    return {"method": m.method, "units": m.units, "model": m.model, "n_layers": m.n_layers,
+            "n_prompts": m.n_prompts, "faithfulness": m.faithfulness, "completeness": m.completeness,
+            "nodes": len(graph.nodes), "edges": len(graph.edges)}
 
 
 def write_graph_html(graph: Graph, path: "str | Path", threshold: float | int | None = None,
@@ -239,7 +268,7 @@ def write_graph_html(graph: Graph, path: "str | Path", threshold: float | int | 
     """Write the viewer as one offline HTML file (plotly.js embedded); returns its path.
     Clicking a node with a link (feature nodes with ``feature_url``) opens the link."""
     fig = graph_figure(graph, threshold, n_levels, feature_url, routes, title)
-    data = {"figure": json.loads(fig.to_json())}
-    page = standalone_page(f"mechscope graph: {title or graph.metadata.get('method', 'graph')}", _BODY, data,
+    data = {"figure": json.loads(fig.to_json()), "summary": summary(graph)}
+    page = standalone_page(f"mechscope graph: {title or graph.meta.method or 'graph'}", _BODY, data,
                            [asset("graph.js")], css=asset("common.css"))
     return write_text(path, page)

@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechscope.circuits.graph import head_label
 from mechscope.interp.capture import capture, hooks_for
 from mechscope.interp.models import Model
 
@@ -105,7 +106,7 @@ def check_supported(model: "ModelLike") -> None:
 
 def _check_head(model: "Model", layer: int, head: int) -> None:
     if not (0 <= layer < model.n_layers and 0 <= head < model.n_heads):
-        raise ValueError(f"no head L{layer}H{head}: valid layers 0..{model.n_layers - 1}, "
+        raise ValueError(f"no head {head_label(layer, head)}: valid layers 0..{model.n_layers - 1}, "
                          f"heads 0..{model.n_heads - 1}")
 
 
@@ -284,7 +285,7 @@ def projection_check(model: "ModelLike", tokens: Int[Tensor, "pos"], layer: int,
     check_supported(model)
     l_up, h_up = upstream
     if not l_up < layer:
-        raise ValueError(f"upstream head L{l_up}H{h_up} must be in an earlier layer than L{layer}")
+        raise ValueError(f"upstream head {head_label(l_up, h_up)} must be in an earlier layer than L{layer}")
     dec = qk_svd(model, layer, head)
     fd = decompose_firing(model, activations(model, tokens, layer), dec, dst, src, share)
     basis = torch.linalg.qr(dec.directions(side)[fd.signal].T)[0]

@@ -34,6 +34,7 @@ construction: the full circuit is the unmodified (spliced) model.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
@@ -42,7 +43,7 @@ from torch import Tensor
 
 from mechscope.circuits.attribution import (Setup, clean_run, masked_run, metric_of, node_scores,
                                             reference, run_direct, split_all)
-from mechscope.circuits.graph import Graph, Node
+from mechscope.circuits.graph import Graph, GraphMeta, Node, parse_node_id
 from mechscope.circuits.splice import SiteNodes, site_rank
 from mechscope.interp.sites import Site
 
@@ -84,14 +85,11 @@ def feature_circuit(setup: Setup, method: str = "atp", node_threshold: float = 0
     if relative:
         top = max(float(v.abs().max()) for v in scores.values())
         node_threshold = node_threshold * top if top > 0 else float("inf")
-    g = Graph(metadata={
-        "method": f"sparse_feature_circuit/{method}", "units": "metric",
-        "model": getattr(setup.model, "name", "?"), "prompt_tokens": setup.clean[0].tolist(),
-        "parameters": {**setup.params(), "node_threshold": node_threshold,
-                       "edge_threshold": edge_threshold, "per_position": per_position,
-                       "relative_threshold": relative,
-                       "steps": steps if method == "ig" else None},
-    })
+    g = Graph(meta=GraphMeta.traced(
+        setup.model, f"sparse_feature_circuit/{method}", "metric", setup.clean.tolist(),
+        {**setup.params(), "node_threshold": node_threshold, "edge_threshold": edge_threshold,
+         "per_position": per_position, "relative_threshold": relative,
+         "steps": steps if method == "ig" else None}))
     out = g.add_node(metric_node(setup))
     kept = {s: select(scores[s], node_threshold) for s in setup.sites}
     for s, nodes in kept.items():
@@ -181,20 +179,28 @@ class Faithfulness(NamedTuple):
     ablation: str
 
 
+def locate(setup: Setup, nid: str) -> tuple[Site, int, int | None]:
+    """``(site, node index, position)`` of the node with canonical id ``nid`` in ``setup``,
+    whichever method traced it (a head ``L0.H1`` is found at the setup's per-head site of
+    layer 0)."""
+    key = parse_node_id(nid)
+    for s, sn in setup.nodes.items():
+        j = sn.index_of(key)
+        if j is not None:
+            return s, j, key.position
+    raise ValueError(f"graph node {nid} is not one of the setup's sites' nodes (sites "
+                     f"{[str(s) for s in setup.sites]}); use the setup the graph was traced with")
+
+
 def circuit_masks(graph: Graph, setup: Setup) -> dict[Site, Bool[Tensor, "p n"]]:
     """Per-site ``[p, n]`` masks of the graph's nodes (a summed node covers every position)."""
     p = setup.clean.shape[1]
     masks = {s: torch.zeros(p, sn.n_nodes, dtype=torch.bool) for s, sn in setup.nodes.items()}
-    by_name = {str(s): s for s in setup.sites}
-    for n in graph.nodes.values():
+    for nid, n in graph.nodes.items():
         if n.kind == "logit":
             continue
-        if n.site not in by_name:
-            raise ValueError(f"graph node {n.id} is at site {n.site!r}, not one of the setup's sites "
-                             f"{list(by_name)}")
-        s = by_name[n.site]
-        j = setup.nodes[s].node_of(n.kind, n.index)
-        masks[s][slice(None) if n.position is None else n.position, j] = True
+        s, j, pos = locate(setup, nid)
+        masks[s][slice(None) if pos is None else pos, j] = True
     return masks
 
 
@@ -215,7 +221,7 @@ def faithfulness(graph: Graph, setup: Setup) -> Faithfulness:
 
 def full_graph(setup: Setup, per_position: bool = False) -> Graph:
     """Every node of every site (scores 0), for checks of faithfulness by construction."""
-    g = Graph(metadata={"method": "full"})
+    g = Graph(meta=GraphMeta.traced(setup.model, "full", "", setup.clean.tolist(), setup.params()))
     positions = range(setup.clean.shape[1]) if per_position else [None]
     for s, sn in setup.nodes.items():
         for j in range(sn.n_nodes):
@@ -225,8 +231,12 @@ def full_graph(setup: Setup, per_position: bool = False) -> Graph:
 
 
 def trace(setup: Setup, **kwargs: Any) -> tuple[Graph, Faithfulness]:
-    """`feature_circuit` and its faithfulness, recorded in the graph's metadata."""
+    """`feature_circuit` and its faithfulness, recorded in the graph's metadata (the metric's
+    four values under ``meta.details["metric_values"]``)."""
     g = feature_circuit(setup, **kwargs)
     f = faithfulness(g, setup)
-    g.metadata["faithfulness"] = f._asdict()
+    g.meta = replace(g.meta, faithfulness=f.faithfulness, completeness=f.completeness,
+                     details={**g.meta.details, "metric_values": {
+                         "model": f.m_model, "empty": f.m_empty, "circuit": f.m_circuit,
+                         "complement": f.m_complement}})
     return g, f

@@ -3,38 +3,207 @@
 Nodes are model components at a layer and (optionally) a token position: the token embedding,
 attention heads, MLPs, dictionary features and their error terms, residual-stream states and
 output logits. A directed edge ``u -> v`` with weight ``w`` says "u contributes w to v" in the
-method's own units (attribution, proximity share, signal share, ...); ``metadata["method"]``
-names the method and its units. Node scores (e.g. a node's attribution to the metric) live on
-the nodes.
+method's own units (attribution, proximity share, signal share, ...); ``meta.method`` and
+``meta.units`` name them. Node scores (e.g. a node's attribution to the metric) live on the nodes.
 
 Layer convention: the embedding is layer ``-1``; block ``L`` components are layer ``L``;
 logits are layer ``n_layers``. Positions are token indices of the prompt, or ``None`` for a node
 summed over positions.
 
-JSON form (``FORMAT_VERSION``)::
+Canonical node ids (`node_id` builds them, `parse_node_id` reads them) name the component, not
+the method that found it, so graphs of different methods can be compared node by node::
 
-    {"format": "mechscope.graph", "version": 1, "metadata": {...},
-     "nodes": [{"id", "kind", "layer", "position", "index", "label", "site", "score"}, ...],
-     "edges": [{"source", "target", "weight"}, ...]}
+    embed@7                  the input embedding (token + position) at position 7
+    embed.tok / embed.pos    its token and positional parts (attention-SVD splits them)
+    L3.H5@7                  head 5 of block 3 (whatever site it was read at: z, result, v)
+    L3.attn@7 / L3.mlp@7     a block's whole attention / MLP output
+    L3.resid_post@7          a residual-stream state (any resid_pre / resid_mid / resid_post site)
+    L3.resid_post.f812@7     feature 812 of the dictionary at site L3.resid_post
+    L3.resid_post.err@7      that dictionary's error term
+    logit."Romeo"@7          the logit of token " Romeo" (a JSON string: quotes, backslashes and
+                             control characters escaped, so any token is safe inside an id)
+    logit                    the model's output as the graph's metric reads it (the metric, the
+                             prediction)
+
+A node summed over positions has no ``@p``. Head *labels* for people are `head_label`
+(``L3H5``, the form the CLI takes); `parse_head` reads both forms.
+
+JSON form (``FORMAT_VERSION`` 2; version-1 files are converted on load, see `graph_v1`)::
+
+    {"format": "mechscope.graph", "version": 2, "meta": {GraphMeta fields},
+     "nodes": [{"id", "kind", "layer", "position", "index", "label", "site", "score", "token"}],
+     "edges": [{"source", "target", "weight"}], "per_prompt": [graph, ...]}
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mechscope.files import write_json
+from mechscope.interp.sites import RESID_KINDS, Site
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from mechscope.interp.models import Model
+
+FORMAT_VERSION = 2
 NODE_KINDS = ("embedding", "head", "mlp", "attention", "feature", "error", "residual", "logit")
+EMBED_PARTS = ("embed", "embed.tok", "embed.pos")
+_BLOCK_IDS = {"attention": "attn", "mlp": "mlp"}
 
 
+# -- ids and labels -------------------------------------------------------------------------------
+def head_label(layer: int, head: int) -> str:
+    """``L3H5``: how people (and the CLI) write a head."""
+    return f"L{layer}H{head}"
+
+
+def mlp_label(layer: int) -> str:
+    return f"MLP{layer}"
+
+
+_HEAD_TEXT = re.compile(r"^L(\d+)\.?H(\d+)$")
+
+
+def parse_head(text: str) -> tuple[int, int]:
+    """``"L3H5"`` or ``"L3.H5"`` -> ``(3, 5)``."""
+    m = _HEAD_TEXT.match(text.strip())
+    if not m:
+        raise ValueError(f"cannot parse head {text!r}; expected 'L<layer>H<head>', e.g. 'L1H3' "
+                         f"(or the node id 'L1.H3')")
+    return int(m[1]), int(m[2])
+
+
+def _site(site: str | None, layer: int | None, what: str) -> Site:
+    if site is None:
+        raise ValueError(f"a {what} node needs its site (e.g. 'L3.resid_post')")
+    s = Site.parse(site)
+    if layer is not None and s.layer != layer:
+        raise ValueError(f"{what} node at site {site} has layer {layer}, the site says {s.layer}")
+    return s
+
+
+def node_id(kind: str, layer: int | None = None, index: int | None = None, site: str | None = None,
+            position: int | None = None, token: str | None = None) -> str:
+    """The canonical id of a component (module doc); raises on a node that cannot exist."""
+    if kind not in NODE_KINDS:
+        raise ValueError(f"unknown node kind {kind!r}; valid: {', '.join(NODE_KINDS)}")
+    if position is not None and (not isinstance(position, int) or position < 0):
+        raise ValueError(f"position must be an int >= 0 or None, got {position!r}")
+    if kind == "embedding":
+        body = site or "embed"
+        if body not in EMBED_PARTS:
+            raise ValueError(f"embedding node site {site!r}; valid: {', '.join(EMBED_PARTS)}")
+    elif kind == "logit":
+        body = "logit" if token is None else f"logit.{json.dumps(str(token), ensure_ascii=False)}"
+    elif kind in ("head", "attention", "mlp"):
+        if layer is None or layer < 0:
+            raise ValueError(f"a {kind} node needs a block layer >= 0, got {layer!r}")
+        if site is not None:
+            _site(site, layer, kind)
+        if kind == "head":
+            if index is None:
+                raise ValueError(f"a head node needs its head index (layer {layer})")
+            body = f"L{layer}.H{index}"
+        else:
+            body = f"L{layer}.{_BLOCK_IDS[kind]}"
+    else:
+        s = _site(site, layer, kind)
+        if kind == "residual":
+            if s.kind not in RESID_KINDS or s.head is not None:
+                raise ValueError(f"a residual node is at a residual site ({', '.join(RESID_KINDS)}), "
+                                 f"got {site}")
+            body = str(s)
+        elif kind == "feature":
+            if index is None:
+                raise ValueError(f"a feature node needs its index (site {site})")
+            body = f"{s}.f{index}"
+        else:
+            body = f"{s}.err"
+    return body if position is None else f"{body}@{position}"
+
+
+class NodeKey(NamedTuple):
+    """What a canonical id says: ``layer`` is -1 for embeddings and None for logits (the graph's
+    ``n_layers``)."""
+
+    kind: str
+    layer: int | None
+    index: int | None
+    site: str | None
+    position: int | None
+    token: str | None
+
+
+_BODY = [("head", re.compile(r"^L(\d+)\.H(\d+)$")), ("block", re.compile(r"^L(\d+)\.(attn|mlp)$")),
+         ("feature", re.compile(r"^(L\d+\.[a-z_]+(?:\.H\d+)?)\.f(\d+)$")),
+         ("error", re.compile(r"^(L\d+\.[a-z_]+(?:\.H\d+)?)\.err$"))]
+_EXAMPLES = "e.g. L3.H5@7, L3.mlp, L3.resid_post.f812@7, L3.resid_post.err, embed@0, logit.\" Romeo\"@7"
+
+
+def _position(text: str, rest: str) -> int | None:
+    if rest == "":
+        return None
+    if re.fullmatch(r"@\d+", rest):
+        return int(rest[1:])
+    raise ValueError(f"not a node id: {text!r} (bad position part {rest!r}); {_EXAMPLES}")
+
+
+def parse_node_id(text: str) -> NodeKey:
+    """Inverse of `node_id`: ``parse_node_id(node_id(...))`` gives back its arguments."""
+    if text == "logit" or text.startswith(("logit.", "logit@")):
+        rest, token = text[5:], None
+        if rest.startswith("."):
+            try:
+                token, end = json.JSONDecoder().raw_decode(rest, 1)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a node id: {text!r}: the token must be a JSON string "
+                                 f"({exc.msg})") from exc
+            if not isinstance(token, str):
+                raise ValueError(f"not a node id: {text!r}: the token must be a JSON string")
+            rest = rest[end:]
+        return NodeKey("logit", None, None, None, _position(text, rest), token)
+    body, at, pos = text.rpartition("@")
+    if not at:
+        body, pos = text, None
+    position = None if pos is None else _position(text, "@" + pos)
+    if body in EMBED_PARTS:
+        return NodeKey("embedding", -1, None, body, position, None)
+    for kind, rx in _BODY:
+        m = rx.match(body)
+        if m and kind == "head":
+            return NodeKey("head", int(m[1]), int(m[2]), None, position, None)
+        if m and kind == "block":
+            return NodeKey("attention" if m[2] == "attn" else "mlp", int(m[1]), None, None, position, None)
+        if m:
+            site = Site.parse(m[1])
+            return NodeKey(kind, site.layer, int(m[2]) if kind == "feature" else None, str(site),
+                           position, None)
+    try:
+        site = Site.parse(body)
+    except ValueError:
+        site = None
+    if site is None or site.kind not in RESID_KINDS or site.head is not None:
+        raise ValueError(f"not a node id: {text!r}; {_EXAMPLES}")
+    return NodeKey("residual", site.layer, None, str(site), position, None)
+
+
+def without_position(nid: str) -> str:
+    """The id of the same component summed over positions (``L3.H5@7`` -> ``L3.H5``)."""
+    k = parse_node_id(nid)
+    return node_id(k.kind, k.layer, k.index, k.site, None, k.token)
+
+
+# -- nodes, edges ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Node:
-    """A component at (layer, position); ``index`` is the head / feature / token id."""
+    """A component at (layer, position); ``index`` is the head / feature / token id, ``site`` the
+    site it was read at (feature circuits map nodes back to sites through it), ``token`` the
+    token string of a logit node. ``id`` is the canonical id (module doc), checked on creation."""
 
     kind: str
     layer: int
@@ -43,18 +212,18 @@ class Node:
     label: str = ""
     site: str | None = None
     score: float = 0.0
+    token: str | None = None
+    id: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in NODE_KINDS:
-            raise ValueError(f"unknown node kind {self.kind!r}; valid: {', '.join(NODE_KINDS)}")
+        if self.kind == "embedding" and self.site is None:
+            object.__setattr__(self, "site", "embed")  # one spelling of the whole embedding
+        object.__setattr__(self, "id", node_id(self.kind, self.layer, self.index, self.site,
+                                               self.position, self.token))
 
-    @property
-    def id(self) -> str:
-        """Stable identity (label and score excluded): ``kind/layer/site/index@position``."""
-        where = f"{self.site}" if self.site else f"L{self.layer}"
-        idx = "" if self.index is None else f"/{self.index}"
-        pos = "" if self.position is None else f"@{self.position}"
-        return f"{self.kind}/{where}{idx}{pos}"
+    def to_dict(self) -> dict[str, Any]:
+        """``{"id", kind, layer, position, index, label, site, score, token}`` (the JSON form)."""
+        return {"id": self.id, **{f.name: getattr(self, f.name) for f in fields(Node) if f.init}}
 
 
 @dataclass(frozen=True)
@@ -64,17 +233,95 @@ class Edge:
     weight: float
 
 
+# -- metadata --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pruning:
+    """How a graph was pruned (`Graph.prune`, `Graph.prune_cumulative`)."""
+
+    node_threshold: float | None = None
+    edge_threshold: float | None = None
+    cumulative_fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """How a graph combines others (`Graph.aggregate`)."""
+
+    graphs: int  # how many graphs were combined
+    reduce: str  # "mean" or "sum"
+    counts: dict[str, int] = field(default_factory=dict)  # node id -> graphs it appeared in
+
+
+@dataclass(frozen=True)
+class GraphMeta:
+    """What a graph is. Every tracer fills every field it knows (the JSON always has them all)."""
+
+    method: str = ""  # e.g. "sparse_feature_circuit/atp", "information_flow_routes", "attention_svd"
+    units: str = ""  # units of edge weights and node scores
+    model: str = ""  # model name
+    n_layers: int | None = None  # blocks of the model: logits sit at layer n_layers
+    n_prompts: int = 0  # prompts the graph was traced on (summed when aggregated)
+    prompts: tuple[str, ...] = ()  # each prompt's text (token strings joined, unless given as text)
+    prompt_tokens: tuple[tuple[str, ...], ...] = ()  # each prompt's tokens, as strings
+    parameters: dict[str, Any] = field(default_factory=dict)  # the method's settings
+    faithfulness: float | None = None  # (m(C) - m(empty)) / (m(model) - m(empty)), when measured
+    completeness: float | None = None  # the same for the complement of the circuit
+    pruned: Pruning | None = None
+    aggregated: Aggregation | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # method-specific results (its module doc)
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "prompt_tokens"):
+            got = len(getattr(self, name))
+            if got and got != self.n_prompts:
+                raise ValueError(f"GraphMeta has {got} {name} for n_prompts={self.n_prompts}")
+
+    @classmethod
+    def traced(cls, model: "Model", method: str, units: str, tokens: "Sequence[Sequence[int]]",
+               parameters: dict[str, Any], **more: Any) -> "GraphMeta":
+        """The metadata of a graph traced on ``model`` from token-id rows ``tokens``."""
+        strs = [tuple(model.to_str_tokens(row)) for row in tokens]
+        return cls(method, units, getattr(model, "name", "") or "", model.n_layers, len(strs),
+                   tuple("".join(s) for s in strs), tuple(strs), dict(parameters), **more)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GraphMeta":
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown graph metadata {sorted(unknown)}; valid: {', '.join(sorted(names))}")
+        d = dict(data)
+        d["prompts"] = tuple(d.get("prompts", ()))
+        d["prompt_tokens"] = tuple(tuple(row) for row in d.get("prompt_tokens", ()))
+        if d.get("pruned") is not None:
+            d["pruned"] = Pruning(**d["pruned"])
+        if d.get("aggregated") is not None:
+            d["aggregated"] = Aggregation(**d["aggregated"])
+        return cls(**d)
+
+
+# -- the graph -------------------------------------------------------------------------------------
 @dataclass
 class Graph:
-    """Nodes by id, weighted directed edges, and metadata (method, model, prompt tokens, params)."""
+    """Nodes by id, weighted directed edges, typed metadata and, for graphs that summarise
+    several prompts, the graph of each prompt (``per_prompt``, e.g. each prompt's route)."""
 
     nodes: dict[str, Node] = field(default_factory=dict)
     edges: dict[tuple[str, str], float] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
+    meta: GraphMeta = field(default_factory=GraphMeta)
+    per_prompt: list["Graph"] = field(default_factory=list)
 
     # -- building ---------------------------------------------------------------------------------
     def add_node(self, node: Node) -> str:
-        """Add (or replace the score/label of) a node; returns its id."""
+        """Add (or replace the score/label of) a node; returns its id. Two different components
+        with one id (e.g. head L0.H1 read at sites L0.z and L0.result) are an error."""
+        old = self.nodes.get(node.id)
+        if old is not None and old.site != node.site:
+            raise ValueError(f"node {node.id} is already in the graph from site {old.site!r}; "
+                             f"site {node.site!r} gives the same component: trace one of them")
         self.nodes[node.id] = node
         return node.id
 
@@ -103,7 +350,7 @@ class Graph:
             raise KeyError(f"not nodes of this graph: {sorted(missing)[:5]}")
         return Graph({i: n for i, n in self.nodes.items() if i in keep},
                      {e: w for e, w in self.edges.items() if e[0] in keep and e[1] in keep},
-                     dict(self.metadata))
+                     self.meta, list(self.per_prompt))
 
     def prune(self, node_threshold: float | None = None, edge_threshold: float | None = None,
               keep: Iterable[str] = ()) -> "Graph":
@@ -118,7 +365,7 @@ class Graph:
             g.edges = {e: w for e, w in g.edges.items() if abs(w) >= edge_threshold}
             touched = {x for e in g.edges for x in e} | keep
             g = g.subgraph(i for i in g.nodes if i in touched)
-        g.metadata["pruned"] = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
+        g.meta = replace(g.meta, pruned=Pruning(node_threshold, edge_threshold))
         return g
 
     def prune_cumulative(self, fraction: float, keep: Iterable[str] = ()) -> "Graph":
@@ -136,21 +383,21 @@ class Graph:
         touched = {x for e in kept for x in e} | set(keep)
         g = self.subgraph(i for i in self.nodes if i in touched)
         g.edges = {e: w for e, w in kept.items()}
-        g.metadata["pruned"] = {"cumulative_fraction": fraction}
+        g.meta = replace(g.meta, pruned=Pruning(cumulative_fraction=fraction))
         return g
 
     @staticmethod
     def aggregate(graphs: Iterable["Graph"], reduce: str = "mean") -> "Graph":
         """Combine graphs over prompts: node scores and edge weights summed or averaged (an
-        absent node/edge counts as 0); ``metadata["counts"]`` says in how many graphs each
-        node appeared."""
+        absent node/edge counts as 0); ``meta.aggregated.counts`` says in how many graphs each
+        node appeared. Prompts add up; a faithfulness measured per graph does not carry over."""
         graphs = list(graphs)
         if not graphs:
             raise ValueError("aggregate needs at least one graph")
         if reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
         scale = 1.0 / len(graphs) if reduce == "mean" else 1.0
-        out, counts = Graph(metadata=dict(graphs[0].metadata)), {}
+        out, counts = Graph(), {}
         for g in graphs:
             for i, n in g.nodes.items():
                 prev = out.nodes.get(i)
@@ -158,32 +405,45 @@ class Graph:
                 counts[i] = counts.get(i, 0) + 1
             for e, w in g.edges.items():
                 out.edges[e] = out.edges.get(e, 0.0) + scale * w
-        out.metadata.update(aggregated=len(graphs), reduce=reduce, counts=counts)
-        out.metadata.pop("prompt_tokens", None)
+        metas = [g.meta for g in graphs]
+        out.meta = replace(
+            metas[0], n_prompts=sum(m.n_prompts for m in metas), faithfulness=None, completeness=None,
+            prompts=sum((m.prompts for m in metas), ()) if all(m.prompts for m in metas) else (),
+            prompt_tokens=sum((m.prompt_tokens for m in metas), ()) if all(m.prompt_tokens for m in metas) else (),
+            aggregated=Aggregation(len(graphs), reduce, counts))
         return out
 
     # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "mechscope.graph", "version": FORMAT_VERSION, "metadata": self.metadata,
-            "nodes": [{"id": i, **asdict(n)} for i, n in self.nodes.items()],
+            "format": "mechscope.graph", "version": FORMAT_VERSION, "meta": self.meta.to_dict(),
+            "nodes": [n.to_dict() for n in self.nodes.values()],
             "edges": [{"source": s, "target": t, "weight": w} for (s, t), w in self.edges.items()],
+            "per_prompt": [g.to_dict() for g in self.per_prompt],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Graph":
-        if data.get("format") != "mechscope.graph":
+        if not isinstance(data, dict) or data.get("format") != "mechscope.graph":
             raise ValueError("not a mechscope graph (missing 'format': 'mechscope.graph')")
+        if data.get("version") == 1:
+            from mechscope.circuits.graph_v1 import convert
+
+            data = convert(data)
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"graph format version {data.get('version')!r} is not supported; "
-                             f"this mechscope reads version {FORMAT_VERSION}")
-        g = cls(metadata=dict(data.get("metadata", {})))
+                             f"this mechscope reads version {FORMAT_VERSION} (and converts version 1)")
+        g = cls(meta=GraphMeta.from_dict(data.get("meta", {})))
         for raw in data["nodes"]:
             raw = dict(raw)
-            raw.pop("id", None)
-            g.add_node(Node(**raw))
+            given = raw.pop("id", None)
+            node = Node(**raw)
+            if given is not None and given != node.id:
+                raise ValueError(f"node id {given!r} does not match its fields (canonical id {node.id!r})")
+            g.add_node(node)
         for e in data["edges"]:
             g.add_edge(e["source"], e["target"], e["weight"])
+        g.per_prompt = [cls.from_dict(p) for p in data.get("per_prompt", [])]
         return g
 
     def save(self, path: "str | Path") -> Path:
@@ -199,18 +459,18 @@ class Graph:
         return cls.from_dict(data)
 
     def to_networkx(self) -> Any:
-        """A ``networkx.DiGraph`` (node attributes from `Node`, edge attribute ``weight``)."""
+        """A ``networkx.DiGraph`` (graph attributes from `GraphMeta`, node attributes from
+        `Node`, edge attribute ``weight``)."""
         try:
             import networkx as nx
         except ImportError as exc:
             raise ImportError("to_networkx needs networkx: pip install networkx") from exc
-        g = nx.DiGraph(**self.metadata)
+        g = nx.DiGraph(**self.meta.to_dict())
         for i, n in self.nodes.items():
-            g.add_node(i, **asdict(n))
+            g.add_node(i, **{k: v for k, v in n.to_dict().items() if k != "id"})
         for (s, t), w in self.edges.items():
             g.add_edge(s, t, weight=w)
         return g
 
     def __repr__(self) -> str:
-        return (f"Graph({len(self.nodes)} nodes, {len(self.edges)} edges, "
-                f"method={self.metadata.get('method')!r})")
+        return f"Graph({len(self.nodes)} nodes, {len(self.edges)} edges, method={self.meta.method!r})"

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from mechscope.circuits.attribution import Setup, logit_diff, next_token_logprob
+from mechscope.circuits.graph import node_id
 from mechscope.interp.models import Model
 
 INDUCTION_MODEL = "attn-only-induction"
@@ -46,6 +47,14 @@ class KnownCircuit:
     name: str
     components: tuple[tuple[str, int, int | None], ...]  # (node kind, layer, index)
     source: str
+
+    def __post_init__(self) -> None:
+        self.node_ids  # noqa: B018 - every component must name a real node
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        """The components as canonical node ids (``L1.H3``), as graphs of every method name them."""
+        return tuple(node_id(kind, layer, index) for kind, layer, index in self.components)
 
 
 def _find(card: Any, key: str) -> Any:

@@ -33,6 +33,12 @@ renormalised to sum to 1 (in absolute value); the route is the subgraph reached 
 final residual of the prediction position. Node scores are the flow from the prediction: 1 at the
 top, ``flow(parent) += flow(child) * w'`` down each kept edge.
 
+Graph. Node ids are canonical (`mechscope.circuits.graph`): ``x^0_i`` is ``embed@i``, ``x^L_i``
+is ``L{L}.resid_pre@i`` (``L{n-1}.resid_post@i`` on top), ``m^L_i`` is ``L{L}.resid_mid@i``, heads are
+``L{L}.H{h}@i`` and MLPs ``L{L}.mlp@i``. ``meta.parameters`` holds tau, view, signed and the
+traced position; ``meta.details`` the model's ``prediction`` and the signed measure's ``target``
+(token ids; -1 when not signed).
+
 Two views of attention edges. ``view="heads"`` keeps heads apart: ``x^L_j -> head(L,h)@i ->
 m^L_i`` with weights ``w'(h, j)`` and ``sum_j w'(h, j)``. ``view="summed"`` is the LM Transparency
 Tool's view (Tufanov et al. 2024): one edge ``x^L_j -> m^L_i`` with ``sum_h w(h, j)``, thresholded
@@ -52,7 +58,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechscope.circuits.graph import Graph, Node
+from mechscope.circuits.graph import Graph, GraphMeta, Node, head_label, mlp_label
 from mechscope.interp.capture import hooks_for
 from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
@@ -227,7 +233,7 @@ def _check_model(model: "Model") -> None:
 def x_node(L: int, i: int, n_layers: int, label: str = "") -> Node:
     """``x^L_i``: the embedding (L = 0), a block's input, or the final residual (L = n_layers)."""
     if L == 0:
-        return Node("embedding", -1, i, label=label, site="embed")
+        return Node("embedding", -1, i, label=label)
     if L == n_layers:
         return Node("residual", n_layers - 1, i, label=label, site=f"L{n_layers - 1}.resid_post")
     return Node("residual", L, i, label=label, site=f"L{L}.resid_pre")
@@ -260,13 +266,11 @@ def extract_route(c: FlowContributions, index: int = 0, position: int = -1, tau:
         raise ValueError(f"position {position} out of range for a prompt of {n_pos} tokens")
     position %= n_pos
     labels = str_tokens or [f"<{int(t)}>" for t in c.tokens[index]]
-    g = Graph(metadata={
-        "method": "information_flow_routes", "model": model_name,
-        "units": "signed projection share" if c.signed else "proximity share",
-        "params": {"tau": tau, "view": view, "signed": c.signed, "renormalised": True},
-        "prompt_tokens": labels, "position": position,
-        "prediction": int(c.prediction[index]), "target": int(c.target[index]),
-    })
+    g = Graph(meta=GraphMeta(
+        "information_flow_routes", "signed projection share" if c.signed else "proximity share",
+        model_name, n, 1, ("".join(labels),), (tuple(labels),),
+        {"tau": tau, "view": view, "signed": c.signed, "renormalised": True, "position": position},
+        details={"prediction": int(c.prediction[index]), "target": int(c.target[index])}))
     flow: dict[str, float] = {}
 
     def edge(src: Node, dst: Node, w: float, src_flow: float) -> None:
@@ -292,7 +296,7 @@ def extract_route(c: FlowContributions, index: int = 0, position: int = -1, tau:
                 edge(mid, dst, float(ws[0]), f * abs(float(ws[0])))
                 mids.add(i)
             if ws[1] != 0:
-                mlp = Node("mlp", L, i, label=f"MLP{L}")
+                mlp = Node("mlp", L, i, label=mlp_label(L))
                 edge(mlp, dst, float(ws[1]), f * abs(float(ws[1])))
                 edge(mid, mlp, float(ws[1]), f * abs(float(ws[1])))
                 mids.add(i)
@@ -327,7 +331,7 @@ def _expand_attention(c: FlowContributions, g: Graph, b: int, L: int, i: int, ta
         return reached
     terms = terms.view(heads.shape)
     for h in terms.abs().sum(1).nonzero().flatten().tolist():
-        head = Node("head", L, i, index=h, label=f"L{L}H{h}")
+        head = Node("head", L, i, index=h, label=head_label(L, h))
         edge(head, mid, float(terms[h].sum()), f * float(terms[h].abs().sum()))
         for j in terms[h].nonzero().flatten().tolist():
             edge(x_node(L, j, n, labels[j]), head, float(terms[h, j]), f * abs(float(terms[h, j])))

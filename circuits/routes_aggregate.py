@@ -6,7 +6,9 @@ reduced to a position-free *component graph*: nodes are the embedding, heads ``(
 ``L`` and the prediction (a ``logit`` node); ``u -> v`` is an edge when the route carries ``u``'s
 output into ``v``'s input through residual-stream nodes only (``u`` writes a residual state
 that ``v`` reads, possibly via skip connections). Averaging these 0/1 graphs over prompts
-(`Graph.aggregate`) gives, for every node and edge, the fraction of routes it is on.
+(`Graph.aggregate`) gives, for every node and edge, the fraction of routes it is on. Node ids are
+canonical (``embed``, ``L1.H3``, ``L0.mlp``, ``logit``), the same as other methods give the same
+components.
 
 Prompts of equal length share one batched forward pass; different lengths go in separate
 batches (no padding, so positions and attention are exactly those of each prompt alone).
@@ -15,12 +17,13 @@ batches (no padding, so positions and attention are exactly those of each prompt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from mechscope.circuits.graph import Graph, Node
+from mechscope.circuits.graph import Graph, Node, head_label, mlp_label
 from mechscope.circuits.routes import DEFAULT_TAU, extract_route, flow_contributions
 from mechscope.interp.models import Model
 
@@ -57,11 +60,11 @@ def prompt_routes(model: "ModelLike", prompts: "Sequence[Tensor] | Tensor", tau:
 
 def _component(nd: Node, n_layers: int) -> Node | None:
     if nd.kind == "head":
-        return Node("head", nd.layer, None, nd.index, label=f"L{nd.layer}H{nd.index}", score=1.0)
+        return Node("head", nd.layer, None, nd.index, label=head_label(nd.layer, nd.index), score=1.0)
     if nd.kind == "mlp":
-        return Node("mlp", nd.layer, None, label=f"MLP{nd.layer}", score=1.0)
+        return Node("mlp", nd.layer, None, label=mlp_label(nd.layer), score=1.0)
     if nd.kind == "embedding":
-        return Node("embedding", -1, None, label="embedding", site="embed", score=1.0)
+        return Node("embedding", -1, None, label="embedding", score=1.0)
     return None
 
 
@@ -82,8 +85,8 @@ def component_graph(route: Graph, n_layers: int) -> Graph:
             memo[rid] = found
         return memo[rid]
 
-    g = Graph(metadata={k: v for k, v in route.metadata.items() if k != "prompt_tokens"})
-    g.metadata["method"] = "information_flow_routes/components"
+    g = Graph(meta=replace(route.meta, method="information_flow_routes/components",
+                           units="on the route (1) or not (0)"))
     logit = g.add_node(Node("logit", n_layers, None, label="prediction", score=1.0))
     tops = [i for i, nd in route.nodes.items() if nd.kind == "residual" and i not in
             {s for s, _ in route.edges}]
@@ -109,6 +112,5 @@ def aggregate_routes(routes: Sequence[Graph], n_layers: int) -> Graph:
     if not routes:
         raise ValueError("no routes to aggregate")
     agg = Graph.aggregate([component_graph(r, n_layers) for r in routes], reduce="mean")
-    agg.metadata["units"] = "fraction of routes"
-    agg.metadata["counts"] = {k: v for k, v in agg.metadata.get("counts", {}).items()}
+    agg.meta = replace(agg.meta, units="fraction of routes")
     return agg

@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from mechscope.circuits.graph import NodeKey, head_label
 from mechscope.interp.sites import Site
 from mechscope.kernels.code import SparseCode
 
@@ -112,16 +113,28 @@ class SiteNodes:
                 return "error", None, f"{s} error"
             return "feature", j, f"{s} #{j}"
         if self.per_head:
-            return "head", j, f"L{self.site.layer}H{j}"
+            return "head", j, head_label(self.site.layer, j)
         if self.site.head is not None:
-            return "head", self.site.head, f"L{self.site.layer}H{self.site.head}"
+            return "head", self.site.head, head_label(self.site.layer, self.site.head)
         return _WHOLE_KIND[self.site.kind], None, s
 
-    def node_of(self, kind: str, index: int | None) -> int:
-        """Inverse of `describe` (used to read graphs back into masks)."""
+    def index_of(self, key: NodeKey) -> int | None:
+        """The node of this site that is the component ``key`` (a parsed canonical node id), or
+        None: the inverse of `describe`, used to read graphs of any method back into masks."""
         if self.dictionary is not None:
-            return self.dictionary.d_dict if kind == "error" else int(index)
-        return int(index) if self.per_head else 0
+            if key.site != str(self.site):
+                return None
+            if key.kind == "error":
+                return self.dictionary.d_dict
+            ok = key.kind == "feature" and key.index is not None and 0 <= key.index < self.dictionary.d_dict
+            return key.index if ok else None
+        if key.layer != self.site.layer:
+            return None
+        for j in range(self.n_nodes):
+            kind, index, _ = self.describe(j)
+            if kind == key.kind and index == key.index and (kind != "residual" or key.site == str(self.site)):
+                return j
+        return None
 
     # -- split / merge ----------------------------------------------------------------------------
     def _flat(self, act: Tensor) -> Tensor:

@@ -11,8 +11,10 @@ Each (head, destination) is traced once per prompt.
 
 Edge weight: the mean over the target head's traced firings of the part's share of the signal
 (0 for firings where it was not kept), per prompt; `Graph.aggregate` then averages over prompts.
-``metadata["sides"]`` splits each edge's weight into its query- and key-side shares. Embeddings
-and MLPs that carry the signal appear as source nodes (they are not traced further).
+``meta.details["sides"]`` splits each edge's weight (keyed ``"source->target"``) into its query- and
+key-side shares; ``meta.details["firings"]`` counts the traced firings of each head (a list, one
+per prompt, after `trace_attention`). Embeddings (token ``embed.tok`` and position ``embed.pos``
+apart) and MLPs that carry the signal appear as source nodes (they are not traced further).
 """
 
 from __future__ import annotations
@@ -25,12 +27,11 @@ from torch import Tensor
 
 from mechscope.circuits.attention_svd import (Part, activations, check_supported, decompose_firing,
                                               qk_svd)
-from mechscope.circuits.graph import Graph, Node
+from mechscope.circuits.graph import Graph, GraphMeta, Node, head_label, mlp_label, node_id
 from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
     from mechscope.interp.models import ModelLike
-
 
 
 def kept_parts(contrib: Tensor, total: float, share: float) -> list[int]:
@@ -47,13 +48,16 @@ def kept_parts(contrib: Tensor, total: float, share: float) -> list[int]:
     return kept
 
 
+_EMBED_PARTS = {"embed": "embed.tok", "pos_embed": "embed.pos"}
+
+
 def _node(part: Part) -> Node | None:
     if part[0] == "head":
-        return Node("head", part[1], None, part[2], label=f"L{part[1]}H{part[2]}")
-    if part[0] in ("embed", "pos_embed"):
-        return Node("embedding", -1, None, label=part[0], site=part[0])
+        return Node("head", part[1], None, part[2], label=head_label(part[1], part[2]))
+    if part[0] in _EMBED_PARTS:
+        return Node("embedding", -1, None, label=part[0], site=_EMBED_PARTS[part[0]])
     if part[0] == "mlp":
-        return Node("mlp", part[1], None, label=f"MLP{part[1]}")
+        return Node("mlp", part[1], None, label=mlp_label(part[1]))
     return None  # biases carry signal but are not components
 
 
@@ -70,12 +74,10 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
     n_pos = tokens.numel()
     acts = activations(model, tokens, max(L for L, _ in heads))
     decs: dict[tuple[int, int], object] = {}
-    g = Graph(metadata={"method": "attention_svd", "model": model.name,
-                        "units": "mean share of the firing's sparse signal",
-                        "params": {"firing_threshold": firing_threshold, "share": share,
-                                   "signal_share": signal_share, "max_depth": max_depth,
-                                   "skip_bos": skip_bos, "heads": [f"L{L}H{h}" for L, h in heads]},
-                        "prompt_tokens": model.to_str_tokens(tokens)})
+    g = Graph(meta=GraphMeta.traced(
+        model, "attention_svd", "mean share of the firing's sparse signal", [tokens.tolist()],
+        {"firing_threshold": firing_threshold, "share": share, "signal_share": signal_share,
+         "max_depth": max_depth, "skip_bos": skip_bos, "heads": [head_label(L, h) for L, h in heads]}))
     sides: dict[str, dict[str, float]] = {}
     n_firings: dict[str, int] = {}
     queue = [(L, h, i, 0) for L, h in heads for i in (positions if positions is not None else range(n_pos))]
@@ -85,7 +87,7 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
         if (L, h, i) in seen:
             continue
         seen.add((L, h, i))
-        target = g.add_node(Node("head", L, None, h, label=f"L{L}H{h}", score=1.0))
+        target = g.add_node(Node("head", L, None, h, label=head_label(L, h), score=1.0))
         pattern = acts[(L, "pattern")][h, i]
         srcs = [j for j in range(i + 1) if pattern[j] >= firing_threshold and not (skip_bos and j == 0)]
         if not srcs:
@@ -112,7 +114,7 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
         g.edges[(s, t)] = w / n_firings[t]
         for side in sides[f"{s}->{t}"]:
             sides[f"{s}->{t}"][side] /= n_firings[t]
-    g.metadata.update(sides=sides, firings=n_firings)
+    g.meta = replace(g.meta, details={"sides": sides, "firings": n_firings})
     return g
 
 
@@ -126,19 +128,20 @@ def trace_attention(model: "ModelLike", prompts: Sequence[Tensor], heads: Sequen
     agg = Graph.aggregate(graphs, reduce="mean")
     sides: dict[str, dict[str, float]] = {}
     for g in graphs:
-        for e, sw in g.metadata["sides"].items():
+        for e, sw in g.meta.details["sides"].items():
             acc = sides.setdefault(e, {"query": 0.0, "key": 0.0})
             for side, w in sw.items():
                 acc[side] += w / len(graphs)
-    agg.metadata.update(sides=sides, firings=[g.metadata["firings"] for g in graphs])
+    agg.meta = replace(agg.meta, details={"sides": sides,
+                                          "firings": [g.meta.details["firings"] for g in graphs]})
     return agg
 
 
 def key_sources(g: Graph, head: tuple[int, int], min_share: float = 0.0) -> set[tuple[int, int]]:
     """Upstream heads whose key-side share into ``head`` exceeds ``min_share``."""
-    tid = Node("head", head[0], None, head[1]).id
+    tid = node_id("head", head[0], head[1])
     out = set()
-    for e, sw in g.metadata["sides"].items():
+    for e, sw in g.meta.details["sides"].items():
         s, t = e.split("->")
         if t == tid and sw["key"] > min_share and g.nodes[s].kind == "head":
             out.add((g.nodes[s].layer, g.nodes[s].index))

@@ -14,8 +14,10 @@ batched: ``K`` nodes (or upstream nodes of one site pair) run as ``K`` copies of
 forward pass.
 
 `score_against(graph, known)` compares the set of components a graph keeps with a known circuit
-given as data (``(kind, layer, index)`` triples; positions ignored): precision ``|G∩K|/|G|``,
-recall ``|G∩K|/|K|``, F1 — over the node kinds the known circuit names.
+given as data (canonical node ids or ``(kind, layer, index)`` triples; positions ignored):
+precision ``|G∩K|/|G|``, recall ``|G∩K|/|K|``, F1 — over the node kinds the known circuit names.
+Components are compared by canonical id, so a graph of any method (feature circuits, routes,
+attention-SVD) can be scored, and, where its nodes are the setup's, verified by intervention.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from torch import Tensor
 
 from mechscope.circuits.attribution import (Setup, clean_run, masked_run, metric_of, reference,
                                             run_direct, split_all)
-from mechscope.circuits.graph import Graph, Node
+from mechscope.circuits.feature_circuits import locate
+from mechscope.circuits.graph import Graph, Node, head_label, node_id, parse_node_id, without_position
 from mechscope.circuits.splice import SiteNodes
 from mechscope.interp.sites import Site
 
-Component = tuple[str, int, "int | None"]  # (node kind, layer, index)
+Component = tuple[str, int, "int | None"]  # (node kind, layer, index) of a known circuit
 
 
 def spearman(a: Iterable[float | int], b: Iterable[float | int]) -> float:
@@ -93,13 +96,9 @@ class Verification:
 
 
 def _locate(graph: Graph, setup: Setup, nid: str) -> tuple[Site, int, int | None]:
-    n = graph.nodes[nid]
-    by_name = {str(s): s for s in setup.sites}
-    if n.site not in by_name:
-        raise ValueError(f"graph node {nid} is at site {n.site!r}, not one of the setup's sites "
-                         f"{list(by_name)}: verify with the setup the graph was traced with")
-    s = by_name[n.site]
-    return s, setup.nodes[s].node_of(n.kind, n.index), n.position
+    if nid not in graph.nodes:
+        raise KeyError(f"{nid!r} is not a node of this graph")
+    return locate(setup, nid)
 
 
 def _one_off(setup: Setup, site: Site, targets: list[tuple[int, int | None]]) -> Tensor:
@@ -176,31 +175,53 @@ class Score(NamedTuple):
     precision: float
     recall: float
     f1: float
-    found: list[Component]
-    missed: list[Component]
-    extra: list[Component]
+    found: list[str]  # canonical component ids, sorted
+    missed: list[str]
+    extra: list[str]
 
 
-def components(graph: Graph, kinds: Iterable[str] | None = None) -> set[Component]:
-    """The graph's components ``(kind, layer, index)``, positions dropped."""
+def components(graph: Graph, kinds: Iterable[str] | None = None) -> set[str]:
+    """The graph's components as canonical ids without positions (``L0.H1``, ``L2.mlp``, ...),
+    logits excluded; only those of ``kinds`` when given."""
     kinds = None if kinds is None else set(kinds)
-    return {(n.kind, n.layer, n.index) for n in graph.nodes.values()
+    return {without_position(i) for i, n in graph.nodes.items()
             if n.kind != "logit" and (kinds is None or n.kind in kinds)}
 
 
-def score_against(graph: Graph, known: Iterable[Component | Node]) -> Score:
-    """Precision / recall / F1 of ``graph``'s components against a known circuit."""
-    truth = {(k.kind, k.layer, k.index) if isinstance(k, Node) else (str(k[0]), int(k[1]),
-             None if k[2] is None else int(k[2])) for k in known}
+def component_id(c: "Component | Node | str") -> str:
+    """A known-circuit entry as a position-free canonical id: a node id (``"L1.H3"``,
+    ``"L0.resid_post.f7"``), a `Node`, or a ``(kind, layer, index)`` triple (heads, MLPs,
+    attention, the embedding)."""
+    if isinstance(c, str):
+        return without_position(c)
+    if isinstance(c, Node):
+        return without_position(c.id)
+    kind, layer, index = c
+    try:
+        return node_id(str(kind), int(layer), None if index is None else int(index))
+    except ValueError as exc:
+        raise ValueError(f"known component {tuple(c)}: {exc}; give its node id instead, e.g. "
+                         f"'L0.resid_post.f7'") from exc
+
+
+def score_against(graph: Graph, known: Iterable[Component | Node | str]) -> Score:
+    """Precision / recall / F1 of ``graph``'s components against a known circuit (canonical ids
+    compared with positions dropped, over the node kinds the known circuit names)."""
+    truth = {component_id(k) for k in known}
     if not truth:
-        raise ValueError("the known circuit is empty: give (kind, layer, index) triples, "
-                         "e.g. ('head', 1, 3)")
-    pred = components(graph, {k for k, _, _ in truth})
+        raise ValueError("the known circuit is empty: give node ids ('L1.H3') or (kind, layer, "
+                         "index) triples, e.g. ('head', 1, 3)")
+    pred = components(graph, {parse_node_id(t).kind for t in truth})
     tp = pred & truth
     p = len(tp) / len(pred) if pred else 0.0
     r = len(tp) / len(truth)
     f1 = 2 * p * r / (p + r) if p + r else 0.0
-    return Score(p, r, f1, sorted(tp, key=str), sorted(truth - pred, key=str), sorted(pred - truth, key=str))
+    return Score(p, r, f1, sorted(tp), sorted(truth - pred), sorted(pred - truth))
+
+
+def _label(cid: str) -> str:
+    k = parse_node_id(cid)
+    return head_label(k.layer, k.index) if k.kind == "head" else cid
 
 
 # -- `mechscope verify` -------------------------------------------------------------------------
@@ -216,5 +237,5 @@ def verify_task(task: str, setup: Setup, known: Iterable[Component], method: str
             "recall": sc.recall, "f1": sc.f1, "faithfulness": f.faithfulness,
             "completeness": f.completeness, "node_rank_corr": v.node_rank_corr,
             "edge_rank_corr": v.edge_rank_corr, "nodes": len(v.node_ids), "edges": len(v.edge_ids),
-            "found": [f"L{l}H{i}" for _, l, i in sc.found], "missed": [f"L{l}H{i}" for _, l, i in sc.missed],
-            "extra": [f"L{l}H{i}" for _, l, i in sc.extra]}
+            "found": [_label(c) for c in sc.found], "missed": [_label(c) for c in sc.missed],
+            "extra": [_label(c) for c in sc.extra]}

@@ -19,6 +19,7 @@ from typing import Any
 
 from mechscope.circuits.attribution import node_scores
 from mechscope.circuits.feature_circuits import full_graph
+from mechscope.circuits.graph import node_id
 from mechscope.circuits.known import INDUCTION_MODEL, induction_setup
 from mechscope.circuits.verify import spearman, verify_nodes
 
@@ -60,7 +61,7 @@ def bench_attribution(quick: bool = False, steps: int = 10) -> dict[str, Any]:
             mean = v.mean(0)  # [p, n]
             for pos in range(mean.shape[0]):
                 for j in range(mean.shape[1]):
-                    by_id[f"head/{s}/{j}@{pos}"] = float(mean[pos, j])
+                    by_id[node_id("head", s.layer, j, position=pos)] = float(mean[pos, j])
         return [by_id[i] for i in ids]
 
     return {

@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mechscope.apps.cli import command
 from mechscope.apps.commands.common import graph_options, read_prompts, save_graph
-from mechscope.circuits.graph import Graph
+from mechscope.circuits.graph import Graph, parse_head
 from mechscope.circuits.svd_trace import trace_attention
 
 if TYPE_CHECKING:
     from mechscope.interp.models import Model
 
-_HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
-
-
 def parse_heads(specs: Sequence[str], model: "Model") -> list[tuple[int, int]]:
     """``["L1H3", ...]`` -> ``[(1, 3), ...]``, checked against the model."""
     out = []
     for spec in specs:
-        m = _HEAD_RE.match(spec.strip())
-        if not m:
-            raise ValueError(f"cannot parse head {spec!r}; expected 'L<layer>H<head>', e.g. 'L1H3'")
-        layer, head = int(m[1]), int(m[2])
+        layer, head = parse_head(spec)
         if not (0 <= layer < model.n_layers and 0 <= head < model.n_heads):
             raise ValueError(f"head {spec}: valid layers 0..{model.n_layers - 1}, heads 0..{model.n_heads - 1}")
         out.append((layer, head))
@@ -45,7 +39,7 @@ def trace_attention_cli(model: "Model", prompts: Sequence[str], heads: Sequence[
     rows = [model.to_tokens(p)[0] for p in prompts]
     g = trace_attention(model, rows, parsed, firing_threshold=firing_threshold, share=share,
                         max_depth=max_depth)
-    g.metadata["prompts"] = list(prompts)
+    g.meta = replace(g.meta, prompts=tuple(prompts))
     return g
 
 

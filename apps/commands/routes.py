@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mechscope.apps.cli import command
@@ -19,16 +20,16 @@ if TYPE_CHECKING:
 def routes_cli(model: "Model", prompts: Sequence[str], tau: float = DEFAULT_TAU, view: str = "heads",
                signed: bool = False, batch_size: int = 16, include_routes: bool = True) -> Graph:
     """``mechscope routes``: text prompts (one per line of a file) -> the aggregated component
-    graph, with each prompt's positional route under ``metadata["routes"]`` (JSON dicts)."""
+    graph, with each prompt's positional route in ``per_prompt``."""
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
         raise ValueError("the prompts file has no non-empty lines")
     rows = [model.to_tokens(p)[0] for p in prompts]
     routes = prompt_routes(model, rows, tau, view, signed, batch_size)
     agg = aggregate_routes(routes, model.n_layers)
-    agg.metadata.update(model=model.name, prompts=list(prompts))
+    agg.meta = replace(agg.meta, prompts=tuple(prompts))
     if include_routes:
-        agg.metadata["routes"] = [r.to_dict() for r in routes]
+        agg.per_prompt = list(routes)
     return agg
 
 

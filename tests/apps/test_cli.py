@@ -48,7 +48,7 @@ def test_routes_and_trace_attention_write_graphs(tmp_path):
     out = tmp_path / "routes.json"
     assert main(["routes", "--model", "attn-only-induction", "--prompts", str(prompts), "--out", str(out), "--html"]) == 0
     g = Graph.load(out)
-    assert g.nodes and g.metadata["method"]
+    assert g.nodes and g.meta.method
     assert out.with_suffix(".html").exists()
     out = tmp_path / "svd.json"
     assert main(["trace-attention", "--model", "attn-only-induction", "--prompts", str(prompts),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from mechscope.apps.graph_viewer import ancestors, graph_figure, layout_positions, write_graph_html
-from mechscope.circuits.graph import Graph, Node
+from mechscope.circuits.graph import Graph, GraphMeta, Node
 
 
 def small_graph() -> Graph:
     """Embeddings → head → feature → logits over 3 tokens, one token an injection string."""
-    g = Graph(metadata={"method": "routes", "model": "m", "n_layers": 2,
-                        "prompt_tokens": ["a", "<script>alert(1)</script>", "c"]})
+    toks = ("a", "<script>alert(1)</script>", "c")
+    g = Graph(meta=GraphMeta("routes", "share", "m", 2, 1, ("".join(toks),), (toks,)))
     e = [g.add_node(Node("embedding", -1, p, label=t)) for p, t in enumerate(["a", "b", "c"])]
     h = [g.add_node(Node("head", 0, p, index=1, label=f"L0H1@{p}")) for p in range(3)]
     f = g.add_node(Node("feature", 1, 2, index=5, site="L1.resid_post", score=2.0,
@@ -29,7 +29,7 @@ def test_layout_tokens_across_layers_up():
     for i, n in g.nodes.items():
         assert xy[i][0] == pytest.approx(n.position, abs=0.41)
         assert n.layer <= xy[i][1] < n.layer + 1
-    assert xy["embedding/L-1@0"][1] < xy["head/L0/1@0"][1] < xy["feature/L1.resid_post/5@2"][1] < xy["logit/L2@2"][1]
+    assert xy["embed@0"][1] < xy["L0.H1@0"][1] < xy["L1.resid_post.f5@2"][1] < xy["logit@2"][1]
 
 
 def test_traces_and_threshold_slider():
@@ -57,8 +57,8 @@ def test_traces_and_threshold_slider():
 
 def test_routes_are_ancestors_of_the_selected_token():
     g = small_graph()
-    assert ancestors(g, ["logit/L2@2"]) == {"logit/L2@2", "feature/L1.resid_post/5@2", "head/L0/1@1",
-                                            "embedding/L-1@0", "embedding/L-1@1", "embedding/L-1@2"}
+    assert ancestors(g, ["logit@2"]) == {"logit@2", "L1.resid_post.f5@2", "L0.H1@1",
+                                            "embed@0", "embed@1", "embed@2"}
     fig = graph_figure(g)
     routes = [t for t in fig.data if t.name.startswith("route")]
     assert [t.name for t in routes] == ["route 1", "route 2"]  # position 0 has no incoming edge

@@ -10,6 +10,7 @@ from mechscope.circuits.attention_svd import (activations, augment, decompose_fi
                                               normalised, ov_svd,
                                               projection_check, qk_svd, sparse_signal, upstream_parts)
 from mechscope.circuits.svd_trace import key_sources, kept_parts, trace_attention, trace_prompt
+from mechscope.circuits.graph import parse_node_id
 from mechscope.interp.models import Model
 
 ATTN_ONLY = dict(n_layers=2, d_model=32, n_ctx=32, d_head=8, n_heads=4, d_vocab=100, attn_only=True,
@@ -82,8 +83,8 @@ def test_rotary_models_and_bad_heads_are_refused(tiny_llama, tiny_gpt2):
 
 def test_trace_graph_edges_are_mean_signal_shares(tiny_attn_only, tokens):
     g = trace_prompt(tiny_attn_only, tokens[0], [(1, 0)], firing_threshold=0.1, share=0.7)
-    assert g.metadata["method"] == "attention_svd" and "head/L1/0" in g.nodes
-    for e, sw in g.metadata["sides"].items():
+    assert g.meta.method == "attention_svd" and "L1.H0" in g.nodes
+    for e, sw in g.meta.details["sides"].items():
         s, t = e.split("->")
         assert g.edges[(s, t)] == pytest.approx(sw["query"] + sw["key"])
         assert g.nodes[s].layer < g.nodes[t].layer
@@ -131,12 +132,12 @@ def test_route_of_a_repeated_token_goes_through_the_induction_circuit(induction,
     prev_heads, ind_heads = known_heads
     route = prompt_routes(model, [tokens], tau=0.04)[0]
     last = tokens.numel() - 1  # = 16, holds seg[5]; its earlier copy is at 6, the next token at 7
-    assert route.metadata["prediction"] == int(tokens[7])  # the model completes the repeat
+    assert route.meta.details["prediction"] == int(tokens[7])  # the model completes the repeat
     heads_at_top = {(n.layer, n.index) for n in route.nodes.values()
                     if n.kind == "head" and n.layer == 1 and n.position == last}
     assert heads_at_top == ind_heads  # precision = recall = 1 at the head level
     for L, h in ind_heads:  # each induction head reads the token after the earlier copy
-        assert 7 in {route.nodes[s].position for s in route.parents(f"head/L{L}/{h}@{last}")}
+        assert 7 in {route.nodes[s].position for s in route.parents(f"L{L}.H{h}@{last}")}
     # the residual at 7 that they read: the previous-token head writes most of it; other layer-0
     # heads pass tau with small shares (proximity counts any sizeable write), so precision at
     # layer 0 is taken at a share of 0.2 and the margin is asserted
@@ -146,7 +147,7 @@ def test_route_of_a_repeated_token_goes_through_the_induction_circuit(induction,
     assert all(share_at_7[hd] > 0.5 for hd in prev_heads)
     assert all(w < 0.15 for hd, w in share_at_7.items() if hd not in prev_heads)
     for L, h in prev_heads:  # and it copies the previous token, 6
-        assert {route.nodes[s].position for s in route.parents(f"head/L{L}/{h}@7")} == {6}
+        assert {route.nodes[s].position for s in route.parents(f"L{L}.H{h}@7")} == {6}
 
 
 def test_svd_trace_finds_the_previous_token_head_on_the_key_side(induction, known_heads):
@@ -155,19 +156,19 @@ def test_svd_trace_finds_the_previous_token_head_on_the_key_side(induction, know
     g = trace_prompt(model, tokens, sorted(ind_heads), positions=list(range(11, tokens.numel())),
                      max_depth=1)
     for L, h in ind_heads:
-        assert g.metadata["firings"].get(f"head/L{L}/{h}", 0) > 0
+        assert g.meta.details["firings"].get(f"L{L}.H{h}", 0) > 0
         # the shortest prefix carrying 70% of each firing sometimes adds a small tail of other
         # heads; at a mean key share of 0.2, precision = recall = 1 at the head level
         assert key_sources(g, (L, h), min_share=0.2) == prev_heads
-        key = {e.split("->")[0]: sw["key"] for e, sw in g.metadata["sides"].items()
-               if e.endswith(f"->head/L{L}/{h}")}
-        query = {e.split("->")[0]: sw["query"] for e, sw in g.metadata["sides"].items()
-                 if e.endswith(f"->head/L{L}/{h}")}
-        assert sum(key.get(f"head/L0/{j}", 0.0) for _, j in prev_heads) > 0.5
-        assert sum(w for s, w in key.items() if s.startswith("head/") and
-                   (int(s.split("/")[1][1:]), int(s.split("/")[2])) not in prev_heads) < 0.1
+        key = {e.split("->")[0]: sw["key"] for e, sw in g.meta.details["sides"].items()
+               if e.endswith(f"->L{L}.H{h}")}
+        query = {e.split("->")[0]: sw["query"] for e, sw in g.meta.details["sides"].items()
+                 if e.endswith(f"->L{L}.H{h}")}
+        assert sum(key.get(f"L0.H{j}", 0.0) for _, j in prev_heads) > 0.5
+        assert sum(w for s, w in key.items() if parse_node_id(s).kind == "head" and
+                   parse_node_id(s)[1:3] not in prev_heads) < 0.1
         # K-composition on the key side, the current token on the query side
-        assert max(query, key=query.get) == "embedding/embed"  # token, not position
+        assert max(query, key=query.get) == "embed.tok"  # token, not position
 
 
 def test_projecting_out_the_signal_subspace_beats_random_subspaces(induction):

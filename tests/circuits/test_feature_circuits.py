@@ -29,7 +29,7 @@ def test_edges_agree_with_interventions_on_linear_pieces(linear_setup):
     g = feature_circuit(linear_setup, node_threshold=0.0)
     v = verify_edges(g, linear_setup)
     exact = [(a, b) for e, a, b in zip(v.edge_ids, v.edge_attribution, v.edge_effect)
-             if e[1] == "logit/L2" or e[1].startswith("residual/")]
+             if e[1] == "logit" or e[1] == "L1.resid_pre"]
     assert len(exact) > 20
     for a, b in exact:
         assert a == pytest.approx(b, abs=1e-4)
@@ -86,18 +86,18 @@ def test_planted_circuit_recovered_and_verified():
         assert (s.precision, s.recall) == (1.0, 1.0), s
         assert f.faithfulness > 0.95 and abs(f.completeness) < 0.05
         # the V-composition edge of the planted mechanism
-        assert abs(g.edges[("head/L0.z/1", "head/L1.z/2")]) > 1.0
+        assert abs(g.edges[("L0.H1", "L1.H2")]) > 1.0
     v = verify_edges(g, setup)
     assert v.node_rank_corr > 0.99 and v.edge_max_error < 0.05
 
 
 def test_graph_json_round_trip(tmp_path, linear_setup):
-    g, _ = trace(linear_setup, node_threshold=0.01, edge_threshold=1e-3)
+    g, f = trace(linear_setup, node_threshold=0.01, edge_threshold=1e-3)
     back = Graph.load(g.save(tmp_path / "graph.json"))
     assert back.nodes == g.nodes and back.edges == g.edges
-    assert back.metadata["parameters"]["ablation"] == "mean"
-    assert back.metadata["faithfulness"]["ablation"] == "mean"
-    assert back.metadata["method"] == "sparse_feature_circuit/atp"
+    assert back.meta == g.meta and back.meta.parameters["ablation"] == "mean"
+    assert (back.meta.faithfulness, back.meta.completeness) == (f.faithfulness, f.completeness)
+    assert back.meta.method == "sparse_feature_circuit/atp"
 
 
 def test_graph_from_another_setup_is_refused(linear_setup, tiny_gpt2, tokens):
@@ -116,8 +116,8 @@ def test_induction_circuit_at_head_level():
     g = feature_circuit(setup, method="ig", node_threshold=0.1, relative=True, steps=8)
     s = score_against(g, known.components)
     assert (s.precision, s.recall) == (1.0, 1.0), (s, {i: n.score for i, n in g.nodes.items()})
-    prev = [f"head/L0.z/{h}" for _, l, h in known.components if l == 0]
-    ind = [f"head/L1.z/{h}" for _, l, h in known.components if l == 1]
+    prev = [f"L0.H{h}" for _, l, h in known.components if l == 0]
+    ind = [f"L1.H{h}" for _, l, h in known.components if l == 1]
     assert all((p, i) in g.edges for p in prev for i in ind)  # K-composition shows as direct edges
     assert faithfulness(g, setup).faithfulness > 0.8
 
@@ -132,6 +132,6 @@ def test_planted_induction_needs_integrated_gradients():
     assert f.faithfulness == pytest.approx(1.0, abs=0.05)
     v = verify_edges(g, setup)
     assert v.node_max_error < 0.25 * max(abs(e) for e in v.node_effect) and v.edge_max_error < 0.05
-    assert ("head/L0.z/0", "head/L1.z/1") in g.edges  # K-composition
+    assert ("L0.H0", "L1.H1") in g.edges  # K-composition
     atp = feature_circuit(setup, method="atp", node_threshold=0.0, edges=False)
-    assert abs(atp.nodes["head/L0.z/0"].score) < 0.2 < abs(g.nodes["head/L0.z/0"].score)
+    assert abs(atp.nodes["L0.H0"].score) < 0.2 < abs(g.nodes["L0.H0"].score)

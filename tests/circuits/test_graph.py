@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from mechscope.circuits.graph import Graph, Node
+from mechscope.circuits.graph import Graph, GraphMeta, Node
 
 
 def _toy() -> Graph:
-    g = Graph(metadata={"method": "toy", "model": "m", "prompt_tokens": ["a", "b"]})
+    g = Graph(meta=GraphMeta("toy", "u", "m", 2, 1, ("ab",), (("a", "b"),)))
     emb = g.add_node(Node("embedding", -1, 0, label="a", score=1.0))
     h = g.add_node(Node("head", 0, 1, index=2, label="L0H2", score=0.5))
     f = g.add_node(Node("feature", 1, 1, index=7, site="L1.resid_post", score=-0.2))
-    out = g.add_node(Node("logit", 2, 1, index=3, label="b", score=1.0))
+    out = g.add_node(Node("logit", 2, 1, index=3, label="b", score=1.0, token="b"))
     g.add_edge(emb, h, 0.9)
     g.add_edge(h, f, -0.3)
     g.add_edge(f, out, 0.05)
@@ -27,7 +27,7 @@ def test_json_round_trip(tmp_path):
     path = g.save(tmp_path / "g.json")
     back = Graph.load(path)
     assert back.to_dict() == g.to_dict()
-    assert back.nodes == g.nodes and back.edges == g.edges and back.metadata == g.metadata
+    assert back.nodes == g.nodes and back.edges == g.edges and back.meta == g.meta
 
 
 def test_bad_files_and_nodes(tmp_path):
@@ -42,30 +42,30 @@ def test_bad_files_and_nodes(tmp_path):
     with pytest.raises(ValueError, match="valid: embedding"):
         Node("neuron", 0)
     with pytest.raises(KeyError, match="not a node"):
-        _toy().add_edge("head/L9", "logit/L2/3@1", 1.0)
+        _toy().add_edge("L9.H0", 'logit."b"@1', 1.0)
 
 
 def test_prune_and_subgraph():
     g = _toy()
     p = g.prune(edge_threshold=0.5)
-    assert set(p.edges) == {("embedding/L-1@0", "head/L0/2@1"), ("embedding/L-1@0", "logit/L2/3@1")}
-    assert "feature/L1.resid_post/7@1" not in p.nodes
+    assert set(p.edges) == {("embed@0", "L0.H2@1"), ("embed@0", 'logit."b"@1')}
+    assert "L1.resid_post.f7@1" not in p.nodes
     p = g.prune(node_threshold=0.4)
-    assert "feature/L1.resid_post/7@1" not in p.nodes and len(p.edges) == 2
+    assert "L1.resid_post.f7@1" not in p.nodes and len(p.edges) == 2
     c = g.prune_cumulative(0.8)  # 0.9 + 0.6 of 1.85 total reaches 81%
     assert len(c.edges) == 2
-    assert g.parents("logit/L2/3@1") == {"feature/L1.resid_post/7@1": 0.05, "embedding/L-1@0": 0.6}
+    assert g.parents('logit."b"@1') == {"L1.resid_post.f7@1": 0.05, "embed@0": 0.6}
 
 
 def test_aggregate_means_and_counts():
     a, b = _toy(), _toy()
-    b.nodes.pop("feature/L1.resid_post/7@1")
-    b.edges = {e: w for e, w in b.edges.items() if "feature" not in e[0] + e[1]}
+    b.nodes.pop("L1.resid_post.f7@1")
+    b.edges = {e: w for e, w in b.edges.items() if "L1.resid_post.f7@1" not in e}
     m = Graph.aggregate([a, b])
-    assert m.edges[("embedding/L-1@0", "head/L0/2@1")] == pytest.approx(0.9)
-    assert m.edges[("head/L0/2@1", "feature/L1.resid_post/7@1")] == pytest.approx(-0.15)
-    assert m.metadata["counts"]["feature/L1.resid_post/7@1"] == 1
-    assert m.nodes["head/L0/2@1"].score == pytest.approx(0.5)
+    assert m.edges[("embed@0", "L0.H2@1")] == pytest.approx(0.9)
+    assert m.edges[("L0.H2@1", "L1.resid_post.f7@1")] == pytest.approx(-0.15)
+    assert m.meta.aggregated.counts["L1.resid_post.f7@1"] == 1
+    assert m.nodes["L0.H2@1"].score == pytest.approx(0.5)
 
 
 def test_networkx():

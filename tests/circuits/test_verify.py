@@ -37,9 +37,9 @@ def _graph(heads):
 def test_score_against_known_circuit():
     s = score_against(_graph([(0, 1), (1, 3), (1, 0)]), [("head", 0, 1), ("head", 1, 3)])
     assert (s.precision, s.recall, s.f1) == pytest.approx((2 / 3, 1.0, 0.8))
-    assert s.extra == [("head", 1, 0)] and s.missed == []
+    assert s.extra == ["L1.H0"] and s.missed == []
     s = score_against(_graph([(0, 1)]), [Node("head", 0, None, 1), Node("head", 1, None, 3)])
-    assert (s.precision, s.recall) == (1.0, 0.5) and s.missed == [("head", 1, 3)]
+    assert (s.precision, s.recall) == (1.0, 0.5) and s.missed == ["L1.H3"]
     assert score_against(_graph([]), [("head", 0, 1)]).f1 == 0.0
     with pytest.raises(ValueError, match="empty"):
         score_against(_graph([]), [])
@@ -53,7 +53,7 @@ def test_edges_are_direct_effects_nodes_total_effects():
     v = verify_edges(g, setup)
     eff = dict(zip(v.node_ids, v.node_effect))
     edge = dict(zip(v.edge_ids, v.edge_effect))
-    assert eff["head/L0.z/1"] < -5
-    assert abs(edge[("head/L0.z/1", "logit/L2")]) < 1e-4
-    assert edge[("head/L0.z/1", "head/L1.z/2")] == pytest.approx(g.edges[("head/L0.z/1", "head/L1.z/2")], rel=1e-3)
+    assert eff["L0.H1"] < -5
+    assert abs(edge[("L0.H1", "logit")]) < 1e-4
+    assert edge[("L0.H1", "L1.H2")] == pytest.approx(g.edges[("L0.H1", "L1.H2")], rel=1e-3)
     assert v.node_max_error < 1e-3 and v.edge_max_error < 1e-3

@@ -17,4 +17,4 @@ def test_trace_attention_cli(induction_model):
     model, ind = induction_model, tuple(zoo.card("attn-only-induction")["induction_head"])
     text = "abcdefghij" * 2
     g = trace_attention_cli(model, [text, " "], [f"L{ind[0]}H{ind[1]}"], max_depth=1)
-    assert g.metadata["prompts"] == [text] and f"head/L{ind[0]}/{ind[1]}" in g.nodes
+    assert g.meta.prompts == (text,) and f"L{ind[0]}.H{ind[1]}" in g.nodes

@@ -14,7 +14,7 @@ def test_routes_cli_round_trips(tiny_gpt2, tmp_path):
         g = routes_cli(model, ["hello there", "", "abcdef"], tau=0.05)
     finally:
         model.to_tokens = orig
-    assert g.metadata["aggregated"] == 2 and len(g.metadata["routes"]) == 2
+    assert g.meta.aggregated.graphs == 2 and len(g.per_prompt) == 2
     path = g.save(tmp_path / "routes.json")
     assert type(g).load(path).to_dict() == g.to_dict()
     with pytest.raises(ValueError, match="non-empty"):

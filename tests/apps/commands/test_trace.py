@@ -23,15 +23,15 @@ def test_trace_cli_from_files(tmp_path, induction_model):
     assert back.nodes == g.nodes and len(g.edges) > 0
     kinds = {n.kind for n in g.nodes.values()}
     assert {"feature", "error", "head", "logit"} <= kinds
-    assert g.metadata["parameters"]["dictionaries"]["L0.attn_out"].startswith("TopKSAE")
+    assert g.meta.parameters["dictionaries"]["L0.attn_out"].startswith("TopKSAE")
 
     recs = [{"prompt": "abcabc", "patch": "abdabd", "target": "c", "foil": "d"},
             {"prompt": "xyzxyz", "patch": "xywxyw", "target": "z", "foil": "w"}]
     (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
     g2 = trace_cli(induction_model, tmp_path / "pairs.jsonl", sites=["L0.z", "L1.z"], metric="jsonl",
                    node_threshold=0.0)
-    assert g2.metadata["parameters"]["ablation"] == "patch"
-    assert g2.metadata["parameters"]["metric"] == "logit_diff"
+    assert g2.meta.parameters["ablation"] == "patch"
+    assert g2.meta.parameters["metric"] == "logit_diff"
 
 
 def test_trace_cli_bad_inputs(tmp_path, induction_model):

@@ -221,7 +221,8 @@ def faithfulness(graph: Graph, setup: Setup) -> Faithfulness:
 
 def full_graph(setup: Setup, per_position: bool = False) -> Graph:
     """Every node of every site (scores 0), for checks of faithfulness by construction."""
-    g = Graph(meta=GraphMeta.traced(setup.model, "full", "", setup.clean.tolist(), setup.params()))
+    g = Graph(meta=GraphMeta.traced(setup.model, "full", "none (every node, scores 0)",
+                                    setup.clean.tolist(), setup.params()))
     positions = range(setup.clean.shape[1]) if per_position else [None]
     for s, sn in setup.nodes.items():
         for j in range(sn.n_nodes):

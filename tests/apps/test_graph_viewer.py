@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mechscope.apps.graph_viewer import ancestors, graph_figure, layout_positions, write_graph_html
 from mechscope.circuits.graph import Graph, GraphMeta, Node
@@ -82,3 +83,32 @@ def test_escaping_and_errors(tmp_path):
         graph_figure(g, threshold=-1)
     with pytest.raises(ValueError, match="feature_url"):
         graph_figure(g, feature_url=3)
+
+
+def test_every_method_is_drawn_with_one_layout(tiny_gpt2, tokens):
+    """Feature circuits, routes (positional and aggregated) and attention-SVD graphs of one model:
+    every node sits inside its layer's band, every edge points up (information flows from the
+    embedding to the logits), and the axes come from the typed metadata."""
+    from mechscope.circuits.attribution import Setup, logit_diff
+    from mechscope.circuits.feature_circuits import feature_circuit
+    from mechscope.circuits.routes_aggregate import aggregate_routes, prompt_routes
+    from mechscope.circuits.svd_trace import trace_attention
+
+    model, rows = tiny_gpt2, tokens[:2, :8]
+    setup = Setup.build(model, ["L0.z", "L0.mlp_out", "L1.resid_mid", "L1.z", "L1.resid_post"],
+                        logit_diff(torch.tensor([1, 2]), torch.tensor([3, 4])), rows)
+    routes = prompt_routes(model, list(rows), tau=0.02)
+    graphs = [feature_circuit(setup, node_threshold=0.0), routes[0], aggregate_routes(routes, 2),
+              trace_attention(model, list(rows), [(1, 0), (1, 1)], firing_threshold=0.1)]
+    for g in graphs:
+        xy = layout_positions(g)
+        for i, n in g.nodes.items():
+            assert n.layer <= xy[i][1] < n.layer + 1, (g.meta.method, i)
+        for s, t in g.edges:
+            assert xy[s][1] < xy[t][1], (g.meta.method, s, t)
+        fig = graph_figure(g)
+        layers = sorted({n.layer for n in g.nodes.values()})
+        names = dict(zip(fig.layout.yaxis.tickvals, fig.layout.yaxis.ticktext))
+        assert [names[l] for l in layers] == [{-1: "embed", 2: "logits"}.get(l, f"L{l}") for l in layers]
+        assert g.meta.method in fig.layout.title.text and g.meta.model in fig.layout.title.text
+    assert {n.kind for g in graphs for n in g.nodes.values()} >= {"embedding", "head", "mlp", "residual", "logit"}

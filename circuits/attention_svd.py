@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechscope.circuits.graph import head_label
+from mechscope.circuits.node_ids import head_label
 from mechscope.interp.capture import capture, hooks_for
 from mechscope.interp.models import Model
 

@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from mechscope.circuits.graph import NodeKey, head_label
+from mechscope.circuits.node_ids import NodeKey, head_label
 from mechscope.interp.sites import Site
 from mechscope.kernels.code import SparseCode
 

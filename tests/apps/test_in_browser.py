@@ -82,6 +82,9 @@ def test_graph_viewer_renders_and_links_to_feature_pages(chrome, bundle):
     # node markers + one hover marker per edge (all edges shown at the lowest threshold)
     assert page.eval("document.querySelectorAll('#graph .scatterlayer .point').length") == len(g.nodes) + len(g.edges)
     assert page.eval("document.querySelectorAll('#graph .slider-container').length") == 1
+    # the summary line is read from the graph's typed metadata
+    assert page.eval("document.getElementById('summary').textContent") == (
+        f"routes · model m · 2 layers · 1 prompt · {len(g.nodes)} nodes, {len(g.edges)} edges · weights in share")
     assert page.eval("document.querySelector('#graph .xtick:nth-of-type(2) text').textContent").endswith(
         "'<script>alert(1)</script>'")
     _clean(page)

@@ -234,7 +234,8 @@ class Graph:
     def aggregate(graphs: Iterable["Graph"], reduce: str = "mean") -> "Graph":
         """Combine graphs over prompts: node scores and edge weights summed or averaged (an
         absent node/edge counts as 0); ``meta.aggregated.counts`` says in how many graphs each
-        node appeared. Prompts add up; a faithfulness measured per graph does not carry over."""
+        node appeared. Prompts add up; what was measured per graph (faithfulness, the method's
+        ``details``) does not carry over: a method that combines its details sets them."""
         graphs = list(graphs)
         if not graphs:
             raise ValueError("aggregate needs at least one graph")
@@ -252,6 +253,7 @@ class Graph:
         metas = [g.meta for g in graphs]
         out.meta = replace(
             metas[0], n_prompts=sum(m.n_prompts for m in metas), faithfulness=None, completeness=None,
+            details={},
             prompts=sum((m.prompts for m in metas), ()) if all(m.prompts for m in metas) else (),
             prompt_tokens=sum((m.prompt_tokens for m in metas), ()) if all(m.prompt_tokens for m in metas) else (),
             aggregated=Aggregation(len(graphs), reduce, counts))

@@ -65,6 +65,8 @@ def _meta(md: dict[str, Any], ids: dict[str, str], nodes: list[Node]) -> dict[st
     faith = md.get("faithfulness")
     logits = [n.layer for n in nodes if n.kind == "logit"]
     details = {k: md[k] for k in _DETAILS if k in md}
+    if md.get("aggregated") and "sides" not in details:  # v1 kept the first prompt's results
+        details = {}
     if "sides" in details:
         details["sides"] = {_edge_key(k, ids): v for k, v in details["sides"].items()}
     if "firings" in details:

@@ -84,6 +84,8 @@ def test_every_tracer_writes_the_same_metadata(traced):
     for name in ("feature_circuit", "routes_aggregated", "attention_svd_aggregated"):
         assert graphs[name].meta.n_prompts == 2, name
     assert graphs["routes_aggregated"].meta.aggregated.graphs == 2
+    assert graphs["routes_aggregated"].meta.details == {}  # one prompt's prediction is not the aggregate's
+    assert len(graphs["attention_svd_aggregated"].meta.details["firings"]) == 2
     assert graphs["feature_circuit"].meta.faithfulness is not None
 
 

@@ -167,6 +167,7 @@ def test_version_1_specifics():
     assert "L1.H2@4" in per.nodes and "L0.attn_out.f1@4" in per.nodes
     routes = Graph.load(DATA / "v1_routes.json")
     assert routes.meta.aggregated.graphs == 2 and routes.meta.prompts == ("hello", "abcd")
+    assert routes.meta.details == {}  # v1 copied the first route's prediction up; each route keeps its own
     assert routes.meta.aggregated.counts["L0.H2"] == 2 and routes.meta.aggregated.counts["embed"] == 2
     assert [len(r.nodes) for r in routes.per_prompt] == [17, 12]
     r0 = routes.per_prompt[0]

@@ -115,6 +115,9 @@ class GraphMeta:
     details: dict[str, Any] = field(default_factory=dict)  # method-specific results (its module doc)
 
     def __post_init__(self) -> None:
+        # tuples whatever sequences were given, so that equal metadata compares equal
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        object.__setattr__(self, "prompt_tokens", tuple(tuple(row) for row in self.prompt_tokens))
         for name in ("prompts", "prompt_tokens"):
             got = len(getattr(self, name))
             if got and got != self.n_prompts:

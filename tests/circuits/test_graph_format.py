@@ -198,3 +198,9 @@ def test_version_1_files_that_cannot_be_mapped_are_refused(tmp_path):
     (tmp_path / "v0.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="version 0 is not supported.*converts version 1"):
         Graph.load(tmp_path / "v0.json")
+
+
+def test_metadata_is_checked_once():
+    assert GraphMeta(n_prompts=2).prompt_tokens == ()  # unknown tokens are allowed, wrong counts not
+    with pytest.raises(ValueError, match="2 prompt_tokens for n_prompts=1"):
+        GraphMeta(n_prompts=1, prompt_tokens=(("a",), ("b",)))

@@ -24,10 +24,10 @@ import time
 
 import torch
 
-from mechscope.sae import codebook_fsm as F
-from mechscope.sae.codebook_model import CodebookModel, CodebookSpec
-from mechscope.sae.codebook_train import LMTrainConfig, loss_increase, train_lm
-from mechscope.sae.steer import generate
+from mechscope.sae.codebook_features import fsm as F
+from mechscope.sae.codebook_features.model import CodebookModel, CodebookSpec
+from mechscope.sae.codebook_features.train import LMTrainConfig, loss_increase, train_lm
+from mechscope.sae.codebook_features.steer import generate
 from mechscope.interp.tokfsm import TokFSM
 
 torch.set_num_threads(2)

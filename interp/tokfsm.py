@@ -14,7 +14,7 @@ digits(s_T)``, ``1 + T n`` tokens.
 
 With S much larger than the model's width (the paper: 100 states, 10 out-edges), states cannot
 each own a neuron; a codebook code that fires exactly on one state is then a discrete feature
-found by training, which is what `mechscope.sae.codebook_fsm` measures.
+found by training, which is what `mechscope.sae.codebook_features.fsm` measures.
 
 Everything is deterministic given ``seed`` (the table) and the generator passed to `sample`.
 """

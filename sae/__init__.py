@@ -16,7 +16,8 @@ Entry points (import from the submodules; importing this package loads nothing h
   foreign weights have a `DictionaryConfig` and `Provenance`, no `TrainConfig`)
 - `mechscope.sae.factory.build_dictionary(dictionary_config, train_config=None)`; architectures in
   topk, relu, jumprelu, matching_pursuit, codebook; synthetic sources in `mechscope.sae.synthetic`
-- codebook features in a model (Tamkin et al.): `codebook_model.CodebookModel` (bottlenecks at
-  sites, fine-tuned through the LM loss by `codebook_train`), the TokFSM experiment
-  (`codebook_fsm`), steering by codes (`steer`)
+- codebook features in a model (Tamkin et al.): the `codebook_features` subpackage
+  (`codebook_features.model.CodebookModel`: bottlenecks at sites, fine-tuned through the LM
+  loss by `codebook_features.train`; the TokFSM experiment, `codebook_features.fsm`; steering by
+  codes, `codebook_features.steer`)
 """

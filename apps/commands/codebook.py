@@ -10,8 +10,8 @@ Tables (see examples/configs/codebook_fsm.toml):
 * ``[eval]``: ``sequences`` (held-out walks / windows), ``steer_prompts_per_state``.
 
 The report (``report.json`` next to the saved `CodebookModel`) holds the loss increase
-(`mechscope.sae.codebook_train.loss_increase`) and, for the FSM, the transition, state
-identification and steering measures of `mechscope.sae.codebook_fsm`.
+(`mechscope.sae.codebook_features.train.loss_increase`) and, for the FSM, the transition, state
+identification and steering measures of `mechscope.sae.codebook_features.fsm`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def load_config(path: "str | Path") -> dict[str, dict[str, Any]]:
 
 
 def _train_cfg(table: Mapping[str, Any]):
-    from mechscope.sae.codebook_train import LMTrainConfig
+    from mechscope.sae.codebook_features.train import LMTrainConfig
 
     t = dict(table)
     batch = t.pop("batch_size", 32)
@@ -80,9 +80,9 @@ def _window_sampler(stream: torch.Tensor, batch: int, n_ctx: int, bos: int) -> C
 def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path",
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a job (a parsed config) and save the codebook model and ``report.json`` in ``out_dir``."""
-    from mechscope.sae import codebook_fsm as F
-    from mechscope.sae.codebook_model import CodebookModel, CodebookSpec
-    from mechscope.sae.codebook_train import loss_increase, train_lm
+    from mechscope.sae.codebook_features import fsm as F
+    from mechscope.sae.codebook_features.model import CodebookModel, CodebookSpec
+    from mechscope.sae.codebook_features.train import loss_increase, train_lm
     from mechscope.interp.tokfsm import TokFSM
 
     cb_table = dict(cfg["codebook"])
@@ -180,12 +180,12 @@ def codebook_cmd(args: argparse.Namespace) -> int:
                   f"(chance precision {row['chance_precision']:.3f})")
         print(f"saved: {args.out}")
         return 0
-    from mechscope.sae.codebook_model import CodebookModel
+    from mechscope.sae.codebook_features.model import CodebookModel
 
     cbm = CodebookModel.load(args.target)
     tokens = _tokens(cbm, args)
     if args.action == "find":
-        from mechscope.sae.steer import find_codes, regex_mask, token_mask
+        from mechscope.sae.codebook_features.steer import find_codes, regex_mask, token_mask
 
         if args.regex:
             target = regex_mask([cbm.model.to_str_tokens(row) for row in tokens], args.regex)
@@ -197,7 +197,7 @@ def codebook_cmd(args: argparse.Namespace) -> int:
             print(f"{m.site} group {m.group} code {m.code}: precision {m.precision:.3f} "
                   f"recall {m.recall:.3f} (fires {m.fires}x)")
         return 0
-    from mechscope.sae.steer import generate
+    from mechscope.sae.codebook_features.steer import generate
 
     if not args.site or not args.code:
         raise ValueError("steer needs --site SITE and at least one --code INDEX")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mechscope.sae.codebook_model import CodebookModel
+from mechscope.sae.codebook_features.model import CodebookModel
 
 QUICK_JOB = """
 [fsm]

@@ -9,7 +9,7 @@ import torch
 
 from mechscope.interp.capture import capture, hooks_for
 from mechscope.sae.codebook import nearest_codes, spherical_kmeans
-from mechscope.sae.codebook_model import CodebookModel, CodebookSpec
+from mechscope.sae.codebook_features.model import CodebookModel, CodebookSpec
 from mechscope.interp.models import Model
 from mechscope.sae.dictionary import Dictionary
 

@@ -14,13 +14,13 @@ Measures (all on fresh walks):
   model and ``D / S`` (chance) for a uniform one; ``true_prob`` (mean ``p`` of the walked next
   state) is at most ``1 / D``.
 * State identification: per state, the code with the best F1 as a detector of "the token is the
-  last digit of state s" (`mechscope.sae.steer.detector_stats`): its precision and recall.
+  last digit of state s" (`mechscope.sae.codebook_features.steer.detector_stats`): its precision and recall.
   Chance precision of a code that fires at random is the state's frequency, about ``1 / S``.
 * Steering: force the best code of a target state ``t`` at the prompt's last position and
   compare the mass on ``succ(t)`` with that of the unsteered run; mass on ``succ(s)`` should
   fall. ``follow_rate`` is how often the most probable next state is a successor of ``t``.
 
-Reference levels (CPU, measured here). Tiny run of tests/interp/test_steer.py: 12 states, 2
+Reference levels (CPU, measured here). Tiny run of tests/sae/codebook_features/test_steer.py: 12 states, 2
 out-edges, base 4; 2 layers, d_model 32; 200 pre-training + 60 fine-tuning steps of 32 walks;
 32 codes, k = 1 at L0.mlp_out and L1.mlp_out: valid mass 0.95 (chance 0.17), best-code
 precision 0.59 / recall 0.74 at L0.mlp_out (chance precision 0.08); forcing the state codes at
@@ -37,11 +37,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechscope.sae.steer import detector_stats
+from mechscope.sae.codebook_features.steer import detector_stats
 from mechscope.interp.tokfsm import TokFSM
 
 if TYPE_CHECKING:
-    from mechscope.sae.codebook_model import CodebookModel
+    from mechscope.sae.codebook_features.model import CodebookModel
     from mechscope.interp.models import Model
 
 

@@ -1,6 +1,6 @@
 """Steering by codes: detector statistics, finding codes, forced generation, and the TokFSM run.
 
-The FSM run is the tiny version of the paper's experiment (see `mechscope.sae.codebook_fsm`,
+The FSM run is the tiny version of the paper's experiment (see `mechscope.sae.codebook_features.fsm`,
 "Reference levels"): 12 states, 2 out-edges, base 4 (2 digits per state), a 2-layer d_model 32
 model pre-trained 200 steps, codebooks (32 codes, k = 1) on both MLP outputs fine-tuned 60 steps.
 Documented level, asserted with margin: best-code precision ≥ 0.35 and recall ≥ 0.4 per state on
@@ -15,9 +15,9 @@ import copy
 import pytest
 import torch
 
-from mechscope.sae.codebook_model import CodebookModel, CodebookSpec
+from mechscope.sae.codebook_features.model import CodebookModel, CodebookSpec
 from mechscope.interp.models import Model
-from mechscope.sae.steer import detector_stats, find_codes, generate, regex_mask, token_mask
+from mechscope.sae.codebook_features.steer import detector_stats, find_codes, generate, regex_mask, token_mask
 
 CFG = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=50,
            act_fn="gelu_new", normalization_type="LN")
@@ -93,8 +93,8 @@ def test_generate_with_forced_code_equals_model_on_that_token(token_codebook):
 # -- the small TokFSM run ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fsm_run():
-    from mechscope.sae.codebook_fsm import fsm_model, fsm_sampler
-    from mechscope.sae.codebook_train import LMTrainConfig, train_lm
+    from mechscope.sae.codebook_features.fsm import fsm_model, fsm_sampler
+    from mechscope.sae.codebook_features.train import LMTrainConfig, train_lm
     from mechscope.interp.tokfsm import TokFSM
 
     fsm, n_steps = TokFSM(n_states=12, out_degree=2, base=4, seed=0), 8
@@ -108,8 +108,8 @@ def fsm_run():
 
 
 def test_small_fsm_run_identifies_states(fsm_run):
-    from mechscope.sae.codebook_fsm import best_site, state_identification, transition_report
-    from mechscope.sae.codebook_train import loss_increase
+    from mechscope.sae.codebook_features.fsm import best_site, state_identification, transition_report
+    from mechscope.sae.codebook_features.train import loss_increase
 
     fsm, n_steps, base, cbm, log = fsm_run
     assert log[-1]["step"] == 59 and all(r["aux_loss"] > 0 for r in log)
@@ -125,7 +125,7 @@ def test_small_fsm_run_identifies_states(fsm_run):
 
 
 def test_forcing_a_state_code_steers_the_next_state(fsm_run):
-    from mechscope.sae.codebook_fsm import state_identification, steering_report
+    from mechscope.sae.codebook_features.fsm import state_identification, steering_report
 
     fsm, n_steps, _, cbm, _ = fsm_run
     ids = state_identification(cbm, fsm, 64, n_steps)

@@ -2,7 +2,7 @@
 
 Objective: the mean next-token cross-entropy ``L_LM = −1/N Σ_t log p(x_{t+1} | x_{≤t})`` (nats),
 plus, for a `CodebookModel`, its auxiliary codebook and commitment terms (see
-`mechscope.sae.codebook_model`); the whole network is fine-tuned through the straight-through
+`mechscope.sae.codebook_features.model`); the whole network is fine-tuned through the straight-through
 bottlenecks, as in Tamkin et al. 2023 ("Codebook Features"), section 3. AdamW (Loshchilov &
 Hutter 2019) with linear warm-up and cosine decay to ``min_lr_ratio · lr``; dead codes are
 replaced after every step.
@@ -82,7 +82,7 @@ def train_lm(net: "nn.Module | Model", sample: Sampler, cfg: LMTrainConfig,
              log: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``net`` (a `CodebookModel`, a `Model`, or any module mapping tokens to logits, e.g.
     a ``HookedTransformer``) on batches from ``sample``; returns the logged metrics."""
-    from mechscope.sae.codebook_model import CodebookModel
+    from mechscope.sae.codebook_features.model import CodebookModel
 
     net = _module(net)
     is_cb = isinstance(net, CodebookModel)

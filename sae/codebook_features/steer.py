@@ -26,7 +26,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from mechscope.sae.codebook_model import CodebookModel
+    from mechscope.sae.codebook_features.model import CodebookModel
 
 
 class DetectorStats(NamedTuple):

@@ -29,6 +29,7 @@ so ``load_state_dict`` on a fresh stream continues with exactly window ``k + 1``
 from __future__ import annotations
 
 import itertools
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -185,20 +186,109 @@ def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return enc["input_ids"]
 
 
-def open_token_stream(source: Any, n_ctx: int, tokenizer: Any = None, **kw: Any) -> TokenStream:
-    """A token stream from a loose spec, for the CLI: a ``.npy``/``.bin`` token memmap; text files
-    (a file, folder or glob); a list of strings; or a Hub dataset name (streamed)."""
-    from pathlib import Path
+# ---------------------------------------------------------------------------------------------
+# text specs: the one resolver
+# ---------------------------------------------------------------------------------------------
+TEXT_SPEC_FORMS = ("'zoo:train', 'zoo:heldout', 'hf:NAME[:SPLIT]', a .txt file / folder / glob, "
+                   "or a .npy/.bin token memmap")
+ZOO_SPLITS = ("train", "heldout")
 
+
+def check_text_spec(spec: str, what: str = "text spec") -> str:
+    """``spec`` if it names text `open_token_stream` can read, else a `TokenStreamError` naming
+    ``what`` (e.g. the config field), saying why, and listing the valid forms. Cheap (no file is
+    read), so configs call it when they are built."""
+    def bad(reason: str) -> TokenStreamError:
+        return TokenStreamError(f"{what}={spec!r} is invalid: {reason}; valid forms: {TEXT_SPEC_FORMS}")
+
+    if not isinstance(spec, str) or not spec:
+        raise bad("it must be a non-empty string")
+    if spec.startswith("zoo:"):
+        if spec[4:] not in ZOO_SPLITS:
+            raise bad("zoo text is 'zoo:train' or 'zoo:heldout'")
+        return spec
+    if spec.startswith("hf:"):
+        if not spec[3:].partition(":")[0]:
+            raise bad("no dataset name after 'hf:'")
+        return spec
+    if spec.endswith((".npy", ".bin")):
+        from pathlib import Path
+
+        if not Path(spec).expanduser().is_file():
+            raise bad("token memmap file not found")
+        return spec
+    from mechscope.interp.documents import text_files
+
+    try:
+        text_files(spec)
+    except TokenStreamError as exc:
+        raise bad(str(exc)) from None
+    return spec
+
+
+def _tokenizer_of(model_or_tokenizer: Any) -> Any:
+    """A Hugging Face tokenizer from itself or from a `Model` (anything with ``.tokenizer``)."""
+    from mechscope.interp.models import Model
+
+    return model_or_tokenizer.tokenizer if isinstance(model_or_tokenizer, Model) else model_or_tokenizer
+
+
+def text_documents(spec: "str | Sequence[str]") -> Any:
+    """The `DocumentSource` of a text spec (not a memmap): zoo split works, Hub dataset, files,
+    or a list of strings."""
+    from mechscope.interp.documents import TextFileSource, TextListSource, hf_dataset_source
+
+    if not isinstance(spec, str):
+        return TextListSource(list(spec))
+    check_text_spec(spec)
+    if spec.endswith((".npy", ".bin")):
+        raise TokenStreamError(f"text spec {spec!r} is a token memmap: it holds token ids, not documents")
+    if spec.startswith("zoo:"):
+        from mechscope.interp.zoo.corpus import corpus_text, split_works
+
+        return TextListSource([d for d in split_works(corpus_text(spec[4:])) if d.strip()])
+    if spec.startswith("hf:"):
+        name, _, split = spec[3:].partition(":")
+        return hf_dataset_source(name, split or "train")
+    return TextFileSource(spec)
+
+
+def open_token_stream(source: "str | os.PathLike | Sequence[str]", n_ctx: int, tokenizer: Any = None, *,
+                      seed: int = 0, epochs: int | None = 1, **kw: Any) -> TokenStream:
+    """THE token stream of a text spec (`check_text_spec`: ``zoo:train`` / ``zoo:heldout``,
+    ``hf:NAME[:SPLIT]``, a ``.txt`` file / folder / glob, a ``.npy``/``.bin`` token memmap) or of a
+    list of strings. ``tokenizer``: a Hugging Face tokenizer or a `Model` (not needed for a
+    memmap). ``kw`` goes to the stream class (shuffle, BOS, separators)."""
     from mechscope.interp.documents import DocumentTokenStream
     from mechscope.interp.token_memmap import MemmapTokenStream
 
-    if isinstance(source, (list, tuple)):
-        return DocumentTokenStream.from_texts(source, tokenizer, n_ctx, **kw)
-    text = str(source)
-    if text.endswith((".npy", ".bin")):
-        return MemmapTokenStream(text, n_ctx, **kw)
-    p = Path(text).expanduser()
-    if p.exists() or any(ch in text for ch in "*?["):
-        return DocumentTokenStream.from_files(text, tokenizer, n_ctx, **kw)
-    return DocumentTokenStream.from_hf(text, tokenizer, n_ctx, **kw)
+    source = os.fspath(source) if isinstance(source, os.PathLike) else source
+    if isinstance(source, str) and check_text_spec(source).endswith((".npy", ".bin")):
+        return MemmapTokenStream(source, n_ctx, seed=seed, epochs=epochs, **kw)
+    return DocumentTokenStream(text_documents(source), _tokenizer_of(tokenizer), n_ctx, seed=seed,
+                               epochs=epochs, **kw)
+
+
+def token_ids(source: "str | os.PathLike | Sequence[str]", tokenizer: Any, max_tokens: int | None = None) -> Int[Tensor, " n"]:
+    """The whole text of a spec (or list of strings) as one id sequence ``tok(d_1) s tok(d_2) s ...``
+    (every document followed by the separator ``s``, EOS), for samplers that draw random windows;
+    a memmap spec gives its ids. ``max_tokens`` stops reading early (a Hub dataset may be huge)."""
+    source = os.fspath(source) if isinstance(source, os.PathLike) else source
+    if isinstance(source, str) and check_text_spec(source).endswith((".npy", ".bin")):
+        from mechscope.interp.token_memmap import open_token_memmap
+
+        ids = torch.from_numpy(np.asarray(open_token_memmap(source)[0][:max_tokens], dtype=np.int64))
+        return ids
+    tok = _tokenizer_of(tokenizer)
+    if tok is None:
+        raise TokenStreamError(f"text {source!r} needs a tokenizer (the model has none)")
+    sep = _default_id(None, tok, "eos_token_id", "bos_token_id")
+    if sep is None:
+        raise TokenStreamError("the tokenizer has no EOS or BOS token to separate documents with")
+    out: list[int] = []
+    for ids in _tokenized_docs(text_documents(source).iter_from(0), tok, 64):
+        out.extend(ids)
+        out.append(sep)
+        if max_tokens is not None and len(out) >= max_tokens:
+            return torch.tensor(out[:max_tokens], dtype=torch.long)
+    return torch.tensor(out, dtype=torch.long)

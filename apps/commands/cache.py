@@ -21,10 +21,10 @@ def _cache_options(p: argparse.ArgumentParser) -> None:
 def cache_cmd(args: argparse.Namespace) -> int:
     from mechscope.interp.cache import build_cache
     from mechscope.interp.models import load_model
-    from mechscope.apps.commands.train import token_windows
+    from mechscope.interp.tokens import open_token_stream
 
     model = load_model(args.model)
-    stream = token_windows(model, args.text, args.n_ctx, epochs=None)
+    stream = open_token_stream(args.text, args.n_ctx, model, epochs=None)
     path = build_cache(model, stream, args.sites, args.out, args.tokens, overwrite=args.overwrite)
     print(f"cache written: {path}")
     return 0

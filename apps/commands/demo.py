@@ -29,7 +29,8 @@ def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_t
     from mechscope.interp import zoo
     from mechscope.interp.models import load_model
     from mechscope.sae.io import load_dictionary
-    from mechscope.apps.commands.train import DataConfig, load_job, run_job, token_windows
+    from mechscope.apps.commands.train import DataConfig, load_job, run_job
+    from mechscope.interp.tokens import open_token_stream
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -47,7 +48,7 @@ def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_t
     model = load_model(job.data.model)
     dictionary = load_dictionary(sae_dir)  # from disk: what a user gets
     d: DataConfig = job.data
-    windows = itertools.islice(token_windows(model, d.heldout_text, d.n_ctx, epochs=1), browser_tokens // d.n_ctx + 1)
+    windows = itertools.islice(open_token_stream(d.heldout_text, d.n_ctx, model, epochs=1), browser_tokens // d.n_ctx + 1)
     index = build_feature_browser(model, dictionary, sae["site_in"], windows, browser_tokens, out / "browser",
                                   title=f"{model.name} · {sae['site_in']} · top-k SAE",
                                   dictionary_name=f"{model.name} {sae['site_in']} top-k")

@@ -24,14 +24,14 @@ def features_cmd(args: argparse.Namespace) -> int:
     from mechscope.apps.browser import build_feature_browser
     from mechscope.interp.models import load_model
     from mechscope.sae.io import load_dictionary
-    from mechscope.apps.commands.train import token_windows
+    from mechscope.interp.tokens import open_token_stream
 
     model = load_model(args.model)
     dictionary = load_dictionary(args.sae_dir)
     site = args.site or getattr(getattr(dictionary, "cfg", None), "site_in", "")
     if not site:
         raise ValueError("the dictionary records no site; pass --site (e.g. L2.resid_pre)")
-    windows = itertools.islice(token_windows(model, args.text, args.n_ctx, epochs=1), args.tokens // args.n_ctx + 1)
+    windows = itertools.islice(open_token_stream(args.text, args.n_ctx, model, epochs=1), args.tokens // args.n_ctx + 1)
     index = build_feature_browser(model, dictionary, site, windows, args.tokens, args.out,
                                   dictionary_name=f"{args.sae_dir} ({site})")
     print(f"feature browser: {index}")

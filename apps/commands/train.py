@@ -68,26 +68,10 @@ class DataConfig:
         if self.shuffle_buffer and self.shuffle_buffer < self.batch_tokens:
             raise ValueError(f"config field data.shuffle_buffer={self.shuffle_buffer} must be 0 or >= "
                              f"data.batch_tokens={self.batch_tokens}")
+        from mechscope.interp.tokens import check_text_spec
+
         for name in ("text", "heldout_text"):
-            _check_text_spec(name, getattr(self, name))
-
-
-def _check_text_spec(name: str, spec: str) -> None:
-    if spec.startswith("zoo:") and spec not in ("zoo:train", "zoo:heldout"):
-        raise ValueError(f"config field data.{name}={spec!r} is invalid: zoo text is 'zoo:train' or 'zoo:heldout'")
-    if spec.startswith(("zoo:", "hf:")):
-        return
-    if spec.endswith((".npy", ".bin")):
-        if not Path(spec).is_file():
-            raise ValueError(f"config field data.{name}={spec!r}: token memmap file not found")
-        return
-    from mechscope.interp.documents import text_files
-
-    try:
-        text_files(spec)
-    except ValueError as exc:
-        raise ValueError(f"config field data.{name}={spec!r}: {exc}; valid forms: 'zoo:train', "
-                         "'zoo:heldout', a path/glob of .txt files, a .npy/.bin token memmap, 'hf:NAME[:SPLIT]'") from None
+            check_text_spec(getattr(self, name), f"config field data.{name}")
 
 
 def fields_help(cls: type) -> list[tuple[str, str, Any, str]]:
@@ -144,25 +128,6 @@ def load_job(path: "str | Path | None" = None, overrides: Sequence[str] = (), d_
     return Job(data, sae, tuple(configs))
 
 
-def token_windows(model: Any, spec: str, n_ctx: int, seed: int = 0, epochs: int | None = None) -> "TokenStream":
-    """The token stream of a `DataConfig` text spec: the zoo corpus and ``hf:NAME[:SPLIT]`` here,
-    token memmaps and text files through `mechscope.interp.tokens.open_token_stream`."""
-    from mechscope.interp import zoo
-    from mechscope.interp.documents import DocumentTokenStream
-    from mechscope.interp.tokens import open_token_stream
-
-    kw = dict(seed=seed, epochs=epochs)
-    if spec.startswith("zoo:"):
-        text = zoo.corpus_text(spec.split(":", 1)[1])
-        docs = [d for d in text.split("\n\n\n") if d.strip()]
-        return DocumentTokenStream.from_texts(docs, model.tokenizer, n_ctx, **kw)
-    if spec.startswith("hf:"):
-        name, _, split = spec[3:].partition(":")
-        return DocumentTokenStream.from_hf(name, model.tokenizer, n_ctx, split=split or "train", **kw)
-    _check_text_spec("text", spec)  # a mistyped path must not fall through to the hub
-    return open_token_stream(spec, n_ctx, model.tokenizer, **kw)
-
-
 def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool = True) -> list["RunResult"]:
     """Train the job's dictionaries on one activation stream, evaluate them on held-out text.
 
@@ -171,6 +136,7 @@ def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool
     """
     from mechscope.interp.models import load_model
     from mechscope.interp.stream import ActivationStream
+    from mechscope.interp.tokens import open_token_stream
     from mechscope.sae.sweep import train_sweep, write_table
 
     model = load_model(job.data.model)
@@ -184,7 +150,7 @@ def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool
     configs = expand_sweep(sae)
     d = job.data
     stream = ActivationStream(
-        model, token_windows(model, d.text, d.n_ctx, d.seed), sorted({site_in, site_out}),
+        model, open_token_stream(d.text, d.n_ctx, model, seed=d.seed, epochs=None), sorted({site_in, site_out}),
         batch_tokens=d.batch_tokens, model_batch_size=d.model_batch_size,
         shuffle_buffer=d.shuffle_buffer, seed=d.seed, drop_last=True,
     )
@@ -207,9 +173,10 @@ def evaluate_on_heldout(model: Any, dictionaries: Sequence[Any], data: DataConfi
     (`mechscope.sae.splice_eval.evaluate_heldout`). Reconstruction rows skip special tokens."""
     import itertools
 
+    from mechscope.interp.tokens import open_token_stream
     from mechscope.sae.splice_eval import evaluate_heldout
 
-    held = token_windows(model, data.heldout_text, data.n_ctx, epochs=1)
+    held = open_token_stream(data.heldout_text, data.n_ctx, model, epochs=1)
     windows = list(itertools.islice(held, data.eval_windows))
     return evaluate_heldout(model, dictionaries, site_in, windows, site_out=site_out,
                             batch_size=data.model_batch_size, keep_mask=held.keep_mask)

@@ -233,3 +233,49 @@ def test_bad_configs(tokenizer):
     s = DocumentTokenStream.from_texts(DOCS, tokenizer, 8)
     with pytest.raises(TokenStreamError, match="'memmap' token stream"):
         s.load_state_dict({"kind": "memmap"})
+
+
+# -- text specs: the one resolver ------------------------------------------------------------------
+def test_token_ids_is_the_concatenation_the_windows_cut(tokenizer, tmp_path):
+    from mechscope.interp.tokens import token_ids
+
+    flat = token_ids(DOCS, tokenizer)
+    ref = reference_windows(tokenizer, DOCS, 8)
+    bodies = torch.cat([w[1:] for w in ref])
+    assert torch.equal(flat[: len(bodies)], bodies) and len(flat) - len(bodies) < 7
+    assert torch.equal(token_ids(DOCS, tokenizer, max_tokens=5), flat[:5])
+    path = write_token_memmap(tmp_path / "t.npy", [[1, 2, 3], [4]], sep_id=0)
+    assert token_ids(path, None).tolist() == open_token_memmap(path)[0].tolist()
+
+
+def test_zoo_spec_is_the_corpus_works(tokenizer):
+    from mechscope.interp.tokens import open_token_stream
+    from mechscope.interp.zoo.corpus import corpus_text, split_works
+
+    works = [w for w in split_works(corpus_text("heldout")) if w.strip()]
+    got = take(open_token_stream("zoo:heldout", 16, tokenizer), 5)
+    ref = take(DocumentTokenStream.from_texts(works, tokenizer, 16), 5)
+    assert len(got) == 5 and all(torch.equal(a, b) for a, b in zip(got, ref))
+
+
+@pytest.mark.parametrize("spec, reason", [
+    ("zoo:test", "zoo text is"), ("hf:", "no dataset name"), ("/no/such/toks.npy", "memmap file not found"),
+    ("/no/such/file.txt", "no text files"), ("", "non-empty"),
+])
+def test_check_text_spec_names_the_field_and_the_valid_forms(spec, reason):
+    from mechscope.interp.tokens import check_text_spec
+
+    with pytest.raises(TokenStreamError, match=reason) as err:
+        check_text_spec(spec, "data.text")
+    assert "data.text" in str(err.value) and "hf:NAME[:SPLIT]" in str(err.value)
+    with pytest.raises(TokenStreamError, match=reason):
+        open_token_stream(spec, 8, None)  # a mistyped path never falls through to the hub
+
+
+def test_check_text_spec_accepts_every_form(tmp_path):
+    from mechscope.interp.tokens import check_text_spec
+
+    (tmp_path / "a.txt").write_text("x")
+    mm = write_token_memmap(tmp_path / "t.bin", [[1, 2]], sep_id=0)
+    for spec in ("zoo:train", "zoo:heldout", "hf:wikitext:test", str(tmp_path), str(tmp_path / "*.txt"), str(mm)):
+        assert check_text_spec(spec) == spec

@@ -26,7 +26,8 @@ import torch
 
 from mechscope.sae.codebook_features import fsm as F
 from mechscope.sae.codebook_features.model import CodebookModel, CodebookSpec
-from mechscope.sae.codebook_features.train import LMTrainConfig, loss_increase, train_lm
+from mechscope.interp.lm_train import LMTrainConfig, train_lm
+from mechscope.sae.codebook_features.train import finetune, loss_increase
 from mechscope.sae.codebook_features.steer import generate
 from mechscope.interp.tokfsm import TokFSM
 
@@ -45,7 +46,7 @@ print("successors of state 7:", fsm.successors(7))
 # %%
 model = F.fsm_model(fsm, n_steps, n_layers=2, d_model=64, n_heads=4, d_mlp=256, seed=0)
 train_lm(model, F.fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=400, lr=3e-3, warmup_steps=20),
-         lambda r: r["step"] % 100 == 0 and print(f"step {r['step']}: loss {r['lm_loss']:.3f}"))
+         log=lambda r: r["step"] % 100 == 0 and print(f"step {r['step']}: loss {r['lm_loss']:.3f}"))
 print(F.transition_report(model, fsm, n_steps))
 base = copy.deepcopy(model)
 
@@ -57,8 +58,8 @@ cbm = CodebookModel(model, CodebookSpec(sites=("L0.mlp_out", "L1.mlp_out"), n_co
                                         dead_tokens=20_000))
 cbm.init_codebooks(fsm.sample(64, n_steps, torch.Generator().manual_seed(7)).tokens)
 print("after k-means init:", F.transition_report(cbm, fsm, n_steps))
-train_lm(cbm, F.fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=300, lr=1e-3, warmup_steps=20, seed=1),
-         lambda r: r["step"] % 100 == 0 and print(f"step {r['step']}: loss {r['lm_loss']:.3f} "
+finetune(cbm, F.fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=300, lr=1e-3, warmup_steps=20, seed=1),
+         log=lambda r: r["step"] % 100 == 0 and print(f"step {r['step']}: loss {r['lm_loss']:.3f} "
                                                   f"aux {r['aux_loss']:.3f} replaced {r['replaced_codes']}"))
 heldout = fsm.sample(128, n_steps, torch.Generator().manual_seed(8)).tokens
 print(loss_increase(base, cbm, heldout))

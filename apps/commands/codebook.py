@@ -3,7 +3,8 @@
 Tables (see examples/configs/codebook_fsm.toml):
 
 * ``[fsm]`` (`TokFSM` fields + ``n_steps``, states per walk) *or* ``[text]`` (``model``: a
-  `load_model` spec; ``text``: ``zoo:train`` / ``zoo:heldout`` or a .txt file; ``n_ctx``).
+  `load_model` spec; ``text`` / ``heldout_text``: text specs of
+  `mechscope.interp.tokens.check_text_spec`, e.g. ``zoo:train``, a .txt file; ``n_ctx``).
 * ``[model]`` (FSM only): ``n_layers``, ``d_model``, ``n_heads``, ``d_mlp``, ``seed``.
 * ``[pretrain]`` (FSM only) and ``[finetune]``: `LMTrainConfig` fields plus ``batch_size``.
 * ``[codebook]``: `CodebookSpec` fields; ``kmeans_iters``.
@@ -43,38 +44,20 @@ def load_config(path: "str | Path") -> dict[str, dict[str, Any]]:
         raise ValueError(f"{path}: give exactly one of [fsm] (TokFSM task) or [text] (a model and a corpus)")
     if "codebook" not in cfg:
         raise ValueError(f"{path}: the [codebook] table (sites, n_codes, k, ...) is required")
+    from mechscope.interp.tokens import check_text_spec
+
+    for name in ("text", "heldout_text"):
+        if name in cfg.get("text", {}):
+            check_text_spec(cfg["text"][name], f"{path}: text.{name}")
     return cfg
 
 
 def _train_cfg(table: Mapping[str, Any]):
-    from mechscope.sae.codebook_features.train import LMTrainConfig
+    from mechscope.interp.lm_train import LMTrainConfig
 
     t = dict(table)
     batch = t.pop("batch_size", 32)
     return LMTrainConfig.from_dict(t), int(batch)
-
-
-def _text_stream(model, spec: str) -> torch.Tensor:
-    if model.tokenizer is None:
-        raise ValueError(f"model {model.name!r} has no tokenizer; a [text] job needs one")
-    if spec.startswith("zoo:"):
-        from mechscope.interp.zoo.corpus import corpus_text
-
-        text = corpus_text(spec.split(":", 1)[1])
-    else:
-        p = Path(spec)
-        if not p.is_file():
-            raise FileNotFoundError(f"text {spec!r} is neither 'zoo:train'/'zoo:heldout' nor a .txt file")
-        text = p.read_text()
-    return torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-
-
-def _window_sampler(stream: torch.Tensor, batch: int, n_ctx: int, bos: int) -> Callable:
-    def sample(gen: torch.Generator) -> torch.Tensor:
-        starts = torch.randint(0, len(stream) - n_ctx, (batch,), generator=gen)
-        rows = torch.stack([stream[s: s + n_ctx - 1] for s in starts.tolist()])
-        return torch.cat([torch.full((batch, 1), bos, dtype=torch.long), rows], 1)
-    return sample
 
 
 def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path",
@@ -82,7 +65,8 @@ def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path"
     """Run a job (a parsed config) and save the codebook model and ``report.json`` in ``out_dir``."""
     from mechscope.sae.codebook_features import fsm as F
     from mechscope.sae.codebook_features.model import CodebookModel, CodebookSpec
-    from mechscope.sae.codebook_features.train import loss_increase, train_lm
+    from mechscope.interp.lm_train import train_lm
+    from mechscope.sae.codebook_features.train import finetune, loss_increase
     from mechscope.interp.tokfsm import TokFSM
 
     cb_table = dict(cfg["codebook"])
@@ -100,28 +84,35 @@ def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path"
         pre_cfg, pre_batch = _train_cfg(cfg.get("pretrain", {}))
         log(f"pre-training {model.name} ({pre_cfg.steps} steps)")
         train_lm(model, F.fsm_sampler(fsm, pre_batch, n_steps), pre_cfg,
-                 lambda r: log(f"  pretrain {r['step']}: loss {r['lm_loss']:.4f}"))
+                 log=lambda r: log(f"  pretrain {r['step']}: loss {r['lm_loss']:.4f}"))
         report["base_transitions"] = F.transition_report(model, fsm, n_steps, n_eval)._asdict()
         sample = F.fsm_sampler(fsm, ft_batch, n_steps)
         init_tokens = fsm.sample(max(ft_batch, 64), n_steps, torch.Generator().manual_seed(7)).tokens
         heldout = fsm.sample(n_eval, n_steps, torch.Generator().manual_seed(8)).tokens
     else:
+        from mechscope.interp.lm_train import random_windows
         from mechscope.interp.models import load_model
+        from mechscope.interp.tokens import token_ids
 
         t = dict(cfg["text"])
         model = load_model(t.get("model", "gpt2-shakespeare"))
+        if model.tokenizer is None:
+            raise ValueError(f"model {model.name!r} has no tokenizer; a [text] job needs one")
         n_ctx = int(t.get("n_ctx", 64))
         bos = model.require_bos_id("the [BOS] + text windows")
-        train = _text_stream(model, t.get("text", "zoo:train"))
-        held = _text_stream(model, t.get("heldout_text", "zoo:heldout"))
-        sample = _window_sampler(train, ft_batch, n_ctx, bos)
+        train = token_ids(t.get("text", "zoo:train"), model)
+        held = token_ids(t.get("heldout_text", "zoo:heldout"), model)
+
+        def sample(gen: torch.Generator) -> torch.Tensor:
+            return random_windows(train, ft_batch, n_ctx, bos, gen)
+
         init_tokens = sample(torch.Generator().manual_seed(7))
-        heldout = _window_sampler(held, n_eval, n_ctx, bos)(torch.Generator().manual_seed(8))
+        heldout = random_windows(held, n_eval, n_ctx, bos, torch.Generator().manual_seed(8))
     base = copy.deepcopy(model)
     cbm = CodebookModel(model, spec)
     cbm.init_codebooks(init_tokens, kmeans_iters=kmeans_iters)
     log(f"fine-tuning with codebooks at {', '.join(spec.sites)} ({ft_cfg.steps} steps)")
-    train_lm(cbm, sample, ft_cfg, lambda r: log(f"  finetune {r['step']}: loss {r['lm_loss']:.4f} "
+    finetune(cbm, sample, ft_cfg, lambda r: log(f"  finetune {r['step']}: loss {r['lm_loss']:.4f} "
                                                  f"aux {r['aux_loss']:.4f} replaced {r['replaced_codes']}"))
     report["loss"] = loss_increase(base, cbm, heldout)._asdict()
     if "fsm" in cfg:

@@ -77,7 +77,7 @@ def head_scores(model, period: int = 20, n_rows: int = 64, seed: int = 1234) -> 
 def repeat_loss(model, tokens: Tensor, mask: Tensor,
                 ablate: tuple[int, int] | list[tuple[int, int]] | None = None) -> float:
     """Loss on repeat targets, with the heads ``(layer, head)`` in ``ablate`` zeroed at ``hook_z``."""
-    from .train import next_token_loss
+    from mechscope.interp.lm_train import next_token_loss
 
     heads = [] if ablate is None else [ablate] if isinstance(ablate, tuple) else list(ablate)
 

@@ -54,6 +54,9 @@ def unigram_entropy(stream) -> float:
 
 
 def _train_lm(spec, model, tok, seed, log, quick: bool) -> dict:
+    from mechscope.interp.lm_train import random_windows
+    from mechscope.interp.tokens import token_ids
+
     from . import train
 
     bos = bos_token_id(tok)
@@ -61,10 +64,10 @@ def _train_lm(spec, model, tok, seed, log, quick: bool) -> dict:
     held_works = corpus.split_works(corpus.corpus_text("heldout"))
     if quick:  # a smoke build needs a stream, not the whole corpus
         works, held_works = [works[0][:QUICK_CHARS]], [held_works[0][:QUICK_CHARS]]
-    stream = train.token_stream(works, tok)
-    held = train.token_stream(held_works, tok)
-    stats = train.fit(model, spec, lambda g: (train.lm_batch(stream, spec.batch, spec.seq_len,
-                                                             bos, g), None), seed, log)
+    stream = token_ids(works, tok)
+    held = token_ids(held_works, tok)
+    stats = train.fit(model, spec, lambda g: random_windows(stream, spec.batch, spec.seq_len, bos, g),
+                      seed, log)
     stats["train_stream_tokens"] = len(stream)
     stats["epochs"] = round(stats["tokens_seen"] / len(stream), 3)
     stats["_heldout_stream"] = held
@@ -72,12 +75,12 @@ def _train_lm(spec, model, tok, seed, log, quick: bool) -> dict:
 
 
 def _evaluate_lm(spec, model, stats, log) -> dict:
-    from . import train
+    from mechscope.interp.lm_train import consecutive_windows, eval_loss
 
     held = stats.pop("_heldout_stream")
     bos = bos_token_id(model.tokenizer)
-    full = train.evaluate(model, train.heldout_windows(held, spec.seq_len, bos))
-    sliced = train.evaluate(model, train.heldout_windows(held, spec.seq_len, bos, EVAL_SLICE_WINDOWS))
+    full = eval_loss(model, consecutive_windows(held, spec.seq_len, bos))
+    sliced = eval_loss(model, consecutive_windows(held, spec.seq_len, bos, EVAL_SLICE_WINDOWS))
     log(f"held-out loss {full:.4f} (slice of {EVAL_SLICE_WINDOWS} windows: {sliced:.4f})")
     return {
         "heldout_loss": round(full, 4),
@@ -90,12 +93,14 @@ def _evaluate_lm(spec, model, stats, log) -> dict:
 
 
 def _train_induction(spec, model, seed, log) -> dict:
+    from mechscope.interp.lm_train import LMBatch
+
     from . import induction, train
 
     bos = bos_token_id(model.tokenizer)
     lo, hi = spec.extra["min_period"], spec.extra["max_period"]
-    stats = train.fit(model, spec, lambda g: induction.repeated_batch(
-        spec.batch, spec.seq_len, model.cfg.d_vocab, lo, hi, bos, g), seed, log)
+    stats = train.fit(model, spec, lambda g: LMBatch(*induction.repeated_batch(
+        spec.batch, spec.seq_len, model.cfg.d_vocab, lo, hi, bos, g)), seed, log)
     return stats
 
 

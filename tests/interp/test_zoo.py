@@ -12,7 +12,9 @@ import torch
 
 from mechscope.interp import zoo
 from mechscope.interp.zoo import recipe
-from mechscope.interp.zoo import corpus, induction, store, train
+from mechscope.interp.lm_train import consecutive_windows, eval_loss
+from mechscope.interp.tokens import token_ids
+from mechscope.interp.zoo import corpus, induction, store
 
 LM_NAMES = ["gpt2-shakespeare", "llama-shakespeare"]
 
@@ -107,8 +109,7 @@ def test_architectures_are_what_the_cards_say(loaded):
 @pytest.fixture(scope="module")
 def heldout_stream(loaded):
     # both LMs share one tokenizer (checked above), so the held-out split is encoded once
-    return train.token_stream(corpus.split_works(zoo.corpus_text("heldout")),
-                              loaded(zoo.DEFAULT)[0].tokenizer)
+    return token_ids(corpus.split_works(zoo.corpus_text("heldout")), loaded(zoo.DEFAULT)[0].tokenizer)
 
 
 @pytest.mark.parametrize("name", LM_NAMES)
@@ -116,8 +117,8 @@ def test_heldout_loss_below_card_bound(name, loaded, heldout_stream):
     model, card = loaded(name)
     sl = card["heldout_slice"]
     held = heldout_stream
-    windows = train.heldout_windows(held, sl["seq_len"], model.tokenizer.bos_token_id, sl["windows"])
-    loss = train.evaluate(model, windows)
+    windows = consecutive_windows(held, sl["seq_len"], model.tokenizer.bos_token_id, sl["windows"])
+    loss = eval_loss(model, windows)
     assert loss < card["heldout_loss_bound"]
     assert loss == pytest.approx(sl["loss"], abs=0.01)
     # the oracle: a language model must beat the held-out text's own unigram entropy
@@ -188,13 +189,6 @@ def test_repeated_batch_structure():
         assert torch.equal(row[1 + p:], row[1: len(row) - p])
     with pytest.raises(ValueError, match="min_period"):
         induction.repeated_batch(2, 10, 97, 4, 12, 1, gen)
-
-
-def test_lr_schedule_warms_up_and_decays():
-    f = [train.lr_factor(s, 10, 100, 0.1) for s in range(100)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))
-    assert f[-1] == pytest.approx(0.1, abs=1e-3)
 
 
 @pytest.mark.parametrize("name", ["attn-only-induction", "gpt2-shakespeare"])

@@ -94,7 +94,8 @@ def test_generate_with_forced_code_equals_model_on_that_token(token_codebook):
 @pytest.fixture(scope="module")
 def fsm_run():
     from mechscope.sae.codebook_features.fsm import fsm_model, fsm_sampler
-    from mechscope.sae.codebook_features.train import LMTrainConfig, train_lm
+    from mechscope.interp.lm_train import LMTrainConfig, train_lm
+    from mechscope.sae.codebook_features.train import finetune
     from mechscope.interp.tokfsm import TokFSM
 
     fsm, n_steps = TokFSM(n_states=12, out_degree=2, base=4, seed=0), 8
@@ -103,7 +104,7 @@ def fsm_run():
     base = copy.deepcopy(model)
     cbm = CodebookModel(model, CodebookSpec(sites=("L0.mlp_out", "L1.mlp_out"), n_codes=32, k=1))
     cbm.init_codebooks(fsm.sample(32, n_steps, torch.Generator().manual_seed(5)).tokens)
-    log = train_lm(cbm, fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=60, lr=1e-3, warmup_steps=5, seed=1))
+    log = finetune(cbm, fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=60, lr=1e-3, warmup_steps=5, seed=1)).rows
     return fsm, n_steps, base, cbm, log
 
 

@@ -98,7 +98,7 @@ class Setup:
         """Validate everything once. ``sites``: site names, or ``{site: dictionary or None}``.
         ``ablation`` defaults to ``"patch"`` when corrupted prompts ``patch`` are given, else
         ``"mean"``. ``model``: a `Model` or a ``HookedTransformer``."""
-        from mechscope.interp.capture import capture
+        from mechscope.interp.capture import site_shapes
 
         model = Model.wrap(model)
         ablation = ablation or ("patch" if patch is not None else "mean")
@@ -116,8 +116,8 @@ class Setup:
         if not mapping:
             raise ValueError("no sites given")
         parsed = {model.site(s): None if d is None else as_dictionary(d) for s, d in mapping.items()}
-        acts = capture(model, clean[:1, :2], list(parsed))
-        nodes = {s: SiteNodes.make(s, d, tuple(acts[s].shape[2:]))
+        shapes = site_shapes(model, list(parsed))
+        nodes = {s: SiteNodes.make(s, d, shapes[s][1:])
                  for s, d in sorted(parsed.items(), key=lambda kv: site_rank(kv[0]))}
         return cls(model, nodes, metric, clean.to(model.device), ablation,
                    None if patch is None else patch.to(model.device))

@@ -106,3 +106,15 @@ def capture(
     if missing:
         raise RuntimeError(f"the forward pass never computed {', '.join(map(str, sorted(missing)))}")
     return store
+
+
+def site_shapes(model: "ModelLike", sites: "Iterable[Site | str] | Site | str",
+                n_ctx: int = 2) -> dict[Site, tuple[int, ...]]:
+    """The shape of each site's captured activation for one window of ``n_ctx`` tokens, without
+    the batch axis (``(n_ctx, ...)``; ``(heads, n_ctx, n_ctx)`` for all-head patterns): the one
+    probe of site widths. One early-stopped forward pass over a dummy window, because the hooked
+    shapes (GQA keys, head slices, gated MLPs, patterns) are TransformerLens' to decide."""
+    if not isinstance(n_ctx, int) or n_ctx < 1:
+        raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
+    acts = capture(model, torch.zeros(1, n_ctx, dtype=torch.long), sites)
+    return {s: tuple(a.shape[1:]) for s, a in acts.items()}

@@ -102,13 +102,13 @@ def window_rows(
     )
 
 
-def site_dims(model: "ModelLike", sites: Iterable[Site], n_ctx: int) -> dict[Site, int]:
-    """Row width per site, read off one forward pass over a dummy window."""
-    model = Model.wrap(model)
-    sites = list(sites)
-    dummy = torch.zeros(1, n_ctx, dtype=torch.int64)
-    rows = window_rows(model, dummy, torch.zeros(1, dtype=torch.int64), sites)
-    return {s: int(rows.acts[s].shape[1]) for s in sites}
+def site_dims(model: "ModelLike", sites: Iterable[Site], n_ctx: int = 2) -> dict[Site, int]:
+    """Row width per site (the ``d`` of `flatten_site` rows), from `capture.site_shapes`."""
+    from mechscope.interp.capture import site_shapes
+
+    shapes = site_shapes(model, list(sites), n_ctx)
+    return {s: int(flatten_site(s, torch.empty((1, *shape), device="meta")).shape[1])
+            for s, shape in shapes.items()}
 
 
 def batch_to_state(batch: ActivationBatch | None) -> dict[str, Tensor] | None:

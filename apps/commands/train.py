@@ -25,7 +25,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mechscope.apps.cli import command
@@ -135,7 +135,7 @@ def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool
     writes ``out_dir/results.{json,csv}`` (their rows), ``runs/<name>/eval.json`` and ``job.json``.
     """
     from mechscope.interp.models import load_model
-    from mechscope.interp.stream import ActivationStream
+    from mechscope.interp.stream import ActivationStream, site_dims
     from mechscope.interp.tokens import open_token_stream
     from mechscope.sae.sweep import train_sweep, write_table
 
@@ -143,7 +143,7 @@ def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool
     first = job.configs[0].dictionary
     site_in = model.site(first.site_in or _missing("site_in"))
     site_out = model.site(first.site_out or str(site_in))
-    widths = _site_widths(model, [site_in, site_out])
+    widths = site_dims(model, [site_in, site_out], job.data.n_ctx)
     sae = {"d_in": widths[site_in], "progress": progress, **job.sae}
     if first.transcoder:
         sae.setdefault("d_out", widths[site_out])
@@ -184,15 +184,6 @@ def evaluate_on_heldout(model: Any, dictionaries: Sequence[Any], data: DataConfi
 
 def _missing(name: str) -> str:
     raise ValueError(f"config field sae.{name} is required (e.g. 'L2.resid_post')")
-
-
-def _site_widths(model: Any, sites: Sequence[Any]) -> Mapping[Any, int]:
-    import torch
-
-    from mechscope.interp.capture import capture
-
-    acts = capture(model, torch.zeros(1, 2, dtype=torch.long), sites)
-    return {s: a.shape[-1] for s, a in acts.items()}
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from mechscope.interp.capture import hooks_for
 from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
+from mechscope.interp.stream import site_dims
 from mechscope.kernels.code import SparseCode
 from mechscope.sae.codebook import nearest_codes, spherical_kmeans
 
@@ -188,7 +189,7 @@ class CodebookModel(nn.Module):
             groups = spec.head_groups if site.kind == "z" else 1
             if site.kind == "z" and model.n_heads % groups:
                 raise ValueError(f"head_groups={groups} must divide n_heads={model.n_heads}")
-            width = model.n_heads * model.d_head if site.kind == "z" else model.d_model
+            width = site_dims(model, [site])[site]
             self.bottlenecks[_key(name)] = SiteBottleneck(site, width, groups, spec, spec.seed + 1000 * i)
 
     def named_bottlenecks(self) -> list[tuple[str, SiteBottleneck]]:

@@ -170,3 +170,22 @@ def test_text_corpus_end_to_end_resume(tmp_path):
     assert len(rest) == len(full) - 3
     for x, y in zip(rest, full[3:]):
         assert_same(x, y)
+
+
+def test_site_dims_match_the_config_and_the_stream_rows(tiny_gpt2, tiny_llama, token_file):
+    from mechscope.interp.capture import site_shapes
+    from mechscope.interp.stream import site_dims
+
+    g = dict(d_model=32, n_heads=4, d_head=8, d_mlp=64)
+    want = {"L0.resid_post": g["d_model"], "L1.z": g["n_heads"] * g["d_head"], "L1.z.H2": g["d_head"],
+            "L0.mlp_post": g["d_mlp"], "L1.pattern": g["n_heads"] * 6, "L1.pattern.H1": 6}
+    sites = [tiny_gpt2.site(s) for s in want]
+    assert site_dims(tiny_gpt2, sites, 6) == {tiny_gpt2.site(s): d for s, d in want.items()}
+    assert site_shapes(tiny_gpt2, ["L1.z"], 3) == {Site(1, "z"): (3, 4, 8)}
+    # GQA: the llama fixture has 2 key/value heads of width 8
+    assert site_dims(tiny_llama, [Site(0, "k"), Site(0, "q")]) == {Site(0, "k"): 16, Site(0, "q"): 32}
+    stream = ActivationStream(tiny_gpt2, tokens(token_file), sites, batch_tokens=N_CTX, model_batch_size=1,
+                              shuffle_buffer=0, exclude_special=False)
+    batch = next(iter(stream))
+    assert {s: batch[str(s)].shape[1] for s in sites if s.kind != "pattern"} == \
+        {s: d for s, d in stream.d.items() if s.kind != "pattern"}

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
+from mechscope.interp.tokens import window_batches
+
 
 class LMBatch(NamedTuple):
     """Training rows and, optionally, the target positions that count in the loss."""
@@ -188,8 +190,8 @@ def eval_loss(net: Any, windows: Int[Tensor, "w pos"], batch: int = 16) -> float
     module.eval()
     total, count = 0.0, 0
     try:
-        for i in range(0, len(windows), batch):
-            rows = windows[i: i + batch].to(device)
+        for rows in window_batches(windows, batch):
+            rows = rows.to(device)
             n = rows.numel() - rows.shape[0]
             total += next_token_loss(module(rows), rows).item() * n
             count += n

@@ -186,6 +186,40 @@ def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return enc["input_ids"]
 
 
+def window_batches(windows: Iterable[Tensor], batch_size: int,
+                   n_tokens: int | None = None) -> Iterator[Int[Tensor, "b n_ctx"]]:
+    """Token windows (items ``[n_ctx]`` or ``[b, n_ctx]``, e.g. a `TokenStream` or a tensor of
+    windows) regrouped into model batches ``[<= batch_size, n_ctx]``: the one window batcher. A
+    window of another length starts a new batch; with ``n_tokens`` it stops once that many
+    positions are covered (the last window may be cut)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    items = [windows] if isinstance(windows, Tensor) else windows
+    rows: list[Tensor] = []
+    seen = 0
+    for item in items:
+        item = torch.as_tensor(item)
+        if item.ndim not in (1, 2) or item.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token windows must be integer tensors [n_ctx] or [b, n_ctx], got "
+                             f"{item.dtype} {tuple(item.shape)}")
+        for row in item.reshape(-1, item.shape[-1]).long():
+            if n_tokens is not None:
+                row = row[: n_tokens - seen]
+            if rows and row.shape != rows[0].shape:  # a cut or shorter window: its own batch
+                yield torch.stack(rows)
+                rows = []
+            rows.append(row)
+            seen += row.numel()
+            done = n_tokens is not None and seen >= n_tokens
+            if len(rows) == batch_size or done:
+                yield torch.stack(rows)
+                rows = []
+            if done:
+                return
+    if rows:
+        yield torch.stack(rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # text specs: the one resolver
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mechscope.interp.models import Model
+from mechscope.interp.tokens import window_batches
 from mechscope.sae.adapters import as_dictionary
 from mechscope.sae.cards import Context, FeatureCard
 from mechscope.sae.dictionary import DictionaryLike
@@ -197,32 +198,6 @@ def decoder_neighbours(directions: Float[Tensor, "d_dict d_out"], k: int,
 # ---------------------------------------------------------------------------------------------
 # running model + dictionary over a token stream
 # ---------------------------------------------------------------------------------------------
-def _batches(stream: Iterable[Tensor], batch_size: int, n_tokens: int) -> Iterable[Tensor]:
-    """Group windows (``[n_ctx]`` or ``[b, n_ctx]``) into ``[<=batch_size, n_ctx]`` batches until
-    ``n_tokens`` positions are covered (the last window may be cut)."""
-    rows: list[Tensor] = []
-    seen = 0
-    for item in stream:
-        item = torch.as_tensor(item)
-        if item.ndim not in (1, 2) or item.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"token windows must be integer tensors [n_ctx] or [b, n_ctx], got "
-                             f"{item.dtype} {tuple(item.shape)}")
-        for row in item.reshape(-1, item.shape[-1]).long():
-            row = row[: n_tokens - seen]  # cut first: a cut row cannot share a batch with full ones
-            if rows and row.shape != rows[0].shape:
-                yield torch.stack(rows)
-                rows = []
-            rows.append(row)
-            seen += row.numel()
-            if len(rows) == batch_size or seen >= n_tokens:
-                yield torch.stack(rows)
-                rows = []
-            if seen >= n_tokens:
-                return
-    if rows:
-        yield torch.stack(rows)
-
-
 def _keep_fn(model: "Model", stream: Any, keep_mask: Callable | None) -> Callable[[Tensor], Tensor]:
     if keep_mask is not None:
         return keep_mask
@@ -247,7 +222,7 @@ def accumulate_feature_stats(model: "ModelLike", dictionary: "DictionaryLike", s
     site = model.site(site)
     stats = FeatureStats(dictionary.d_dict, **stats_kwargs)
     keep = _keep_fn(model, token_stream, keep_mask)
-    for tokens in _batches(token_stream, batch_size, n_tokens):
+    for tokens in window_batches(token_stream, batch_size, n_tokens):
         x = capture(model, tokens, site)[site]
         if x.shape[-1] != dictionary.d_in:
             raise ValueError(f"site {site} has width {x.shape[-1]} but the dictionary expects "

@@ -19,7 +19,7 @@ the held-out text is tokenised once, by the caller. Memory holds one batch's log
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -30,6 +30,7 @@ from torch import Tensor
 from mechscope.interp.capture import hooks_for
 from mechscope.interp.intervene import ablate
 from mechscope.interp.models import Model
+from mechscope.interp.tokens import window_batches
 from mechscope.sae.adapters import as_dictionary
 from mechscope.sae.dictionary import Dictionary, DictionaryLike
 from mechscope.sae.evaluate import EvalResult, ReconstructionStats, ce_loss_recovered
@@ -104,18 +105,6 @@ def _clean_forward(model: "Model", tokens: Tensor, sites: Sequence[Any]) -> tupl
     return logits[:, :-1].log_softmax(-1), acts
 
 
-def _batches(windows: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
-    batch: list[Tensor] = []
-    for w in windows:
-        for row in (w if w.ndim == 2 else w[None]):
-            batch.append(row)
-            if len(batch) == batch_size:
-                yield torch.stack(batch)
-                batch = []
-    if batch:
-        yield torch.stack(batch)
-
-
 @torch.no_grad()
 def evaluate_heldout(model: "ModelLike", dictionaries: Sequence[DictionaryLike], site_in: Any,
                      windows: Iterable[Int[Tensor, "... n_ctx"]], site_out: Any = None, batch_size: int = 8,
@@ -137,7 +126,7 @@ def evaluate_heldout(model: "ModelLike", dictionaries: Sequence[DictionaryLike],
     totals = torch.zeros(len(dictionaries), 2, dtype=torch.float64)  # spliced loss, KL
     clean_loss = zero_loss = 0.0
     n_pred = 0
-    for tokens in _batches(windows, batch_size):
+    for tokens in window_batches(windows, batch_size):
         tokens = tokens.to(model.device)
         target = tokens[:, 1:, None]
         clean, acts = _clean_forward(model, tokens, sorted({site_in, site_out}))

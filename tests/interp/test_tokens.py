@@ -279,3 +279,19 @@ def test_check_text_spec_accepts_every_form(tmp_path):
     mm = write_token_memmap(tmp_path / "t.bin", [[1, 2]], sep_id=0)
     for spec in ("zoo:train", "zoo:heldout", "hf:wikitext:test", str(tmp_path), str(tmp_path / "*.txt"), str(mm)):
         assert check_text_spec(spec) == spec
+
+
+def test_window_batches_regroup_without_losing_or_reordering():
+    from mechscope.interp.tokens import window_batches
+
+    w = torch.arange(7 * 4).view(7, 4)
+    items = [w[0], w[1:4], w[4], w[5:]]  # single windows and stacks, mixed
+    got = list(window_batches(items, 3))
+    assert [len(b) for b in got] == [3, 3, 1] and torch.equal(torch.cat(got), w)
+    assert torch.equal(torch.cat(list(window_batches(w, 2))), w)  # a tensor of windows
+    cut = list(window_batches(items, 3, n_tokens=10))
+    assert torch.equal(torch.cat([b.flatten() for b in cut]), w.flatten()[:10])
+    mixed = list(window_batches([torch.arange(4), torch.arange(4), torch.arange(3)], 8))
+    assert [tuple(b.shape) for b in mixed] == [(2, 4), (1, 3)]
+    with pytest.raises(ValueError, match="integer tensors"):
+        list(window_batches([torch.zeros(3)], 2))

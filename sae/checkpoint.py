@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from mechscope.files import atomic_path
+from mechscope.tensors import load_checked
 
 FORMAT = 1
 _TENSOR = "__tensor__"
@@ -92,7 +93,7 @@ def load_checkpoint(path: Path, runs: Sequence[Any]) -> dict[str, Any]:
                          "configs (or train with resume=False / another out_dir)")
     for i, r in enumerate(runs):
         pre = f"run{i}.model."
-        r.model.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
+        load_checked(r.model, {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}, path)
         state: dict[int, dict[str, torch.Tensor]] = {}
         pre = f"run{i}.opt."
         for k, v in tensors.items():

@@ -46,6 +46,7 @@ from mechscope.files import atomic_path, write_json
 from mechscope.sae.base import SparseDictionary
 from mechscope.sae.config import CONFIGS, RunConfig, TrainConfig, dictionary_config
 from mechscope.sae.factory import build_dictionary, dictionary_classes
+from mechscope.tensors import check_state_dict
 
 FORMAT = 2  # 1: one flat "config" holding every architecture's fields (still read)
 META, SL_CFG, SL_WEIGHTS, SPARSIFY_WEIGHTS = "mechscope.json", "cfg.json", "sae_weights.safetensors", "sae.safetensors"
@@ -146,12 +147,7 @@ def _read_tensors(p: Path) -> dict[str, torch.Tensor]:
 
 
 def _require(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], where: Path) -> None:
-    for key, shape in shapes.items():
-        if key not in tensors:
-            raise DictionaryFileError(f"{where}: missing tensor {key!r} (has {sorted(tensors)})")
-        if tuple(tensors[key].shape) != shape:
-            raise DictionaryFileError(f"{where}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
-                                      f"expected {shape} from the config")
+    check_state_dict(tensors, shapes, where, allow_unexpected=True, error=DictionaryFileError)
 
 
 @torch.no_grad()

@@ -55,6 +55,8 @@ def load_folder(folder: Path, device: str = "cpu"):
     import torch
     from safetensors.torch import load_file
 
+    from mechscope.tensors import check_state_dict
+
     from .tokenizer import load_folder as load_tokenizer
 
     folder = Path(folder)
@@ -70,10 +72,8 @@ def load_folder(folder: Path, device: str = "cpu"):
                             device=device)
     model.cfg.seed = seed
     state = {k: v.to(torch.float32) for k, v in load_file(str(folder / WEIGHTS)).items()}
-    params = dict(model.named_parameters())
-    if set(state) != set(params):
-        raise ValueError(f"{folder / WEIGHTS}: parameters {sorted(set(state) ^ set(params))} "
-                         "differ from those of the config")
+    # the file holds parameters only (TransformerLens buffers are rebuilt from the config)
+    check_state_dict(state, dict(model.named_parameters()), folder / WEIGHTS)
     model.load_state_dict(state, strict=False)
     model.eval()
     return model, json.loads((folder / CARD).read_text())

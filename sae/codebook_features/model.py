@@ -343,6 +343,7 @@ class CodebookModel(nn.Module):
         from safetensors.torch import load_file
 
         from mechscope.interp.models import _local_tokenizer
+        from mechscope.tensors import load_checked
 
         folder = Path(folder)
         if not (folder / CONFIG).exists():
@@ -350,9 +351,9 @@ class CodebookModel(nn.Module):
         meta = json.loads((folder / CONFIG).read_text())
         model = Model.from_config({**meta["tl_config"], "device": device}, tokenizer=_local_tokenizer(folder),
                                   name=meta["name"], seed=None)
-        model.module.load_state_dict(load_file(str(folder / WEIGHTS), device=device))
+        load_checked(model.module, load_file(str(folder / WEIGHTS), device=device), folder / WEIGHTS)
         cbm = cls(model, CodebookSpec.from_dict(meta["spec"]))
-        cbm.bottlenecks.load_state_dict(load_file(str(folder / CODEBOOKS), device=device))
+        load_checked(cbm.bottlenecks, load_file(str(folder / CODEBOOKS), device=device), folder / CODEBOOKS)
         cbm.extra = meta.get("extra", {})
         return cbm.eval()
 

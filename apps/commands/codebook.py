@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from mechscope.apps.cli import command
+from mechscope.files import write_text
 
 TABLES = ("fsm", "text", "model", "pretrain", "finetune", "codebook", "eval")
 
@@ -125,7 +126,7 @@ def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path"
                                                int(ev.get("steer_prompts_per_state", 8)))._asdict()
     out = Path(out_dir)
     cbm.save(out, extra={"config": {k: dict(v) for k, v in cfg.items()}})
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_text(out / "report.json", json.dumps(report, indent=2))
     return report
 
 

@@ -324,18 +324,20 @@ class CodebookModel(nn.Module):
         """``model.safetensors`` (network), ``codebooks.safetensors``, ``codebook_model.json``."""
         from safetensors.torch import save_file
 
+        from mechscope.files import atomic_path, write_text
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tl_cfg = self.model.config_dict()
         meta = {"spec": asdict(self.spec), "tl_config": tl_cfg, "name": self.model.name,
                 "extra": dict(extra or {})}
-        save_file({k: v.contiguous() for k, v in self.network.state_dict().items()}, str(folder / WEIGHTS))
-        save_file({k: v.contiguous() for k, v in self.bottlenecks.state_dict().items()}, str(folder / CODEBOOKS))
+        for name, module in ((WEIGHTS, self.network), (CODEBOOKS, self.bottlenecks)):
+            with atomic_path(folder / name) as tmp:
+                save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
         if self.model.tokenizer is not None:
             self.model.tokenizer.save_pretrained(str(folder))
-        tmp = folder / (CONFIG + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
-        tmp.replace(folder / CONFIG)
+        # the config is written last: a folder with it is complete
+        write_text(folder / CONFIG, json.dumps(meta, indent=2, default=str))
         return folder
 
     @classmethod

@@ -38,6 +38,7 @@ from mechscope.files import atomic_path, write_json
 from mechscope.interp.activations import ActivationBatch
 from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
+from mechscope.interp.tokens import check_resume_state
 
 if TYPE_CHECKING:
     from mechscope.interp.models import ModelLike
@@ -344,12 +345,6 @@ class CachedActivations:
                 "batches_yielded": self.batches_yielded}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("kind") != "cached_activations":
-            raise CacheError("not a CachedActivations state dict")
-        if state.get("version") != VERSION:
-            raise CacheError(f"state version {state.get('version')!r} unsupported (expected {VERSION})")
-        if state["config"] != self.config():
-            raise CacheError(f"state was saved by a reader with another config: saved {state['config']}, "
-                             f"this reader {self.config()}")
+        check_resume_state(state, "cached_activations", VERSION, self.config(), "cache reader", CacheError)
         self._epoch, self._shard_pos, self._offset = int(state["epoch"]), int(state["shard_pos"]), int(state["offset"])
         self.batches_yielded = int(state["batches_yielded"])

@@ -33,7 +33,7 @@ from torch import Tensor
 from mechscope.interp.activations import ActivationBatch
 from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
-from mechscope.interp.tokens import TokenStream
+from mechscope.interp.tokens import TokenStream, check_resume_state
 
 if TYPE_CHECKING:
     from mechscope.interp.models import ModelLike
@@ -302,13 +302,8 @@ class ActivationStream:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("kind") != "activation_stream":
-            raise StreamStateError("not an ActivationStream state dict")
-        if state.get("version") != STATE_VERSION:
-            raise StreamStateError(f"state version {state.get('version')!r} unsupported (expected {STATE_VERSION})")
-        if state["config"] != self.config():
-            raise StreamStateError(f"state was saved by a stream with another config: saved {state['config']}, "
-                                   f"this stream {self.config()}")
+        check_resume_state(state, "activation_stream", STATE_VERSION, self.config(), "activation stream",
+                           StreamStateError)
         self.token_stream.load_state_dict(state["tokens"])
         self._reset()
         self._rng.set_state(state["rng"])

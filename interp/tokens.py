@@ -131,16 +131,22 @@ class TokenStream(ABC):
         return ~torch.isin(tokens, special)
 
     def _check_state(self, state: dict[str, Any], kind: str) -> None:
-        if not isinstance(state, dict) or state.get("kind") != kind:
-            got = state.get("kind") if isinstance(state, dict) else type(state).__name__
-            raise TokenStreamError(f"state is for a {got!r} token stream, this is a {kind!r} stream")
-        if state.get("version") != STATE_VERSION:
-            raise TokenStreamError(f"state version {state.get('version')!r} unsupported (expected {STATE_VERSION})")
-        if state.get("config") != self.config():
-            raise TokenStreamError(
-                "state was saved by a token stream with another config; "
-                f"saved {state.get('config')}, this stream {self.config()}"
-            )
+        check_resume_state(state, kind, STATE_VERSION, self.config(), "token stream", TokenStreamError)
+
+
+def check_resume_state(state: Any, kind: str, version: int, config: dict[str, Any], what: str,
+                       error: type[Exception]) -> None:
+    """The one check that a saved position belongs to this reader (a token stream, an activation
+    stream, a cache reader): same ``kind``, a known ``version``, and the same ``config``; else
+    ``error`` saying which differs."""
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        got = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise error(f"state is for a {got!r} {what}, this is a {kind!r} {what}")
+    if state.get("version") != version:
+        raise error(f"state version {state.get('version')!r} unsupported (expected {version})")
+    if state.get("config") != config:
+        raise error(f"state was saved by a {what} with another config; saved {state.get('config')}, "
+                    f"this {what} {config}")
 
 
 def _check_epochs(epochs: int | None) -> None:

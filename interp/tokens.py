@@ -24,6 +24,13 @@ windows: fill the buffer, then repeatedly yield a uniformly chosen slot (seeded 
 refill it with the next window. ``state_dict()`` after ``k`` yielded windows holds the source
 position of the next unread token (document index, token offset), the buffer and the RNG state,
 so ``load_state_dict`` on a fresh stream continues with exactly window ``k + 1``.
+
+Text specs. Every entry point names its text the same way, and `open_token_stream` is the one
+resolver: ``zoo:train`` / ``zoo:heldout`` (the zoo corpus, one document per work), ``hf:NAME[:SPLIT]``
+(a Hub dataset, streamed), a ``.txt`` file / folder / glob, or a ``.npy``/``.bin`` token memmap.
+`check_text_spec` validates a spec without reading it (configs call it once, when built); a
+mistyped path is an error, never a Hub lookup. `token_ids` gives a spec's whole concatenation
+``c`` for samplers of random windows; `window_batches` regroups windows into model batches.
 """
 
 from __future__ import annotations

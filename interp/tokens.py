@@ -274,10 +274,12 @@ def check_text_spec(spec: str, what: str = "text spec") -> str:
 
 
 def _tokenizer_of(model_or_tokenizer: Any) -> Any:
-    """A Hugging Face tokenizer from itself or from a `Model` (anything with ``.tokenizer``)."""
+    """A Hugging Face tokenizer: itself, or the tokenizer of a `Model` / ``HookedTransformer``."""
     from mechscope.interp.models import Model
 
-    return model_or_tokenizer.tokenizer if isinstance(model_or_tokenizer, Model) else model_or_tokenizer
+    if isinstance(model_or_tokenizer, (Model, torch.nn.Module)):
+        return getattr(model_or_tokenizer, "tokenizer", None)
+    return model_or_tokenizer
 
 
 def text_documents(spec: "str | Sequence[str]") -> Any:

@@ -295,3 +295,16 @@ def test_window_batches_regroup_without_losing_or_reordering():
     assert [tuple(b.shape) for b in mixed] == [(2, 4), (1, 3)]
     with pytest.raises(ValueError, match="integer tensors"):
         list(window_batches([torch.zeros(3)], 2))
+
+
+def test_resolver_takes_a_model_or_a_hooked_transformer(tiny_gpt2, tokenizer, tmp_path):
+    from mechscope.interp.tokens import token_ids
+
+    (tmp_path / "a.txt").write_text(DOCS[0])
+    tiny_gpt2.tl.tokenizer, old = tokenizer, tiny_gpt2.tl.tokenizer
+    try:
+        ref = token_ids(str(tmp_path / "a.txt"), tokenizer)
+        assert torch.equal(token_ids(str(tmp_path / "a.txt"), tiny_gpt2), ref)
+        assert torch.equal(token_ids(str(tmp_path / "a.txt"), tiny_gpt2.tl), ref)
+    finally:
+        tiny_gpt2.tl.tokenizer = old

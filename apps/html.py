@@ -1,12 +1,18 @@
 """Offline HTML: escaping model text, embedding data safely, standalone pages with plotly.js.
 
+plotly.js (~4.7 MB) is written once per output folder as ``plotly.min.js`` (`write_plotly_js`)
+and pages load it with ``<script src>`` (works from ``file://``: no server, no network), so a
+page of a few features or nodes weighs kilobytes. `standalone_page` still inlines it when no
+``plotly_src`` is given (single-file pages).
+
 Model text (token strings, labels) is data an attacker may control: a vocabulary can hold
 ``<script>…</script>`` or ``"><img onerror=…>``. Three rules keep it inert:
 
 * data goes into pages as JSON inside ``<script type="application/json">`` with ``<``, ``>``,
   ``&`` and the JS line separators escaped as ``\\uXXXX``, so no string can close the element;
-* the page scripts put text into the DOM with ``textContent`` only, and strings handed to Plotly
-  (which renders a subset of HTML in labels) are entity-escaped first (`escape`);
+* the page scripts put text into the DOM with ``textContent`` only. Strings handed to Plotly as
+  labels go through `plotly_text`: Plotly decodes ``&amp; &lt; &gt;`` but not ``&quot;``, so a
+  label escaped for HTML would be shown with literal ``&quot;`` in it;
 * a Content-Security-Policy allows only scripts carrying the page's random nonce (inline event
   handlers never run), no network fetches and no external resources.
 
@@ -41,12 +47,36 @@ def script_json(obj: Any) -> str:
     return text.translate(_JS_UNSAFE)
 
 
+_PLOTLY_UNSAFE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def plotly_text(text: Any) -> str:
+    """``text`` as a Plotly label, shown exactly as written and never parsed as markup.
+
+    Plotly parses a small HTML subset in labels and decodes only ``&amp; &lt; &gt;`` (and
+    numeric) entities — not ``&quot;`` or ``&#39;`` — so exactly those three are escaped."""
+    return str(text).translate(_PLOTLY_UNSAFE)
+
+
+PLOTLY_ASSET = "plotly.min.js"
+
+
 @lru_cache(maxsize=1)
 def plotly_js() -> str:
     """The plotly.js bundle shipped with the installed plotly package (embedded: no network)."""
     from plotly.offline import get_plotlyjs
 
     return get_plotlyjs()
+
+
+def write_plotly_js(folder: "str | Path") -> Path:
+    """Write plotly.js as ``folder/plotly.min.js`` once (skipped when an identical copy is there);
+    pages in ``folder`` reference it with ``standalone_page(..., plotly_src=PLOTLY_ASSET)``."""
+    path = Path(folder) / PLOTLY_ASSET
+    src = plotly_js()
+    if path.exists() and path.stat().st_size == len(src.encode("utf-8")) and path.read_text(encoding="utf-8") == src:
+        return path
+    return files.write_text(path, src)
 
 
 def asset(name: str) -> str:
@@ -62,12 +92,15 @@ def csp(nonce: str) -> str:
 
 
 def standalone_page(title: str, body: str, data: Any, scripts: list[str], css: str = "",
-                    nonce: str | None = None) -> str:
-    """A complete HTML document: CSP, plotly.js inline, ``data`` as JSON in
-    ``#mechscope-data``, then ``scripts`` (trusted JS source) in nonce-carrying elements.
-    ``body`` must already be escaped markup."""
+                    nonce: str | None = None, plotly_src: str | None = None) -> str:
+    """A complete HTML document: CSP, plotly.js, ``data`` as JSON in ``#mechscope-data``, then
+    ``scripts`` (trusted JS source) in nonce-carrying elements. ``body`` must already be escaped
+    markup. plotly.js is inlined unless ``plotly_src`` names the file `write_plotly_js` wrote
+    (a path relative to the page)."""
     nonce = nonce or secrets.token_urlsafe(16)
-    tags = "\n".join(f'<script nonce="{nonce}">{src}</script>' for src in [plotly_js(), *scripts])
+    plotly = (f'<script nonce="{nonce}" src="{escape(plotly_src)}"></script>' if plotly_src
+              else f'<script nonce="{nonce}">{plotly_js()}</script>')
+    tags = "\n".join([plotly, *(f'<script nonce="{nonce}">{src}</script>' for src in scripts)])
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
         f'<meta http-equiv="Content-Security-Policy" content="{csp(nonce)}">\n'

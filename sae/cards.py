@@ -29,6 +29,7 @@ class Context:
     activations: tuple[float, ...]
     max_index: int
     quantile: float | None = None  # rank quantile among the uniform sample (quantile samples only)
+    ids: tuple[int, ...] = ()  # token ids of ``tokens`` (byte tokens share look-alike strings)
 
     @property
     def activation(self) -> float:
@@ -51,6 +52,10 @@ class FeatureCard:
     top_logits: tuple[tuple[str, float], ...] = ()  # most promoted output tokens, descending
     bottom_logits: tuple[tuple[str, float], ...] = ()  # most suppressed, ascending
     neighbours: tuple[tuple[int, float], ...] = ()  # (feature, decoder cosine), descending
+    top_logit_ids: tuple[int, ...] = ()  # token ids of top_logits / bottom_logits
+    bottom_logit_ids: tuple[int, ...] = ()
+    logit_hist_edges: tuple[float, ...] = ()  # histogram of d_i · W_U over the whole vocabulary
+    logit_hist_counts: tuple[int, ...] = ()
     dictionary: str = ""
     site: str = ""
     model: str = ""
@@ -64,7 +69,7 @@ class FeatureCard:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("top_contexts", "quantile_contexts"):
             d[key] = [{"tokens": c.tokens, "activations": c.activations, "max_index": c.max_index,
-                       "quantile": c.quantile} for c in d[key]]
+                       "quantile": c.quantile, "ids": c.ids} for c in d[key]]
         return d
 
     @classmethod
@@ -76,8 +81,10 @@ class FeatureCard:
         d = dict(data)
         for key in ("top_contexts", "quantile_contexts"):
             d[key] = tuple(Context(tuple(c["tokens"]), tuple(float(a) for a in c["activations"]),
-                                   int(c["max_index"]), c.get("quantile")) for c in d.get(key, ()))
-        for key in ("hist_edges", "hist_counts"):
+                                   int(c["max_index"]), c.get("quantile"), tuple(c.get("ids", ())))
+                           for c in d.get(key, ()))
+        for key in ("hist_edges", "hist_counts", "top_logit_ids", "bottom_logit_ids", "logit_hist_edges",
+                    "logit_hist_counts"):
             d[key] = tuple(d.get(key, ()))
         for key in ("top_logits", "bottom_logits", "neighbours"):
             d[key] = tuple((a, b) for a, b in d.get(key, ()))

@@ -21,7 +21,11 @@ feature ``i`` gets, in one pass and without storing all activations:
 * output tokens the decoder direction ``d_i`` promotes / suppresses: the largest and smallest
   entries of the direct logit effect ``d_i W_U`` (the "logit weights" of Bricken et al.; the
   final LayerNorm's scale is ignored, which leaves the ranking unchanged up to its mean);
+  and a histogram of ``d_i W_U`` over the whole vocabulary (sae_vis's logit histogram);
 * neighbours: the features with the largest cosine similarity of decoder directions.
+
+Token strings come from `mechscope.sae.token_text.token_strings` (byte tokens as ``<0xE2>``)
+and travel with their ids.
 
 `FeatureStats` is the accumulator (tensors only, testable against a brute-force reference);
 `compute_feature_cards` runs model + dictionary over a token stream and decodes strings, so a
@@ -44,6 +48,7 @@ from mechscope.interp.tokens import window_batches
 from mechscope.sae.adapters import as_dictionary
 from mechscope.sae.cards import Context, FeatureCard
 from mechscope.sae.dictionary import DictionaryLike
+from mechscope.sae.token_text import token_strings
 
 if TYPE_CHECKING:
     from mechscope.interp.models import ModelLike
@@ -178,6 +183,24 @@ def logit_effects(directions: Float[Tensor, "d_dict d_model"], W_U: Float[Tensor
     return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
+def logit_histograms(directions: Float[Tensor, "d_dict d_model"], W_U: Float[Tensor, "d_model d_vocab"],
+                     n_bins: int, chunk: int = 1024) -> tuple[Float[Tensor, "d_dict edges"], Int[Tensor, "d_dict bins"]]:
+    """Per feature, a histogram of its direct logit effect ``d_i W_U`` over the whole vocabulary
+    (sae_vis's logit histogram): ``n_bins`` equal bins from the row's min to max (edges
+    ``[d_dict, n_bins + 1]``, counts ``[d_dict, n_bins]``, each row summing to ``d_vocab``)."""
+    edges, counts = [], []
+    for lo in range(0, directions.shape[0], chunk):
+        eff = directions[lo:lo + chunk].float() @ W_U.float()
+        mn, mx = eff.min(dim=1, keepdim=True).values, eff.max(dim=1, keepdim=True).values
+        width = (mx - mn).clamp_min(1e-12) / n_bins
+        b = ((eff - mn) / width).floor().long().clamp(0, n_bins - 1)  # the max lands in the last bin
+        c = torch.zeros(eff.shape[0], n_bins, dtype=torch.int64)
+        c.scatter_add_(1, b, torch.ones_like(b))
+        edges.append(mn + width * torch.arange(n_bins + 1, dtype=eff.dtype))
+        counts.append(c)
+    return torch.cat(edges), torch.cat(counts)
+
+
 def decoder_neighbours(directions: Float[Tensor, "d_dict d_out"], k: int,
                        chunk: int = 1024) -> tuple[Tensor, Tensor]:
     """The k other features with the largest decoder cosine similarity: (cosines, indices)."""
@@ -256,6 +279,7 @@ def compute_feature_cards(model: "ModelLike", dictionary: "DictionaryLike", site
     logits = None
     if directions.shape[1] == model.d_model and n_logits > 0:
         logits = logit_effects(directions, model.W_U.detach().cpu(), n_logits)
+        logit_hist = logit_histograms(directions, model.W_U.detach().cpu(), n_bins)
     neigh = decoder_neighbours(directions, n_neighbours) if n_neighbours > 0 and dictionary.d_dict > 1 else None
     vocab = _Vocab(model)
     names = dict(dictionary=dictionary_name or type(dictionary).__name__, site=str(model.site(site)),
@@ -268,6 +292,10 @@ def compute_feature_cards(model: "ModelLike", dictionary: "DictionaryLike", site
         if logits is not None:
             extra["top_logits"] = tuple(zip(vocab(logits[1][i]), logits[0][i].tolist()))
             extra["bottom_logits"] = tuple(zip(vocab(logits[3][i]), logits[2][i].tolist()))
+            extra["top_logit_ids"] = tuple(logits[1][i].tolist())
+            extra["bottom_logit_ids"] = tuple(logits[3][i].tolist())
+            extra["logit_hist_edges"] = tuple(logit_hist[0][i].tolist())
+            extra["logit_hist_counts"] = tuple(logit_hist[1][i].tolist())
         if neigh is not None:
             extra["neighbours"] = tuple(zip(neigh[1][i].tolist(), neigh[0][i].tolist()))
         cards.append(FeatureCard(
@@ -289,7 +317,7 @@ class _Vocab:
         ids = [int(t) for t in ids]
         new = sorted({t for t in ids if t not in self.cache})
         if new:
-            self.cache.update(zip(new, self.model.to_str_tokens(new)))
+            self.cache.update(zip(new, token_strings(self.model.tokenizer, new)))
         return [self.cache[t] for t in ids]
 
 
@@ -301,9 +329,10 @@ def _contexts(buf: tuple[Tensor, Tensor, Tensor], i: int, left: int, vocab: _Voc
     for r in filled:
         inside = (toks[r, i] >= 0).nonzero().flatten()
         lo, hi = int(inside[0]), int(inside[-1]) + 1
-        out.append(Context(tuple(vocab(toks[r, i, lo:hi])), tuple(acts[r, i, lo:hi].tolist()), left - lo))
+        ids = tuple(toks[r, i, lo:hi].tolist())
+        out.append(Context(tuple(vocab(ids)), tuple(acts[r, i, lo:hi].tolist()), left - lo, ids=ids))
     if quantiles:  # sample order is random: sort by activation and label each with its rank quantile
         out.sort(key=lambda c: -c.activation)
         m = len(out)
-        out = [Context(c.tokens, c.activations, c.max_index, 1.0 - (j + 0.5) / m) for j, c in enumerate(out)]
+        out = [Context(c.tokens, c.activations, c.max_index, 1.0 - (j + 0.5) / m, c.ids) for j, c in enumerate(out)]
     return tuple(out)

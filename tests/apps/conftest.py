@@ -38,6 +38,9 @@ def nasty_cards(nasty_model):
     with torch.no_grad():
         nasty_model.tl.W_U[:, ids] *= 4
     sae.W_dec[0] = nasty_model.tl.W_U[:, ids[0]] + nasty_model.tl.W_U[:, ids[1]]
+    # and feature 1 promote a byte token (E2, the first byte of "—"), which decodes to U+FFFD alone
+    byte = tok.convert_tokens_to_ids("\u00e2")  # GPT-2's byte-level stand-in for 0xE2
+    sae.W_dec[1] = 3 * nasty_model.tl.W_U[:, byte]
     return compute_feature_cards(nasty_model, sae, "L0.resid_post", windows, n_tokens=128, n_top=4,
                                  n_samples=4, left=6, right=2, n_logits=5, dictionary_name="nasty-sae")
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
+import os
 import re
 
 import pytest
 
-from mechscope.apps.browser import (FeatureView, contexts_html, histogram_figure, index_figure, logits_figure,
+from mechscope.apps.browser import (FeatureView, contexts_html, explanation, feature_figures, histogram_figure,
+                                    index_figure, logit_histogram_figure, logits_figure, token_summary,
                                     write_feature_browser)
 from mechscope.apps.html import script_json
 from mechscope.sae.cards import FeatureCard
@@ -44,6 +47,37 @@ def test_feature_figures(nasty_cards):
     lg = logits_figure(nasty_cards[0])
     assert len(lg.data[0].x) == 10 and list(lg.data[0].x[:5]) == sorted(v for _, v in nasty_cards[0].top_logits)
     assert not any("<script>" in t for t in lg.layout.yaxis.ticktext)
+    # Plotly decodes &amp; &lt; &gt; (only): after that decoding each label IS the token string
+    rows = list(reversed(nasty_cards[0].top_logits)) + list(reversed(nasty_cards[0].bottom_logits))
+    assert [html.unescape(t) for t in lg.layout.yaxis.ticktext] == [t for t, _ in rows]
+    assert not any("&quot;" in t or "&#" in t for t in lg.layout.yaxis.ticktext)
+    lh = logit_histogram_figure(card)
+    assert sum(lh.data[0].y) == sum(card.logit_hist_counts) > 0
+
+
+def test_dead_feature_gets_no_empty_chart(nasty_cards):
+    dead = nasty_cards[-1]
+    assert dead.dead and sum(dead.hist_counts) == 0
+    with pytest.raises(ValueError, match="never fired"):
+        histogram_figure(dead)
+    figs = feature_figures(dead)
+    assert [f.layout.title.text.split(": ")[1] for f in figs] == ["direct logit effect", "logit effect over the vocabulary"]
+    assert all(len(f.data[0].x) > 0 for f in figs)
+    page = FeatureView(dead)._repr_html_()
+    assert "dead" in page and "never fired on the 128 tokens" in page
+    assert "Top contexts" not in page and "Quantile samples" not in page
+    assert explanation(dead).startswith("dead: never fired on 128 tokens")
+    idx = index_figure(nasty_cards)
+    assert idx.layout.title.text.startswith("37 live features · 3 dead (never fired)")
+
+
+def test_token_summary_counts_focus_tokens(nasty_cards):
+    for card in nasty_cards:
+        focus = [c.tokens[c.max_index] for c in card.top_contexts]
+        summary = token_summary(card, k=10)
+        assert sum(n for _, n in summary) == len(focus) or len(summary) == 10
+        assert all(focus.count(t) == n for t, n in summary)
+        assert [n for _, n in summary] == sorted((n for _, n in summary), reverse=True)
 
 
 def test_html_fragments_escape_model_text(nasty_cards):
@@ -74,6 +108,9 @@ def test_bundle_layout(nasty_cards, tmp_path):
     body = (tmp_path / "fb" / "features" / "chunk_00001.js").read_text()
     cards = json.loads(re.match(r"window\.mechscopeChunk\(1, (.*)\);\s*$", body, re.S).group(1))
     assert [c["index"] for c in cards] == list(range(16, 32)) and FeatureCard.from_dict(cards[0]) == nasty_cards[16]
+    # plotly.js once, next to the page: the index itself stays small
+    assert (tmp_path / "fb" / "plotly.min.js").stat().st_size > 1_000_000
+    assert len(page) < 60_000 and "plotly.min.js" in page
     # rewriting a smaller dictionary leaves no stale chunks behind
     write_feature_browser(nasty_cards[:5], tmp_path / "fb", chunk_size=16)
     assert sorted(p.name for p in (tmp_path / "fb" / "features").iterdir()) == ["chunk_00000.js"]
@@ -101,3 +138,17 @@ def test_build_feature_browser_end_to_end(tiny_gpt2, tmp_path):
                                   n_top=2, n_samples=2)
     cards = load_cards(tmp_path / "fb" / "cards.json")
     assert index.exists() and len(cards) == 6 and cards[0].n_tokens == 48
+
+
+def test_bundle_is_readable_by_others(nasty_cards, tmp_path):
+    """Under the usual umask 022 every file is 0644 and every folder 0755 (a web server or a
+    colleague can read the browser)."""
+    old = os.umask(0o022)
+    try:
+        write_feature_browser(nasty_cards, tmp_path / "fb", chunk_size=16)
+    finally:
+        os.umask(old)
+    paths = [tmp_path / "fb", *(tmp_path / "fb").rglob("*")]
+    assert len(paths) >= 6
+    for p in paths:
+        assert p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644), p

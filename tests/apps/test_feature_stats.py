@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mechscope.sae.cards import FeatureCard, load_cards, save_cards
-from mechscope.sae.features import FeatureStats, compute_feature_cards, decoder_neighbours, logit_effects
+from mechscope.sae.features import (FeatureStats, compute_feature_cards, decoder_neighbours, logit_effects,
+                                   logit_histograms)
 
 from .helpers import TinySAE
 
@@ -140,6 +141,10 @@ def test_cards_from_model_match_capture(tiny_gpt2, tmp_path):
         eff = sae.W_dec[c.index] @ tiny_gpt2.tl.W_U
         assert c.top_logits[0][1] == pytest.approx(eff.max().item(), rel=1e-4)
         assert c.top_logits[0][0] == f"<{int(eff.argmax())}>"
+        assert c.top_logit_ids[0] == int(eff.argmax()) and len(c.bottom_logit_ids) == len(c.bottom_logits)
+        assert sum(c.logit_hist_counts) == tiny_gpt2.tl.W_U.shape[1]  # every vocabulary token counted once
+        for ctx in c.top_contexts:
+            assert [f"<{t}>" for t in ctx.ids] == list(ctx.tokens)  # ids travel with the strings
     back = load_cards(save_cards(cards, tmp_path / "cards.json"))
     assert back == cards
     with pytest.raises(ValueError, match="unknown FeatureCard fields"):
@@ -149,3 +154,14 @@ def test_cards_from_model_match_capture(tiny_gpt2, tmp_path):
 def test_site_width_mismatch_is_a_clear_error(tiny_gpt2):
     with pytest.raises(ValueError, match="d_in=16"):
         compute_feature_cards(tiny_gpt2, TinySAE(16, 4), "L0.resid_post", [torch.zeros(8, dtype=torch.long)], 8)
+
+
+def test_logit_histograms_match_numpy():
+    g = torch.Generator().manual_seed(2)
+    dirs, W_U = torch.randn(5, 6, generator=g), torch.randn(6, 40, generator=g)
+    edges, counts = logit_histograms(dirs, W_U, 8, chunk=2)
+    full = (dirs @ W_U).numpy()
+    for i in range(5):
+        ref_counts, ref_edges = np.histogram(full[i], bins=8)  # numpy: last bin closed, like ours
+        np.testing.assert_allclose(edges[i].numpy(), ref_edges, rtol=1e-5, atol=1e-6)
+        assert counts[i].tolist() == ref_counts.tolist()

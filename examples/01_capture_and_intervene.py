@@ -11,8 +11,14 @@
 #
 # Load the default zoo model (offline), read activations at typed sites, check the residual
 # stream identity, and measure what zero-ablating each attention layer does to the loss.
+#
+# A *site* names one place in the model where activations live, e.g. `L1.attn_out` (what the
+# attention block of layer 1 adds to the residual stream). `capture` runs the model once and
+# returns the activations at the sites asked for; `ablate` is a context manager that replaces a
+# site's activation (here with zeros) while the model runs, and always removes its hook.
 
 # %%
+import plotly.graph_objects as go
 import torch
 
 from mechscope.interp import zoo
@@ -40,12 +46,19 @@ for layer in range(model.n_layers):
 
 # %% [markdown]
 # ## Zero-ablating attention, layer by layer
+# The increase of the next-token loss when one layer's attention output is removed measures how
+# much the model relies on that layer here (a large increase: the layer matters for this text).
 
 # %%
+increase = {}
 with torch.no_grad():
     clean = model(tokens, return_type="loss").item()
     print(f"clean loss {clean:.3f}")
     for layer in range(model.n_layers):
         with ablate(model, f"L{layer}.attn_out", "zero"):
             loss = model(tokens, return_type="loss").item()
+        increase[f"layer {layer}"] = loss - clean
         print(f"attention of layer {layer} zeroed: loss {loss:.3f} ({loss - clean:+.3f})")
+go.Figure(go.Bar(x=list(increase), y=list(increase.values())),
+          layout=dict(title="loss increase when one layer's attention is zeroed", yaxis_title="Δ loss (nats/token)",
+                      height=320, margin=dict(t=50)))

@@ -32,6 +32,7 @@
 PRETRAIN_STEPS = 400  # base model steps
 FINETUNE_STEPS = 300  # steps with codebooks
 PROMPTS_PER_STATE = 8  # steering prompts per target state
+N_EVAL = 256  # prompts / walks per evaluation
 
 # %%
 import copy
@@ -63,7 +64,7 @@ print("successors of state 7:", fsm.successors(7))
 model = F.fsm_model(fsm, n_steps, n_layers=2, d_model=64, n_heads=4, d_mlp=256, seed=0)
 train_lm(model, F.fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=PRETRAIN_STEPS, lr=3e-3, warmup_steps=20),
          log=lambda r: r["step"] % 100 == 0 and print(f"step {r['step']}: loss {r['lm_loss']:.3f}"))
-print(F.transition_report(model, fsm, n_steps))
+print(F.transition_report(model, fsm, n_steps, n_prompts=N_EVAL))
 base = copy.deepcopy(model)
 
 # %% [markdown]
@@ -73,19 +74,19 @@ base = copy.deepcopy(model)
 cbm = CodebookModel(model, CodebookSpec(sites=("L0.mlp_out", "L1.mlp_out"), n_codes=64, k=1,
                                         dead_tokens=20_000))
 cbm.init_codebooks(fsm.sample(64, n_steps, torch.Generator().manual_seed(7)).tokens)
-print("after k-means init:", F.transition_report(cbm, fsm, n_steps))
+print("after k-means init:", F.transition_report(cbm, fsm, n_steps, n_prompts=N_EVAL))
 finetune(cbm, F.fsm_sampler(fsm, 32, n_steps), LMTrainConfig(steps=FINETUNE_STEPS, lr=1e-3, warmup_steps=20, seed=1),
          log=lambda r: r["step"] % 100 == 0 and print(f"step {r['step']}: loss {r['lm_loss']:.3f} "
                                                   f"aux {r['aux_loss']:.3f} replaced {r['replaced_codes']}"))
-heldout = fsm.sample(128, n_steps, torch.Generator().manual_seed(8)).tokens
+heldout = fsm.sample(N_EVAL // 2, n_steps, torch.Generator().manual_seed(8)).tokens
 print(loss_increase(base, cbm, heldout))
-print("with codebooks:", F.transition_report(cbm, fsm, n_steps))
+print("with codebooks:", F.transition_report(cbm, fsm, n_steps, n_prompts=N_EVAL))
 
 # %% [markdown]
 # ## 3. Single codes as state detectors (per-state precision / recall of the best code)
 
 # %%
-ids = F.state_identification(cbm, fsm, 128, n_steps)
+ids = F.state_identification(cbm, fsm, N_EVAL // 2, n_steps)
 for name, sc in ids.items():
     print(f"{name}: mean precision {sc.mean_precision():.3f}, mean recall {sc.mean_recall():.3f} "
           f"(chance precision {sc.chance_precision:.3f})")

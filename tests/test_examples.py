@@ -15,7 +15,7 @@ import pytest
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("[0-9][0-9]_*.py"))
 QUICK = {  # parameter overrides that keep each notebook within seconds on a CPU
-    "02_codebook_fsm.py": {"PRETRAIN_STEPS": 60, "FINETUNE_STEPS": 40, "PROMPTS_PER_STATE": 2},
+    "02_codebook_fsm.py": {"PRETRAIN_STEPS": 40, "FINETUNE_STEPS": 20, "PROMPTS_PER_STATE": 1, "N_EVAL": 32},
     "04_main_job.py": {"SAE_STEPS": 30, "BATCH_TOKENS": 256, "D_DICT": 256, "CARD_TOKENS": 2048},
 }
 FIGURE_MIMES = ("application/vnd.plotly.v1+json", "image/png", "image/svg+xml")

@@ -48,7 +48,6 @@ from mechscope.sae.codebook_features.train import finetune, loss_increase
 from mechscope.sae.codebook_features.steer import generate
 from mechscope.interp.tokfsm import TokFSM
 
-torch.set_num_threads(2)
 t0 = time.time()
 fsm, n_steps = TokFSM(n_states=20, out_degree=3, base=10, seed=0), 12
 print(f"{fsm.n_states} states, {fsm.out_degree} successors, {fsm.n_digits} digits/state; "

@@ -16,6 +16,7 @@ from mechscope.apps.browser import token_summary, write_feature_browser
 from .helpers import NASTY
 from .test_in_browser import POINT_XY
 
+WAIT = 90  # seconds: generous, the CI machines are shared and sometimes saturated
 READY = "document.body && document.body.getAttribute('data-index-ready') === '1'"
 TICKS = "Array.from(document.querySelectorAll('#f-logits .ytick text')).map(t => t.textContent)"
 # every chart on screen (not inside a hidden box) and how many data points its traces hold
@@ -35,10 +36,10 @@ def _clean(page) -> None:
 
 def _open(chrome, index, feature=None):
     page = chrome.page(index.as_uri() + ("" if feature is None else f"#f{feature}"))
-    page.wait_for(READY)
+    page.wait_for(READY, timeout=WAIT)
     if feature is not None:
-        page.wait_for(f"document.getElementById('feature').getAttribute('data-feature') === '{feature}'")
-        page.wait_for("document.querySelector('#f-logits .ytick text') !== null")
+        page.wait_for(f"document.getElementById('feature').getAttribute('data-feature') === '{feature}'", timeout=WAIT)
+        page.wait_for("document.querySelector('#f-logits .ytick text') !== null", timeout=WAIT)
     return page
 
 
@@ -71,10 +72,10 @@ def test_index_counts_dead_features_and_a_click_opens_the_right_one(chrome, site
     _screenshot(page, root / "index.png")
     x, y, feature = page.eval(POINT_XY % ("index-plot", "", 20))
     page.click(x, y)
-    assert page.wait_for("document.getElementById('feature').getAttribute('data-feature')") == str(feature)
+    assert page.wait_for("document.getElementById('feature').getAttribute('data-feature')", timeout=WAIT) == str(feature)
     assert page.eval("location.hash") == f"#f{feature}"
     card = nasty_cards[feature]
-    page.wait_for("document.querySelectorAll('#feature .js-plotly-plot').length === 3")  # hist, logits, logit hist
+    page.wait_for("document.querySelectorAll('#feature .js-plotly-plot').length === 3", timeout=WAIT)  # hist, logits, logit hist
     assert page.eval("document.querySelectorAll('#f-top .ctx').length") == len(card.top_contexts)
     assert page.eval("document.querySelectorAll('#neighbours a').length") == len(card.neighbours)
     focus = page.eval("document.querySelector('#f-top .focus').title")
@@ -98,7 +99,7 @@ def test_logit_labels_read_exactly_the_token_strings(chrome, site, nasty_cards):
     assert "<0xE2>" in page.eval(TICKS)  # shown as its byte, not as U+FFFD
     k = page.eval(TICKS).index("<0xE2>")
     page.eval(f"Plotly.Fx.hover('f-logits', [{{curveNumber: 0, pointNumber: {k}}}])")
-    hover = page.wait_for("document.querySelector('#f-logits .hoverlayer .hovertext text')?.textContent")
+    hover = page.wait_for("document.querySelector('#f-logits .hoverlayer .hovertext text')?.textContent", timeout=WAIT)
     assert hover.startswith('"<0xE2>" · id 159: ')  # the tooltip a person reads, with the token id
 
 
@@ -122,7 +123,7 @@ def test_dense_and_rare_feature_pages(chrome, site, nasty_cards, which):
     live = sorted((c for c in nasty_cards if not c.dead), key=lambda c: c.density)
     card = live[-1] if which == "dense" else live[0]
     page = _open(chrome, site[0], card.index)
-    page.wait_for("document.querySelectorAll('#feature .js-plotly-plot').length === 3")
+    page.wait_for("document.querySelectorAll('#feature .js-plotly-plot').length === 3", timeout=WAIT)
     charts = page.eval(VISIBLE_CHARTS)
     assert [c[0] for c in charts] == ["index-plot", "f-hist", "f-logits", "f-logit-hist"]
     assert all(n > 0 for _, n in charts), charts
@@ -156,17 +157,17 @@ def test_table_sorts_filters_searches_contexts_and_opens_features(chrome, site, 
     want = sorted({c.index for c in nasty_cards if any(text in "".join(x.tokens).lower() for x in c.top_contexts)}
                   | {c.index for c in nasty_cards if any(text in t.lower() for t, _ in token_summary(c))
                      or any(text in t.lower() for t, _ in c.top_logits[:3])})
-    page.wait_for("document.querySelectorAll('#table-body tr').length === %d" % len(want))
+    page.wait_for("document.querySelectorAll('#table-body tr').length === %d" % len(want), timeout=WAIT)
     assert 5 in want and sorted(page.eval(rows)) == want
     page.eval("document.querySelector('#table-body tr[data-feature=\"5\"] td').click()")
-    page.wait_for("document.getElementById('feature').getAttribute('data-feature') === '5'")
+    page.wait_for("document.getElementById('feature').getAttribute('data-feature') === '5'", timeout=WAIT)
     _clean(page)
 
 
 def test_injection_strings_stay_text(chrome, site):
     page = _open(chrome, site[0], 0)
     page.eval("document.getElementById('hide-dead').click()")
-    assert page.wait_for("document.querySelectorAll('#table-body tr').length === 37")
+    assert page.wait_for("document.querySelectorAll('#table-body tr').length === 37", timeout=WAIT)
     top = page.eval("document.getElementById('f-top').textContent")
     table = page.eval("document.getElementById('f-logit-table').textContent")
     for bad in NASTY:
@@ -175,6 +176,6 @@ def test_injection_strings_stay_text(chrome, site):
     assert page.eval("document.querySelectorAll('img, body script:not([nonce]):not([type])').length") == 0
     page.eval("document.getElementById('search').value = '38'; "
               "document.getElementById('search-form').requestSubmit()")
-    page.wait_for("document.getElementById('feature').getAttribute('data-feature') === '38'")
+    page.wait_for("document.getElementById('feature').getAttribute('data-feature') === '38'", timeout=WAIT)
     assert page.eval("document.getElementById('f-title').textContent").endswith("dead")
     _clean(page)  # ... and nothing ran: no dialog, no error

@@ -36,8 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mechscope.apps.html import (PLOTLY_ASSET, asset, escape, plotly_text, script_json, standalone_page,
-                                 write_plotly_js, write_text)
+from mechscope.apps.html import (asset, escape, plotly_text, script_json, shared_plotly, standalone_page,
+                                 write_text)
 from mechscope.sae.cards import FeatureCard
 
 COLOUR_BY = {"max_activation": "max activation", "mean_activation": "mean activation",
@@ -297,9 +297,8 @@ def write_feature_browser(cards: Sequence[FeatureCard], out_dir: "str | Path", t
     }
     options = "".join(f'<option value="{k}">{escape(v)}</option>' for k, v in COLOUR_BY.items())
     body = _BODY.format(title=escape(title), meta=escape(meta), options=options)
-    write_plotly_js(out)
     page = standalone_page(f"mechscope features: {title}", body, data, [asset("browser.js")],
-                           css=asset("common.css"), plotly_src=PLOTLY_ASSET)
+                           css=asset("common.css"), plotly_src=shared_plotly(out))
     return write_text(out / "index.html", page)
 
 

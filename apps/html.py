@@ -79,6 +79,13 @@ def write_plotly_js(folder: "str | Path") -> Path:
     return files.write_text(path, src)
 
 
+def shared_plotly(folder: "str | Path") -> str:
+    """`write_plotly_js` into ``folder`` and return the ``plotly_src`` for pages written there:
+    ``standalone_page(..., plotly_src=shared_plotly(page_path.parent))``."""
+    write_plotly_js(folder)
+    return PLOTLY_ASSET
+
+
 def asset(name: str) -> str:
     """A static file from ``mechscope/apps/assets``."""
     return resources.files("mechscope.apps").joinpath("assets", name).read_text(encoding="utf-8")

@@ -52,7 +52,7 @@ from mechscope.interp import zoo
 from mechscope.interp.documents import DocumentTokenStream
 from mechscope.interp.models import load_model
 from mechscope.interp.stream import ActivationStream
-from mechscope.sae.config import TrainConfig
+from mechscope.sae.config import RunConfig
 from mechscope.sae.features import compute_feature_cards
 from mechscope.sae.trainer import train
 
@@ -81,8 +81,9 @@ print(model.name, "layers:", model.n_layers, "d_model:", model.d_model, "vocabul
 # %%
 stream = ActivationStream(model, windows("train"), [SITE], batch_tokens=BATCH_TOKENS, model_batch_size=16,
                           shuffle_buffer=8 * BATCH_TOKENS, seed=0, drop_last=True)
-cfg = TrainConfig(architecture="topk", d_in=model.d_model, d_dict=D_DICT, k=K, site_in=SITE, steps=SAE_STEPS,
-                  lr=1e-3, warmup_steps=min(20, SAE_STEPS // 5), log_every=5, progress=False)
+cfg = RunConfig.from_dict(dict(architecture="topk", d_in=model.d_model, d_dict=D_DICT, k=K, site_in=SITE,
+                               steps=SAE_STEPS, lr=1e-3, warmup_steps=min(20, SAE_STEPS // 5), log_every=5,
+                               progress=False))
 result = train(cfg, stream, out / "sae")
 sae = result.dictionary
 log = [json.loads(line) for line in (out / "sae" / "metrics.jsonl").read_text().splitlines()]
@@ -92,7 +93,7 @@ go.Figure(go.Scatter(x=[r["step"] for r in log], y=[r["fvu"] for r in log], mode
                       yaxis_title="FVU", height=320, margin=dict(t=50)))
 
 # %%
-print(f"final FVU {result.metrics['fvu']:.3f}, L0 {result.metrics['l0']:.1f} active features per token")
+print(f"final FVU {float(result.last.fvu):.3f}, L0 {float(result.last.l0):.1f} active features per token")
 
 # %% [markdown]
 # ## 2. Read the features

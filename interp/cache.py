@@ -50,6 +50,9 @@ MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^shard_\d{5}\.safetensors(\.tmp)?$")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _PROVENANCE = ("token_ids", "seq_index", "positions")
+_SHARD_FILE_RE = re.compile(r"^shard_\d{5}\.safetensors$")
+_MANIFEST_KEYS = ("sites", "d", "dtype", "total_rows", "shards")
+_SHARD_KEYS = ("file", "rows", "bytes", "sha256")
 
 
 class CacheError(ValueError):
@@ -95,8 +98,11 @@ def _write_shard(out: Path, index: int, rows: ActivationBatch, dtype: torch.dtyp
     name = f"shard_{index:05d}.safetensors"
     tensors = {f"acts.{s}": a.detach().to("cpu", dtype).contiguous() for s, a in rows.acts.items()}
     tensors.update({k: getattr(rows, k).detach().to("cpu", torch.int64).contiguous() for k in _PROVENANCE})
+    # one metadata key: safetensors keeps metadata in a hash map whose order differs per process,
+    # so several keys would make identical rebuilds differ in bytes (and in SHA-256)
+    meta = json.dumps({"format": FORMAT, "version": VERSION, "shard": index}, sort_keys=True)
     with atomic_path(out / name) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION), "shard": str(index)})
+        save_file(tensors, str(tmp), metadata={"mechscope": meta})
     return {"file": name, "rows": len(rows), "bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
 
 
@@ -199,13 +205,29 @@ def read_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
             _SHARD_RE.match(p.name) for p in Path(cache_dir).glob("shard_*")) else ""
         raise CacheError(f"{cache_dir} is not a mechscope activation cache: no {MANIFEST}{hint}")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CacheError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{path} must hold a JSON object")
     if manifest.get("format") != FORMAT:
         raise CacheError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     if manifest.get("version") != VERSION:
         raise CacheError(f"{path}: cache version {manifest.get('version')!r}, this mechscope reads version {VERSION}")
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise CacheError(f"{path} lacks the field(s) {', '.join(missing)} (damaged or hand-edited)")
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict) or any(k not in shard for k in _SHARD_KEYS):
+            raise CacheError(f"{path}: shard entry {i} needs the fields {', '.join(_SHARD_KEYS)}")
+        # the manifest may come from anywhere: it names files in this folder, nothing else
+        if not isinstance(shard["file"], str) or not _SHARD_FILE_RE.match(shard["file"]):
+            raise CacheError(f"{path}: shard entry {i} names {shard['file']!r}, not a shard file of this "
+                             "folder (expected shard_NNNNN.safetensors)")
+    missing_d = [s for s in manifest["sites"] if s not in manifest["d"]]
+    if missing_d or manifest["dtype"] not in _DTYPES:
+        raise CacheError(f"{path}: no width d for sites {missing_d}" if missing_d else
+                         f"{path}: dtype {manifest['dtype']!r} is not one of {', '.join(_DTYPES)}")
     rows = sum(s["rows"] for s in manifest["shards"])
     if rows != manifest["total_rows"]:
         raise CacheError(f"{path}: shards hold {rows} rows but total_rows is {manifest['total_rows']}")
@@ -218,13 +240,16 @@ class CachedActivations:
     ``sites`` selects a subset of the cached sites (default all); ``model`` (a name or a
     `Model` or ``HookedTransformer``) is checked against the cache's model. ``shuffle`` permutes shard order per epoch
     and rows within each shard (seeded by ``seed``, epoch and shard). ``epochs=None`` repeats
-    forever. ``verify=True`` checks every shard's SHA-256 up front.
+    forever. Shard sizes are always checked against the manifest at open. SHA-256: ``verify=
+    "on_read"`` (default) checks each shard the first time this reader loads it, hashing the bytes
+    it parses anyway (one pass over memory, no second read of the file); ``verify=True`` checks
+    every shard up front; ``verify=False`` never.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, batch_tokens: int = 4096, *, shuffle: bool = False,
                  seed: int = 0, sites: "Iterable[Site | str] | None" = None, model: "ModelLike | str | None" = None,
                  epochs: int | None = 1, device: torch.device | str = "cpu", drop_last: bool = False,
-                 verify: bool = False) -> None:
+                 verify: "bool | str" = "on_read") -> None:
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
         cached = [Site.parse(s) for s in self.manifest["sites"]]
@@ -252,7 +277,11 @@ class CachedActivations:
             if f.stat().st_size != s["bytes"]:
                 raise CacheError(f"cache {self.dir}: shard {s['file']} has {f.stat().st_size} bytes, "
                                  f"manifest says {s['bytes']} (truncated or rewritten)")
-        if verify:
+        if verify not in (True, False, "on_read"):
+            raise CacheError(f"verify must be True, False or 'on_read', got {verify!r}")
+        self._verify_on_read = verify == "on_read"
+        self._verified: set[int] = set()
+        if verify is True:
             self.verify()
         self._epoch = self._shard_pos = self._offset = 0
         self.batches_yielded = 0
@@ -263,9 +292,14 @@ class CachedActivations:
 
     def verify(self) -> None:
         """Check every shard's SHA-256 against the manifest."""
-        for s in self.shards:
+        for i, s in enumerate(self.shards):
             if _sha256(self.dir / s["file"]) != s["sha256"]:
-                raise CacheError(f"cache {self.dir}: shard {s['file']} is corrupt (SHA-256 differs from manifest)")
+                raise self._corrupt(i)
+            self._verified.add(i)
+
+    def _corrupt(self, index: int) -> CacheError:
+        return CacheError(f"cache {self.dir}: shard {self.shards[index]['file']} is corrupt (SHA-256 differs "
+                          "from the manifest); rebuild the cache with `mechscope cache ... --overwrite`")
 
     # -- shards -------------------------------------------------------------------------------
     def _order(self, epoch: int) -> list[int]:
@@ -277,17 +311,24 @@ class CachedActivations:
     def read_shard(self, index: int) -> ActivationBatch:
         """All rows of shard ``index`` in stored order (selected sites only)."""
         from safetensors import safe_open
+        from safetensors.torch import load as load_bytes
 
         info = self.shards[index]
         path = self.dir / info["file"]
+        need = [f"acts.{s}" for s in self.sites] + list(_PROVENANCE)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = set(f.keys())
-                need = [f"acts.{s}" for s in self.sites] + list(_PROVENANCE)
-                absent = [k for k in need if k not in keys]
-                if absent:
-                    raise CacheError(f"cache {self.dir}: shard {info['file']} lacks tensors {absent}")
-                t = {k: f.get_tensor(k) for k in need}
+            if self._verify_on_read and index not in self._verified:
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest() != info["sha256"]:
+                    raise self._corrupt(index)
+                self._verified.add(index)
+                t = load_bytes(data)
+            else:
+                with safe_open(str(path), framework="pt") as f:
+                    t = {k: f.get_tensor(k) for k in need if k in set(f.keys())}
+            absent = [k for k in need if k not in t]
+            if absent:
+                raise CacheError(f"cache {self.dir}: shard {info['file']} lacks tensors {absent}")
         except CacheError:
             raise
         except Exception as e:  # safetensors raises its own error types for damaged files

@@ -52,6 +52,9 @@ class TextListSource(DocumentSource):
     def describe(self) -> dict[str, Any]:
         return {"source": "texts", "n_docs": len(self.texts)}
 
+    def __str__(self) -> str:
+        return f"the list of {len(self.texts)} texts"
+
 
 class TextFileSource(DocumentSource):
     """Text files matched by paths, folders (all ``*.txt`` below) or glob patterns, sorted.
@@ -69,7 +72,11 @@ class TextFileSource(DocumentSource):
 
     def _all(self) -> Iterator[str]:
         for f in self.files:
-            text = f.read_text(encoding=self.encoding)
+            try:
+                text = f.read_text(encoding=self.encoding)
+            except UnicodeDecodeError as e:
+                raise TokenStreamError(f"text file {f} is not {self.encoding} text ({e.reason} at byte "
+                                       f"{e.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
             if self.split is None:
                 yield text
             else:
@@ -77,6 +84,11 @@ class TextFileSource(DocumentSource):
 
     def describe(self) -> dict[str, Any]:
         return {"source": "files", "files": [str(f) for f in self.files], "split": self.split}
+
+    def __str__(self) -> str:
+        names = [str(f) for f in self.files]
+        return "text file" + (f" {names[0]}" if len(names) == 1 else f"s {', '.join(names[:3])}"
+                              + (f" (+{len(names) - 3} more)" if len(names) > 3 else ""))
 
 
 def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -125,6 +137,9 @@ class DatasetSource(DocumentSource):
 
     def describe(self) -> dict[str, Any]:
         return {**self.info, "text_column": self.text_column}
+
+    def __str__(self) -> str:
+        return f"dataset {self.info.get('name', '(in memory)')!r} column {self.text_column!r}"
 
 
 def hf_dataset_source(name: str, split: str = "train", config_name: str | None = None,
@@ -261,13 +276,21 @@ class DocumentTokenStream(TokenStream):
     def _next_natural(self) -> tuple[int, Tensor] | None:
         while not self._done:
             if self._live is None:
+                # a pass from the very start that yields nothing would yield nothing forever
+                self._fresh, self._tokens_seen = (self._doc, self._offset) == (0, 0), 0
                 self._live = self._windows_from(self._doc, self._offset, self._index)
             nxt = next(self._live, None)
             if nxt is not None:
                 index, window, self._doc, self._offset = nxt
                 self._index = index + 1
+                self._fresh = False
                 return index, window
             self._live = None
+            if self._fresh:
+                raise TokenStreamError(
+                    f"{self.source} holds {self._tokens_seen} tokens (separators included), fewer than "
+                    f"one context window needs ({self.body_len} besides BOS, n_ctx={self.n_ctx}): "
+                    "give more text or a smaller n_ctx")
             self._epoch += 1
             self._doc, self._offset, self._index = 0, 0, 0
             self._done = self.epochs is not None and self._epoch >= self.epochs
@@ -281,6 +304,7 @@ class DocumentTokenStream(TokenStream):
         available, d = 0, doc
         for ids in _tokenized_docs(self.source.iter_from(doc), self.tokenizer, self.tokenize_batch):
             toks = np.asarray(list(ids) + sep, dtype=np.int64)
+            self._tokens_seen += len(toks)
             start = offset if d == doc else 0
             queue.append([d, toks, start])
             available += len(toks) - start

@@ -223,7 +223,12 @@ class Model:
     def to_tokens(self, text: "str | Sequence[str]", prepend_bos: bool = True) -> Int[Tensor, "b pos"]:
         if self.tokenizer is None:
             raise ValueError(f"model {self.name!r} has no tokenizer; pass token ids instead of text")
-        return self.tl.to_tokens(text, prepend_bos=prepend_bos)
+        # TransformerLens would cut a long text to n_ctx silently: refuse it, naming the limit
+        tokens = self.tl.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
+        if tokens.shape[1] > self.n_ctx:
+            raise ValueError(f"text of {tokens.shape[1]} tokens{' (BOS included)' if prepend_bos else ''} is "
+                             f"longer than the context of model {self.name!r} ({self.n_ctx} tokens)")
+        return tokens
 
     def to_str_tokens(self, tokens: "Tensor | Sequence[int]") -> list[str]:
         if self.tokenizer is None:
@@ -369,7 +374,12 @@ def _load_hf_folder(path: Path, device: str, fold_ln: bool) -> Model:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise ModelSpecError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
-    hf_cfg = json.loads(cfg_file.read_text())
+    try:
+        hf_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelSpecError(f"{cfg_file} is not valid JSON ({e})") from None
+    if not isinstance(hf_cfg, dict):
+        raise ModelSpecError(f"{cfg_file} must hold a JSON object")
     arch = (hf_cfg.get("architectures") or [None])[0]
     builders = {"GPT2LMHeadModel": _gpt2_cfg, "LlamaForCausalLM": _llama_cfg}
     if arch not in builders:
@@ -377,8 +387,18 @@ def _load_hf_folder(path: Path, device: str, fold_ln: bool) -> Model:
             f"{path}: architecture {arch!r} is not supported from a local folder; "
             f"supported: {', '.join(builders)}"
         )
-    cfg = HookedTransformerConfig(**builders[arch](hf_cfg), device=device)
-    hf_model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    try:
+        cfg = HookedTransformerConfig(**builders[arch](hf_cfg), device=device)
+    except KeyError as e:
+        raise ModelSpecError(f"{cfg_file} lacks the {arch} field {e.args[0]!r}") from None
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
+        raise ModelSpecError(f"{path}: the weights could not be read ({type(e).__name__}: {str(e)[:300]})") from None
+    except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError derives from Exception only
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise ModelSpecError(f"{path}/model.safetensors is damaged or truncated ({e})") from None
     if arch == "GPT2LMHeadModel":
         from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights as convert
     else:

@@ -99,9 +99,19 @@ def open_token_memmap(path: str | os.PathLike, dtype: str | None = None) -> tupl
     path = Path(path)
     if not path.is_file():
         raise TokenStreamError(f"token memmap {path} does not exist")
-    meta = json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else {}
+    meta = {}
+    if _sidecar(path).is_file():
+        try:
+            meta = json.loads(_sidecar(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TokenStreamError(f"{_sidecar(path)} (sidecar of {path.name}) is not valid JSON: {e}") from None
+        if not isinstance(meta, dict):
+            raise TokenStreamError(f"{_sidecar(path)} (sidecar of {path.name}) must hold a JSON object")
     if path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:
+            raise TokenStreamError(f"{path} is not a readable .npy token array ({e})") from None
         if arr.ndim != 1 or arr.dtype.kind != "u":
             raise TokenStreamError(f"{path}: expected a 1-d unsigned integer array, got {arr.dtype} {arr.shape}")
         return arr, meta

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,9 +65,16 @@ def swept_fields(configs: Sequence[RunConfig]) -> list[str]:
 
 
 def run_names(configs: Sequence[RunConfig]) -> list[str]:
+    """``run000_k=8_lr=0.001``: folder names; a swept string value keeps only ``[A-Za-z0-9._+-]``
+    (at most 40 of them), so no value can name a path outside the sweep's folder."""
     keys = swept_fields(configs)
     flats = [c.to_dict() for c in configs]
-    return [f"run{i:03d}" + "".join(f"_{k}={f[k]}" for k in keys if k in f) for i, f in enumerate(flats)]
+    return [f"run{i:03d}" + "".join(f"_{k}={_safe(f[k])}" for k in keys if k in f) for i, f in enumerate(flats)]
+
+
+def _safe(value: Any) -> str:
+    text = re.sub(r"[^A-Za-z0-9._+-]", "-", str(value))[:40]
+    return text.replace("..", "--")
 
 
 def train_sweep(configs: Sequence[RunConfig] | Mapping[str, Any], source: Iterable[Any],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mechscope.apps.cli import command
 
@@ -19,12 +20,19 @@ def _cache_options(p: argparse.ArgumentParser) -> None:
 
 @command("cache", "Write activations at sites to an on-disk safetensors cache.", _cache_options)
 def cache_cmd(args: argparse.Namespace) -> int:
-    from mechscope.interp.cache import build_cache
+    from mechscope.interp.cache import MANIFEST, build_cache
     from mechscope.interp.models import load_model
+    from mechscope.apps.commands.common import check_sizes
     from mechscope.interp.tokens import open_token_stream
+    from mechscope.lock import folder_lock
 
-    model = load_model(args.model)
-    stream = open_token_stream(args.text, args.n_ctx, model, epochs=None)
-    path = build_cache(model, stream, args.sites, args.out, args.tokens, overwrite=args.overwrite)
+    check_sizes(args)
+    if (Path(args.out) / MANIFEST).exists() and not args.overwrite:
+        raise ValueError(f"--out {args.out} already holds an activation cache; pass --overwrite to replace it")
+    with folder_lock(args.out, "--out", "mechscope cache"):
+        model = load_model(args.model)
+        check_sizes(args, model)
+        stream = open_token_stream(args.text, args.n_ctx, model, epochs=None)
+        path = build_cache(model, stream, args.sites, args.out, args.tokens, overwrite=args.overwrite)
     print(f"cache written: {path}")
     return 0

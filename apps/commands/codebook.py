@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import tomllib
 from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,10 +33,9 @@ TABLES = ("fsm", "text", "model", "pretrain", "finetune", "codebook", "eval")
 
 
 def load_config(path: "str | Path") -> dict[str, dict[str, Any]]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"codebook config {path} does not exist")
-    cfg = tomllib.loads(p.read_text())
+    from mechscope.apps.commands.train import read_toml
+
+    cfg = read_toml(path, "codebook config")
     unknown = sorted(set(cfg) - set(TABLES))
     if unknown:
         raise ValueError(f"unknown table(s) {unknown} in {path}; valid tables: {', '.join(TABLES)}")
@@ -165,7 +163,11 @@ def _tokens(cbm, args: argparse.Namespace):
 @command("codebook", "Codebook features: train a model with codebook bottlenecks, find codes, steer by codes.", _options)
 def codebook_cmd(args: argparse.Namespace) -> int:
     if args.action == "train":
-        report = run_codebook_job(load_config(args.target), args.out)
+        from mechscope.lock import folder_lock
+
+        cfg = load_config(args.target)
+        with folder_lock(args.out, "--out", "mechscope codebook train"):
+            report = run_codebook_job(cfg, args.out)
         print(json.dumps({k: v for k, v in report.items() if k != "state_identification"}, indent=2))
         for site, row in report.get("state_identification", {}).items():
             print(f"state codes at {site}: precision {row['mean_precision']:.3f} recall {row['mean_recall']:.3f} "

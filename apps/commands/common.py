@@ -3,17 +3,62 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+
+def read_lines(path: "str | Path", what: str = "prompts file") -> list[str]:
+    """The non-empty lines of a UTF-8 text file; every failure names the file."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a text file, one prompt per line")
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist (one prompt per line)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{what} {path} has no non-empty lines")
+    return lines
 
 
 def read_prompts(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist (one prompt per line)")
-    lines = [line for line in p.read_text().splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"prompts file {path} has no non-empty lines")
-    return lines
+    return read_lines(path)
+
+
+def check_prompt_lengths(model: Any, prompts: Sequence[str], path: "str | Path") -> None:
+    """Refuse prompts longer than the model's context (TransformerLens would fail or truncate)."""
+    for i, prompt in enumerate(prompts):
+        try:
+            model.to_tokens(prompt)
+        except ValueError as e:
+            raise ValueError(f"prompts file {path}, prompt {i + 1}: {e}; shorten it") from None
+
+
+def writable_parent(out: "str | Path", flag: str = "--out") -> Path:
+    """Check before the work that ``out`` (a file) can be written: not a folder, parent writable."""
+    from mechscope.lock import writable_dir
+
+    p = Path(out)
+    if p.is_dir():
+        raise ValueError(f"{flag} {out} is a folder; give a file name (e.g. {p / 'graph.json'})")
+    writable_dir(p.parent if str(p.parent) else ".", flag=f"{flag} {out}: folder")
+    return p
+
+
+def check_sizes(args: argparse.Namespace, model: Any = None) -> None:
+    """``--tokens`` and ``--n-ctx`` in range (``--n-ctx`` within the model's context once loaded)."""
+    if args.tokens < 1:
+        raise ValueError(f"--tokens {args.tokens} is invalid: must be a positive number of tokens")
+    if args.n_ctx < 2:
+        raise ValueError(f"--n-ctx {args.n_ctx} is invalid: must be >= 2 (BOS and at least one token)")
+    if model is not None and args.n_ctx > model.n_ctx:
+        raise ValueError(f"--n-ctx {args.n_ctx} exceeds the context of model {model.name!r} ({model.n_ctx} tokens)")
 
 
 def save_graph(graph, out: str, html: bool) -> None:

@@ -22,17 +22,23 @@ def features_cmd(args: argparse.Namespace) -> int:
     import itertools
 
     from mechscope.apps.browser import build_feature_browser
+    from mechscope.apps.commands.common import check_sizes
     from mechscope.interp.models import load_model
-    from mechscope.sae.io import load_dictionary
     from mechscope.interp.tokens import open_token_stream
+    from mechscope.lock import folder_lock
+    from mechscope.sae.io import load_dictionary
 
-    model = load_model(args.model)
+    check_sizes(args)
     dictionary = load_dictionary(args.sae_dir)
     site = args.site or getattr(getattr(dictionary, "cfg", None), "site_in", "")
     if not site:
         raise ValueError("the dictionary records no site; pass --site (e.g. L2.resid_pre)")
-    windows = itertools.islice(open_token_stream(args.text, args.n_ctx, model, epochs=1), args.tokens // args.n_ctx + 1)
-    index = build_feature_browser(model, dictionary, site, windows, args.tokens, args.out,
-                                  dictionary_name=f"{args.sae_dir} ({site})")
+    with folder_lock(args.out, "--out", "mechscope features"):  # checked writable before the statistics
+        model = load_model(args.model)
+        check_sizes(args, model)
+        windows = itertools.islice(open_token_stream(args.text, args.n_ctx, model, epochs=1),
+                                   args.tokens // args.n_ctx + 1)
+        index = build_feature_browser(model, dictionary, site, windows, args.tokens, args.out,
+                                      dictionary_name=f"{args.sae_dir} ({site})")
     print(f"feature browser: {index}")
     return 0

@@ -55,13 +55,18 @@ def load_dictionaries(directory: "str | Path") -> dict[str, Any]:
 
 def read_prompt_records(path: "str | Path") -> list[dict[str, Any]]:
     """Prompt records ``{"prompt", "patch"?, "target"?, "foil"?}`` from text or JSON lines."""
-    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-    if not lines:
-        raise ValueError(f"{path} holds no prompts")
+    from mechscope.apps.commands.common import read_lines
+
+    lines = read_lines(path)
     if lines[0].lstrip().startswith("{"):
-        recs = [json.loads(ln) for ln in lines]
+        recs = []
+        for i, ln in enumerate(lines):
+            try:
+                recs.append(json.loads(ln))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {i + 1} is not a JSON prompt record ({e})") from None
         for i, r in enumerate(recs):
-            if "prompt" not in r:
+            if not isinstance(r, dict) or "prompt" not in r:
                 raise ValueError(f"{path} line {i + 1}: a JSON prompt record needs a 'prompt' field")
         return recs
     return [{"prompt": ln} for ln in lines]
@@ -117,6 +122,9 @@ def trace_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None
             if not model.attn_only:
                 site_map[f"L{layer}.mlp_out"] = None
     recs = read_prompt_records(prompts)
+    from mechscope.apps.commands.common import check_prompt_lengths
+
+    check_prompt_lengths(model, [r[k] for r in recs for k in ("prompt", "patch") if k in r], prompts)
     has_patch = [("patch" in r) for r in recs]
     if any(has_patch) and not all(has_patch):
         raise ValueError("either every prompt record has a 'patch' prompt or none has")
@@ -164,6 +172,9 @@ def _trace_options(p: argparse.ArgumentParser) -> None:
 
 @command("trace", "Sparse feature circuit (Marks et al.) of prompts through dictionaries and error nodes.", _trace_options)
 def trace_cmd(args: argparse.Namespace) -> int:
+    from mechscope.apps.commands.common import writable_parent
+
+    writable_parent(args.out)
     graph = trace_cli(args.model, args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
                       args.ablation, args.node_threshold, args.edge_threshold, per_position=args.per_position,
                       steps=args.steps)

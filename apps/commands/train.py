@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,11 @@ class DataConfig:
     seed: int = _f(0, "seed of the data order")
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v, want = getattr(self, f.name), {"str": str, "int": int}[f.type]
+            if not isinstance(v, want) or isinstance(v, bool):
+                raise ValueError(f"config field data.{f.name}={v!r} is invalid: must be {f.type}"
+                                 + (" (a quoted TOML string)" if f.type == "str" else ""))
         for name in ("n_ctx", "batch_tokens", "model_batch_size", "eval_windows"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"config field data.{name}={getattr(self, name)!r} is invalid: must be a positive integer")
@@ -100,14 +106,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def load_job(path: "str | Path | None" = None, overrides: Sequence[str] = (), d_in: int | None = None) -> Job:
     """Read, override and validate a job (no model is loaded here)."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    raw: dict[str, Any] = read_toml(path, "config file") if path is not None else {}
     unknown = sorted(set(raw) - set(TABLES))
     if unknown:
         raise ValueError(f"unknown table(s) {unknown} in {path}; valid tables: {', '.join(TABLES)}")
@@ -124,8 +123,45 @@ def load_job(path: "str | Path | None" = None, overrides: Sequence[str] = (), d_
     probe = {"d_in": d_in or sae.get("d_in") or 1, **{k: v for k, v in sae.items() if k != "d_in"}}
     if "d_dict" not in probe:
         raise ValueError("config field sae.d_dict is required (number of latents)")
-    configs = expand_sweep(probe)
+    try:
+        configs = expand_sweep(probe)
+    except (TypeError, ValueError) as e:  # TrainConfig names its fields bare: say which table
+        raise ValueError(str(e).replace("config field ", "config field sae.", 1)) from None
+    _check_wandb(sae.get("wandb_project", ""))
     return Job(data, sae, tuple(configs))
+
+
+def read_toml(path: "str | Path", what: str) -> dict[str, Any]:
+    """A TOML file as a dict; every failure (missing, a folder, unreadable, not UTF-8, not TOML)
+    is a ValueError naming the file."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ValueError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+
+
+_WANDB_BAD = set("/\\#?%:")
+
+
+def _check_wandb(projects: Any) -> None:
+    """wandb would fail (or prompt for a login) only after the model has run: check first."""
+    projects = [p for p in (projects if isinstance(projects, list) else [projects]) if p]
+    for p in projects:
+        if _WANDB_BAD & set(p) or ".." in p:
+            raise ValueError(f"config field sae.wandb_project={p!r} is invalid: a W&B project name "
+                             "cannot contain / \\ # ? % : or ..")
+    if not projects or os.environ.get("WANDB_MODE") in ("offline", "disabled") or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")):
+        raise ValueError(f"config field sae.wandb_project={projects[0]!r} needs a Weights & Biases login: "
+                         "run `wandb login`, set WANDB_API_KEY, or WANDB_MODE=offline")
 
 
 def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool = True) -> list["RunResult"]:
@@ -134,12 +170,25 @@ def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool
     Returns one `RunResult` per dictionary (config, last training step, held-out evaluation) and
     writes ``out_dir/results.{json,csv}`` (their rows), ``runs/<name>/eval.json`` and ``job.json``.
     """
+    from mechscope.lock import folder_lock
+
+    with folder_lock(out_dir, "--out", "mechscope train"):  # one writer; fails before any work
+        return _run_locked(job, Path(out_dir), resume, progress)
+
+
+def _run_locked(job: Job, out: Path, resume: bool, progress: bool) -> list["RunResult"]:
+    from mechscope.files import write_text
     from mechscope.interp.models import load_model
     from mechscope.interp.stream import ActivationStream, site_dims
     from mechscope.interp.tokens import open_token_stream
     from mechscope.sae.sweep import train_sweep, write_table
+    from mechscope.sae.trainer import CHECKPOINT
 
     model = load_model(job.data.model)
+    d = job.data
+    if d.n_ctx > model.n_ctx:
+        raise ValueError(f"config field data.n_ctx={d.n_ctx} exceeds the context of model {model.name!r} "
+                         f"({model.n_ctx} tokens)")
     first = job.configs[0].dictionary
     site_in = model.site(first.site_in or _missing("site_in"))
     site_out = model.site(first.site_out or str(site_in))
@@ -148,22 +197,52 @@ def run_job(job: Job, out_dir: "str | Path", resume: bool = True, progress: bool
     if first.transcoder:
         sae.setdefault("d_out", widths[site_out])
     configs = expand_sweep(sae)
-    d = job.data
+    _check_memory(configs)
+    for name in ("text", "heldout_text"):  # an empty or unreadable text fails now, not mid-run
+        next(iter(open_token_stream(getattr(d, name), d.n_ctx, model, seed=d.seed, epochs=1)))
+    if resume and (out / CHECKPOINT).exists():
+        _check_resumable(out / CHECKPOINT, configs)  # before job.json is rewritten
     stream = ActivationStream(
         model, open_token_stream(d.text, d.n_ctx, model, seed=d.seed, epochs=None), sorted({site_in, site_out}),
         batch_tokens=d.batch_tokens, model_batch_size=d.model_batch_size,
         shuffle_buffer=d.shuffle_buffer, seed=d.seed, drop_last=True,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "job.json").write_text(json.dumps({"data": dataclasses.asdict(d), "sae": job.sae}, indent=2))
+    write_text(out / "job.json", json.dumps({"data": dataclasses.asdict(d), "sae": job.sae}, indent=2))
     swept = train_sweep(configs, stream, out, resume=resume)
     evals = evaluate_on_heldout(model, [r.dictionary for r in swept.runs], d, site_in, site_out)
     results = [dataclasses.replace(r, eval=e) for r, e in zip(swept.results, evals)]
     for r in results:
-        (r.path / "eval.json").write_text(json.dumps(r.row(), indent=2))
+        write_text(r.path / "eval.json", json.dumps(r.row(), indent=2))
     write_table([r.row() for r in results], out)
     return results
+
+
+def _check_resumable(checkpoint: Path, configs: Sequence[RunConfig]) -> None:
+    from mechscope.sae.checkpoint import read_checkpoint
+
+    try:
+        saved = read_checkpoint(checkpoint)[0]["configs"]
+    except (ValueError, KeyError):
+        raise ValueError(f"{checkpoint} is not a readable checkpoint; pass --no-resume to start over "
+                         "(or choose another --out)") from None
+    if saved != [c.to_dict() for c in configs]:
+        diff = sorted({k for s, c in zip(saved, configs) for k, v in c.to_dict().items() if s.get(k) != v}
+                      | ({"number of runs"} if len(saved) != len(configs) else set()))
+        raise ValueError(f"{checkpoint} was written by a job with other settings ({', '.join(diff)}); "
+                         "pass --no-resume to start over, or choose another --out")
+
+
+def _check_memory(configs: Sequence[RunConfig]) -> None:
+    """Refuse dictionaries whose weights, gradients and Adam state (4 fp32 copies) exceed RAM:
+    the allocation would fail deep in torch, or the OOM killer would end the process."""
+    dicts = [c.dictionary for c in configs]
+    need = sum(4 * 4 * d.d_dict * (d.d_in + d.d_output) for d in dicts)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        biggest = max(dicts, key=lambda d: d.d_dict)
+        raise ValueError(f"config field sae.d_dict={biggest.d_dict} is too large: the {len(configs)} "
+                         f"dictionar{'y' if len(configs) == 1 else 'ies'} need about {need / 2**30:.1f} GiB "
+                         f"(weights, gradients, Adam state) and this machine has {have / 2**30:.1f} GiB")
 
 
 def evaluate_on_heldout(model: Any, dictionaries: Sequence[Any], data: DataConfig, site_in: Any,

@@ -222,8 +222,8 @@ CASES: tuple[Case, ...] = (
                                            "--out", str(c.tmp / "fb")], ("empty.txt",)),
     Case("features-wrong-model", lambda c: ["features", _sae_dir(c), "--model", "gpt2-shakespeare", "--text", str(c.text),
                                             "--tokens", "64", "--n-ctx", "16", "--out", str(c.tmp / "fb")], ("d_in", "width")),
-    Case("features-sae-cfg-json", lambda c: ["features", (lambda d: ((d / "cfg.json").write_text("{"), str(d))[1])(
-        _copy_sae(c)), "--model", TINY, "--out", str(c.tmp / "fb")], ("cfg.json",)),
+    Case("features-sae-meta-json", lambda c: ["features", (lambda d: ((d / "mechscope.json").write_text("{"), str(d))[1])(
+        _copy_sae(c)), "--model", TINY, "--out", str(c.tmp / "fb")], ("mechscope.json",)),
     # --- prompts (routes / trace-attention / trace) --------------------------------------------
     Case("routes-prompts-missing", lambda c: ["routes", "--model", TINY, "--prompts", str(c.tmp / "p.txt"),
                                               "--out", str(c.tmp / "g.json")], ("p.txt",)),

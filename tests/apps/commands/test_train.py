@@ -47,7 +47,7 @@ def test_spliced_metrics_oracles(tiny_gpt2, tokens):
 @pytest.mark.parametrize("overrides, message", [
     (["data.n_ctx=0"], "data.n_ctx"),
     (["sae.architecture=\"dense\""], "architecture"),
-    (["sae.k=0"], "field k"),
+    (["sae.k=0"], "field sae.k"),
     (["sae.bogus=1"], "unknown config field"),
     (["data.bogus=1"], "unknown config field"),
     (["data.text=\"zoo:test\""], "data.text"),

@@ -144,3 +144,32 @@ def test_resume_through_a_real_activation_stream_is_exact(tmp_path, tiny_gpt2):
     a, b = full.dictionary.state_dict(), resumed.dictionary.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+
+def test_swept_strings_never_name_a_path_outside_the_sweep(tmp_path):
+    from mechscope.sae.config import expand_sweep
+    from mechscope.sae.sweep import run_names
+
+    values = ["../../../x", "a/b\\c", "..", "ok-name_1.2", "x" * 80]
+    names = run_names(expand_sweep({"d_in": 4, "d_dict": 8, "k": 2, "wandb_project": values}))
+    runs = (tmp_path / "runs").resolve()
+    assert len(set(names)) == len(values)
+    for name in names:
+        assert "/" not in name and "\\" not in name and ".." not in name and len(name) < 80
+        assert (runs / name).resolve().parent == runs
+    assert names[3] == "run003_wandb_project=ok-name_1.2"  # safe values are kept as they are
+
+
+def test_a_rejected_resume_leaves_the_folder_as_it_was(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 50)
+    base = ['data.model="attn-only-induction"', f'data.text="{text}"', f'data.heldout_text="{text}"',
+            "data.n_ctx=16", "data.batch_tokens=32", "data.shuffle_buffer=0", "data.eval_windows=2",
+            'sae.site_in="L1.resid_pre"', "sae.d_dict=16", "sae.k=2", "sae.steps=2"]
+    out = tmp_path / "out"
+    run_job(load_job(None, base), out, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"other settings \(k\); pass --no-resume to start over"):
+        run_job(load_job(None, [*base, "sae.k=3"]), out, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    rows = run_job(load_job(None, [*base, "sae.k=3"]), out, resume=False, progress=False)
+    assert len(rows) == 1 and json.loads((out / "job.json").read_text())["sae"]["k"] == 3

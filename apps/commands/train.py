@@ -48,6 +48,10 @@ def _f(default: Any, help: str) -> Any:
 class DataConfig:
     """Where training activations come from."""
 
+    # `__post_init__` is the type check, with messages naming the field (as in TrainConfig):
+    # run-time checkers must not pre-empt it on the generated `__init__`
+    __no_type_check__ = True
+
     model: str = _f("gpt2-shakespeare", "model: a zoo name, a local HF checkpoint folder, or a TransformerLens hub name")
     text: str = _f("zoo:train", "text: 'zoo:train' / 'zoo:heldout' (zoo corpus), a .txt file / folder / glob, "
                    "a token memmap (.npy / .bin from write_token_memmap), or 'hf:NAME[:SPLIT]' "

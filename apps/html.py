@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import secrets
 from functools import lru_cache
 from importlib import resources
@@ -42,9 +43,21 @@ def escape(text: Any) -> str:
 
 def script_json(obj: Any) -> str:
     """JSON that is safe inside a ``<script>`` element or a JS file: no character of it can end
-    the element or the statement."""
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    the element or the statement. Non-finite floats (NaN, ±inf: a diverged dictionary, a 0/0
+    statistic) become ``null``: bare ``NaN`` is not JSON and ``JSON.parse`` rejects the page."""
+    text = json.dumps(finite_or_null(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return text.translate(_JS_UNSAFE)
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float (also in nested dicts, lists, tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 _PLOTLY_UNSAFE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})

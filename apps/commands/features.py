@@ -30,6 +30,7 @@ def features_cmd(args: argparse.Namespace) -> int:
 
     check_sizes(args)
     dictionary = load_dictionary(args.sae_dir)
+    _check_finite(dictionary, args.sae_dir)
     site = args.site or getattr(getattr(dictionary, "cfg", None), "site_in", "")
     if not site:
         raise ValueError("the dictionary records no site; pass --site (e.g. L2.resid_pre)")
@@ -42,3 +43,14 @@ def features_cmd(args: argparse.Namespace) -> int:
                                       dictionary_name=f"{args.sae_dir} ({site})")
     print(f"feature browser: {index}")
     return 0
+
+
+def _check_finite(dictionary, where: str) -> None:
+    """A diverged dictionary (NaN / inf weights) would give a browser of NaN: refuse it by name."""
+    import torch
+
+    state = dictionary.state_dict() if hasattr(dictionary, "state_dict") else {}
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"dictionary {where} has non-finite values (NaN or inf) in {', '.join(bad)}: "
+                         "its training diverged; retrain it (e.g. with a lower sae.lr)")

@@ -224,6 +224,8 @@ CASES: tuple[Case, ...] = (
                                             "--tokens", "64", "--n-ctx", "16", "--out", str(c.tmp / "fb")], ("d_in", "width")),
     Case("features-sae-meta-json", lambda c: ["features", (lambda d: ((d / "mechscope.json").write_text("{"), str(d))[1])(
         _copy_sae(c)), "--model", TINY, "--out", str(c.tmp / "fb")], ("mechscope.json",)),
+    Case("features-sae-nan", lambda c: ["features", _nan_sae(c), "--model", TINY, "--text", str(c.text),
+                                        "--tokens", "64", "--n-ctx", "16", "--out", str(c.tmp / "fb")], ("W_dec",)),
     # --- prompts (routes / trace-attention / trace) --------------------------------------------
     Case("routes-prompts-missing", lambda c: ["routes", "--model", TINY, "--prompts", str(c.tmp / "p.txt"),
                                               "--out", str(c.tmp / "g.json")], ("p.txt",)),
@@ -259,6 +261,18 @@ def _copy_sae(ctx: Ctx) -> Path:
     dst = ctx.tmp / "sae"
     shutil.copytree(_sae_dir(ctx), dst)
     return dst
+
+
+def _nan_sae(ctx: Ctx) -> str:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = _copy_sae(ctx)
+    w = d / "sae_weights.safetensors"
+    t = load_file(str(w))
+    t["W_dec"][0, 0] = torch.nan
+    save_file(t, str(w))
+    return str(d)
 
 
 def snapshot(*roots: Path) -> dict[str, bytes]:

@@ -160,7 +160,14 @@ def _check_wandb(projects: Any) -> None:
         if _WANDB_BAD & set(p) or ".." in p:
             raise ValueError(f"config field sae.wandb_project={p!r} is invalid: a W&B project name "
                              "cannot contain / \\ # ? % : or ..")
-    if not projects or os.environ.get("WANDB_MODE") in ("offline", "disabled") or os.environ.get("WANDB_API_KEY"):
+    if not projects:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError(f"config field sae.wandb_project={projects[0]!r} needs the wandb package: "
+                         "pip install 'mechscope[wandb]' (or leave wandb_project empty)")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled") or os.environ.get("WANDB_API_KEY"):
         return
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     if not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")):

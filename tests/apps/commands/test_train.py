@@ -173,3 +173,18 @@ def test_a_rejected_resume_leaves_the_folder_as_it_was(tmp_path):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     rows = run_job(load_job(None, [*base, "sae.k=3"]), out, resume=False, progress=False)
     assert len(rows) == 1 and json.loads((out / "job.json").read_text())["sae"]["k"] == 3
+
+
+def test_wandb_without_a_login_is_refused_before_work(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no machine api.wandb.ai
+    base = ["sae.d_dict=64", 'sae.site_in="L0.resid_post"']
+    with pytest.raises(ValueError, match="sae.wandb_project='proj' needs a Weights & Biases login"):
+        load_job(None, [*base, 'sae.wandb_project="proj"'])
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
+    assert load_job(None, [*base, 'sae.wandb_project="proj"']).configs[0].wandb_project == "proj"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(ValueError, match="cannot contain"):
+        load_job(None, [*base, 'sae.wandb_project=["ok", "../x"]'])

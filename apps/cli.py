@@ -2,6 +2,12 @@
 
 Every option has a one-line help; ``mechscope SUBCOMMAND --help`` lists them. Heavy imports
 happen inside the handlers, so ``mechscope --help`` is instant.
+
+Errors: `main` is the one place where exceptions become messages. A user error (a bad flag,
+config value or file, a busy or unwritable folder, a full disk, too little memory) prints one
+line naming the input and exits 2; anything else prints one line, a hint, and exits 1.
+``--debug`` or ``MECHSCOPE_DEBUG=1`` lets every exception through with its traceback.
+Subcommands check their flags and output folders before any expensive work.
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ Shards are written in stream order (no shuffling at build time) to a temporary n
 renamed into place (``os.replace`` is atomic on POSIX), and the manifest is written last the
 same way, so a folder whose build died has no manifest and is never mistaken for a cache.
 
+Shard bytes depend only on the rows (the safetensors header carries one metadata key: with
+several, their order follows a per-process hash map), so identical rebuilds have identical
+SHA-256s and a training run checkpointed on one build resumes on another. Readers check every
+shard's size when opening and its SHA-256 the first time they load it; manifest entries must
+name shard files of the cache folder itself.
+
 `CachedActivations` reads a cache back as an `ActivationSource`: batches of rows, optionally
 shuffled (shard order per epoch and rows within each shard, both by seeded permutations,
 which is the usual two-level shuffle of shard-based loaders), with a position

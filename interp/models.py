@@ -341,7 +341,7 @@ def load_model(spec: "str | Path", device: str = "cpu", fold_ln: bool = False, *
     text = str(spec)
     if text in zoo.names():
         tl, card = zoo.load(text, device=device)
-        return Model(tl, text, "zoo", card)
+        return _finite(Model(tl, text, "zoo", card), text)
     path = Path(text).expanduser()
     if path.is_dir():
         return _load_hf_folder(path, device, fold_ln)
@@ -363,7 +363,7 @@ def load_model(spec: "str | Path", device: str = "cpu", fold_ln: bool = False, *
             f"not a local folder, and TransformerLens could not load it ({type(exc).__name__}: "
             f"{str(exc)[:300]})"
         ) from exc
-    return Model(tl.eval(), text, "hub")
+    return _finite(Model(tl.eval(), text, "hub"), text)
 
 
 def _load_hf_folder(path: Path, device: str, fold_ln: bool) -> Model:
@@ -410,7 +410,17 @@ def _load_hf_folder(path: Path, device: str, fold_ln: bool) -> Model:
         state, fold_ln=fold_ln, center_writing_weights=fold_ln, center_unembed=fold_ln,
         fold_value_biases=fold_ln,
     )
-    return Model(tl.to(device).eval(), path.name, "hf-folder", {"path": str(path), "architecture": arch})
+    return _finite(Model(tl.to(device).eval(), path.name, "hf-folder", {"path": str(path), "architecture": arch}), path)
+
+
+def _finite(model: Model, where: Any) -> Model:
+    """A checkpoint with NaN / inf weights would make every activation NaN and fail far away
+    (as "mean squared norm is 0" in training): name the tensors at load time instead."""
+    bad = [n for n, p in model.tl.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ModelSpecError(f"model {str(where)!r} has non-finite weights (NaN or inf) in {', '.join(bad[:3])}{more}")
+    return model
 
 
 def _local_tokenizer(path: Path) -> Any:

@@ -116,6 +116,17 @@ def _truncated_hf(ctx: Ctx) -> str:
     return str(d)
 
 
+def _nan_hf(ctx: Ctx) -> str:
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(ctx, "hf")
+    t = load_file(str(d / "model.safetensors"))
+    key = next(k for k in t if k.endswith("c_attn.weight"))
+    t[key][0, 0] = float("nan")
+    save_file(t, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return str(d)
+
+
 def _hf_with_config(ctx: Ctx, text: str) -> str:
     d = _copy(ctx, "hf")
     (d / "config.json").write_text(text)
@@ -183,6 +194,7 @@ CASES: tuple[Case, ...] = (
     Case("train-model-config-json", lambda c: c.train_args(f'data.model="{_hf_with_config(c, "{")}"'), ("config.json",)),
     Case("train-model-config-keys", lambda c: c.train_args(f'data.model="{_hf_with_config(c, _GPT2_NO_KEYS)}"'),
          ("config.json",)),
+    Case("train-model-nan", lambda c: c.train_args(f'data.model="{_nan_hf(c)}"'), ("non-finite", "NaN")),
     Case("train-resume-other-config", lambda c: c.train_args("sae.k=3", out=str(_copy(c, "trained"))), ("--no-resume",)),
     Case("train-second-writer", lambda c: (_hold_lock(c, c.tmp / "out"), c.train_args())[1], ("another",)),
     # --- cache ---------------------------------------------------------------------------------

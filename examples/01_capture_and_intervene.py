@@ -28,7 +28,7 @@ from mechscope.interp.models import load_model
 
 model = load_model(zoo.DEFAULT)
 text = zoo.corpus_text("heldout")[:2000]
-tokens = model.to_tokens(text)[:, : model.n_ctx]
+tokens = model.to_tokens(text, truncate=True)  # the first n_ctx tokens
 print(model.name, "layers:", model.n_layers, "d_model:", model.d_model, "tokens:", tokens.shape[1])
 
 # %% [markdown]

@@ -220,11 +220,15 @@ class Model:
                           self.n_kv_heads if per_head else None)
 
     # -- text -----------------------------------------------------------------------------------
-    def to_tokens(self, text: "str | Sequence[str]", prepend_bos: bool = True) -> Int[Tensor, "b pos"]:
+    def to_tokens(self, text: "str | Sequence[str]", prepend_bos: bool = True,
+                  truncate: bool = False) -> Int[Tensor, "b pos"]:
+        """Token ids ``[batch, pos]``. A text longer than the context is an error naming the
+        limit (TransformerLens would cut it silently); ``truncate=True`` keeps its first n_ctx."""
         if self.tokenizer is None:
             raise ValueError(f"model {self.name!r} has no tokenizer; pass token ids instead of text")
-        # TransformerLens would cut a long text to n_ctx silently: refuse it, naming the limit
         tokens = self.tl.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
+        if truncate:
+            return tokens[:, : self.n_ctx]
         if tokens.shape[1] > self.n_ctx:
             raise ValueError(f"text of {tokens.shape[1]} tokens{' (BOS included)' if prepend_bos else ''} is "
                              f"longer than the context of model {self.name!r} ({self.n_ctx} tokens)")

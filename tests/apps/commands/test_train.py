@@ -184,7 +184,7 @@ def test_wandb_without_a_login_is_refused_before_work(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="sae.wandb_project='proj' needs a Weights & Biases login"):
         load_job(None, [*base, 'sae.wandb_project="proj"'])
     (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
-    assert load_job(None, [*base, 'sae.wandb_project="proj"']).configs[0].wandb_project == "proj"
+    assert load_job(None, [*base, 'sae.wandb_project="proj"']).configs[0].train.wandb_project == "proj"
     monkeypatch.setenv("WANDB_MODE", "offline")
     with pytest.raises(ValueError, match="cannot contain"):
         load_job(None, [*base, 'sae.wandb_project=["ok", "../x"]'])

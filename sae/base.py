@@ -20,6 +20,8 @@ optimiser step and, before it, the gradient component parallel to each row is re
 
 from __future__ import annotations
 
+import math
+
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -143,8 +145,9 @@ class SparseDictionary(nn.Module):
         """Set the scales and b_dec from a first batch of raw activations."""
         train = self.training_config
         if train.normalize:
-            self.scale_in.fill_(_scale(x_in))
-            self.scale_out.fill_(_scale(x_out) if self.cfg.transcoder else float(self.scale_in))
+            self.scale_in.fill_(_scale(x_in, self.cfg.site_in))
+            self.scale_out.fill_(_scale(x_out, self.cfg.site_out or self.cfg.site_in)
+                                 if self.cfg.transcoder else float(self.scale_in))
         y = x_out * self.scale_out
         if train.b_dec_init == "mean":
             self.b_dec.copy_(y.mean(0))
@@ -185,11 +188,20 @@ class SparseDictionary(nn.Module):
             raise ValueError(f"{name} must be [n, {d}], got shape {tuple(x.shape)}")
 
 
-def _scale(x: Tensor) -> float:
-    ms = float(x.pow(2).sum(-1).mean())
+def _scale(x: Tensor, site: str = "") -> float:
+    """``sqrt(d / E||x||^2)``; an error, never 0 or NaN, when that is not a positive finite number."""
+    where = f" at site {site}" if site else ""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"activations{where} contain NaN or inf: cannot normalise them (is the model's "
+                         "output finite?)")
+    ms = float(x.double().pow(2).sum(-1).mean())  # float64: float32 squares overflow from ~1.8e19
     if not ms > 0:
-        raise ValueError("cannot normalise activations whose mean squared norm is 0")
-    return (x.shape[1] / ms) ** 0.5
+        raise ValueError(f"cannot normalise activations{where} whose mean squared norm is 0")
+    scale = (x.shape[1] / ms) ** 0.5
+    if not 1e-30 < scale < 1e30:  # raw-unit weights (scaled back by 1/scale) would overflow float32
+        raise ValueError(f"activations{where} have mean squared norm {ms:.3g} (largest |x| "
+                         f"{float(x.abs().max()):.3g}): beyond what float32 training can represent")
+    return scale
 
 
 def geometric_median(x: Float[Tensor, "n d"], iters: int = 50, eps: float = 1e-8) -> Float[Tensor, "d"]:

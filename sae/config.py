@@ -24,6 +24,7 @@ that have it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import itertools
 from dataclasses import dataclass, field
 from collections.abc import Mapping
@@ -58,6 +59,8 @@ class _Checked:
                 raise TypeError(f"config field {f.name} must be {f.type}, got {v!r}")
             if f.type == "float" and not isinstance(v, float):
                 object.__setattr__(self, f.name, float(v))  # downstream code sees floats only
+            if f.type == "float" and not math.isfinite(v):  # inf passes every "> 0" test below
+                raise _bad(self, f.name, "must be a finite number")
         for name in self._positive:
             if not getattr(self, name) > 0:
                 raise _bad(self, name, "must be > 0")

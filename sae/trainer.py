@@ -111,6 +111,20 @@ class TrainResult:
         return self.last.to_dict()
 
 
+class NonFiniteError(ValueError):
+    """NaN or inf in a batch, the loss or the weights: training stops before saving anything."""
+
+
+def check_finite(x: torch.Tensor, step: int, site: str) -> None:
+    """Refuse a batch with NaN / inf rows, naming the step, the site and the first rows."""
+    bad = ~torch.isfinite(x).all(dim=-1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        raise NonFiniteError(f"step {step + 1}: the batch at site {site} has NaN or inf in {len(rows)} of "
+                             f"{len(x)} rows (rows {rows[:5]}{' ...' if len(rows) > 5 else ''}); training "
+                             "stopped, the last checkpoint is kept")
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -167,18 +181,32 @@ def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bo
             x_in, x_out = as_pair(next(it), dcfg0)
         except StopIteration:
             raise RuntimeError(f"data source ran out at step {step} of {cfg0.steps}") from None
+        # one device sync per step: a NaN row must stop training at its own step, naming it
+        check_finite(x_in, step, dcfg0.site_in or "site_in")
+        if x_out is not x_in:
+            check_finite(x_out, step, dcfg0.site_out or "site_out")
         if step == 0:
             for r in runs:
                 r.model.init_from_data(x_in, x_out)
         measure = (step + 1) % cfg0.log_every == 0 or step + 1 == cfg0.steps
         for r, log in zip(runs, logs):
             reported = train_step(r, x_in, x_out, step)
-            if measure:
+            if measure:  # the metrics are read here anyway: no extra device sync
+                if not bool(torch.isfinite(reported.loss)):
+                    raise NonFiniteError(f"step {step + 1}, run {r.out_dir.name}: the loss is {float(reported.loss)} "
+                                         "on finite batches (training diverged; lower sae.lr); the last "
+                                         "checkpoint is kept")
                 log.write(reported)
         if measure:
             bar.set_postfix({k: f"{float(getattr(runs[0].last, k)):.3g}" for k in ("loss", "l0", "fvu", "dead_fraction")})
         done = step + 1
         if done == cfg0.steps or (cfg0.checkpoint_every and done % cfg0.checkpoint_every == 0):
+            for r in runs:  # never replace the last good checkpoint with a diverged one
+                bad = [n for n, p in r.model.named_parameters() if not bool(torch.isfinite(p).all())]
+                if bad:
+                    raise NonFiniteError(f"step {done}, run {r.out_dir.name}: parameters {', '.join(bad)} are "
+                                         "no longer finite (training diverged; lower sae.lr); the last "
+                                         "checkpoint is kept")
             save_checkpoint(checkpoint, runs, done, _source_state(source, done))
     for log in logs:
         log.close()

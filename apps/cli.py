@@ -107,4 +107,8 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m mechscope.apps.cli`: this file runs as __main__, while the command modules
+    # register with the imported mechscope.apps.cli; run that module's main
+    from mechscope.apps.cli import main as _main
+
+    sys.exit(_main())

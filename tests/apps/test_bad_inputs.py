@@ -31,9 +31,10 @@ def test_the_table_covers_every_subcommand_that_reads_user_files():
     assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict[str, str] | None = None, module: bool = False) -> subprocess.CompletedProcess:
     entry = "import sys; from mechscope.apps.cli import main; sys.exit(main())"  # the console script
-    return subprocess.run([sys.executable, "-c", entry, *args], capture_output=True, text=True,
+    how = ["-m", "mechscope.apps.cli"] if module else ["-c", entry]
+    return subprocess.run([sys.executable, *how, *args], capture_output=True, text=True,
                           env={**os.environ, "MECHSCOPE_DEBUG": "", **(env or {})}, timeout=120)
 
 
@@ -45,7 +46,7 @@ def test_the_real_command_line_one_line_or_the_traceback_on_request(tmp_path):
     assert plain.returncode == 2
     assert plain.stderr.strip().splitlines() == [
         f"mechscope train: error: config file {folder} cannot be read (Is a directory)"]
-    debug = _cli("train", str(folder), env={"MECHSCOPE_DEBUG": "1"})  # --debug: in-process below
+    debug = _cli("train", str(folder), env={"MECHSCOPE_DEBUG": "1"}, module=True)  # --debug: in-process below
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert "is a directory" in debug.stderr.lower()
     assert not (tmp_path / "o").exists()

@@ -22,7 +22,7 @@ Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
 # the order of `mechscope --help`: the main job, training, browsing, tracing, the rest
 ORDER = ("demo", "train", "cache", "features", "trace", "routes", "trace-attention", "verify",
-         "codebook", "zoo", "bench")
+         "dream", "codebook", "zoo", "bench")
 
 
 def command(name: str, help: str, options: Callable[[argparse.ArgumentParser], None]):

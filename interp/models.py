@@ -370,11 +370,38 @@ def load_model(spec: "str | Path", device: str = "cpu", fold_ln: bool = False, *
     return _finite(Model(tl.eval(), text, "hub"), text)
 
 
-def _load_hf_folder(path: Path, device: str, fold_ln: bool) -> Model:
-    """A local GPT-2 / Llama HF folder → HookedTransformer, without the hub."""
+# HF architecture -> the family name shown to users; loaded from local folders by `_load_hf_folder`
+HF_FAMILIES: dict[str, str] = {
+    "GPT2LMHeadModel": "GPT-2", "LlamaForCausalLM": "Llama (incl. Llama-3 rope scaling)",
+    "MistralForCausalLM": "Mistral", "Qwen2ForCausalLM": "Qwen2", "GemmaForCausalLM": "Gemma",
+    "Gemma2ForCausalLM": "Gemma-2", "GPTNeoXForCausalLM": "GPT-NeoX / Pythia",
+}
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def model_dtype(dtype: "str | torch.dtype") -> torch.dtype:
+    """A model dtype by name (``float32``, ``bfloat16``, ``float16``) or as a torch dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"unsupported model dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+
+
+def _load_hf_folder(path: Path, device: str, fold_ln: bool, dtype: "str | torch.dtype" = "float32") -> Model:
+    """A local HF folder of a family in `HF_FAMILIES` → HookedTransformer, without the hub.
+
+    The TransformerLens config comes from TL's own ``convert_hf_model_config`` (Gemma: built
+    here, TL knows Gemma only by hub name) and the weights from TL's own converters
+    (``get_pretrained_state_dict`` with the transformers model given). Weights are converted
+    and processed (``fold_ln``) in fp32 and only then cast to ``dtype``.
+    """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+    from transformer_lens.utilities.activation_functions import softcap_enabled
     from transformers import AutoModelForCausalLM
 
+    target = model_dtype(dtype)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise ModelSpecError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
@@ -385,36 +412,35 @@ def _load_hf_folder(path: Path, device: str, fold_ln: bool) -> Model:
     if not isinstance(hf_cfg, dict):
         raise ModelSpecError(f"{cfg_file} must hold a JSON object")
     arch = (hf_cfg.get("architectures") or [None])[0]
-    builders = {"GPT2LMHeadModel": _gpt2_cfg, "LlamaForCausalLM": _llama_cfg}
-    if arch not in builders:
+    if arch not in HF_FAMILIES:
         raise ModelSpecError(
-            f"{path}: architecture {arch!r} is not supported from a local folder; "
-            f"supported: {', '.join(builders)}"
-        )
+            f"{path}: architecture {arch!r} is not supported from a local folder; supported: "
+            + ", ".join(f"{a} ({f})" for a, f in HF_FAMILIES.items()))
     try:
-        cfg = HookedTransformerConfig(**builders[arch](hf_cfg), device=device)
+        cfg = HookedTransformerConfig(**_tl_config(path, arch, hf_cfg), device=device)
     except KeyError as e:
         raise ModelSpecError(f"{cfg_file} lacks the {arch} field {e.args[0]!r}") from None
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
         raise ModelSpecError(f"{path}: the weights could not be read ({type(e).__name__}: {str(e)[:300]})") from None
     except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError derives from Exception only
         if type(e).__name__ != "SafetensorError":
             raise
         raise ModelSpecError(f"{path}/model.safetensors is damaged or truncated ({e})") from None
-    if arch == "GPT2LMHeadModel":
-        from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights as convert
-    else:
-        from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights as convert
-    state = convert(hf_model, cfg)
-    tokenizer = _local_tokenizer(path)
-    tl = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    state = get_pretrained_state_dict(str(path), cfg, hf_model=hf_model)
+    tl = HookedTransformer(cfg, tokenizer=_local_tokenizer(path), move_to_device=False)
+    # as TL's from_pretrained: a soft-capped logit (Gemma-2) is not invariant to a constant shift
+    center_unembed = fold_ln and not softcap_enabled(cfg.output_logits_soft_cap)
     tl.load_and_process_state_dict(
-        state, fold_ln=fold_ln, center_writing_weights=fold_ln, center_unembed=fold_ln,
+        state, fold_ln=fold_ln, center_writing_weights=fold_ln, center_unembed=center_unembed,
         fold_value_biases=fold_ln,
     )
-    return _finite(Model(tl.to(device).eval(), path.name, "hf-folder", {"path": str(path), "architecture": arch}), path)
+    tl = tl.to(device)
+    if target != torch.float32:
+        tl = tl.to(target)  # TL's `to` also updates cfg.dtype
+    card = {"path": str(path), "architecture": arch, "family": HF_FAMILIES[arch], "dtype": str(target)}
+    return _finite(Model(tl.eval(), path.name, "hf-folder", card), path)
 
 
 def _finite(model: Model, where: Any) -> Model:
@@ -427,6 +453,95 @@ def _finite(model: Model, where: Any) -> Model:
     return model
 
 
+def _tl_config(path: Path, arch: str, hf: dict) -> dict[str, Any]:
+    """HookedTransformerConfig fields for a local HF config (see `_load_hf_folder`)."""
+    if arch in ("GemmaForCausalLM", "Gemma2ForCausalLM"):
+        cfg = _gemma_cfg(hf, arch)
+    elif arch == "GPT2LMHeadModel":
+        cfg = _gpt2_cfg(hf)  # TL 3.9's GPT-2 branch reads n_ctx, which transformers 5 dropped
+    else:
+        cfg = _tl_converted_config(path)
+        if arch in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"):
+            if hf.get("head_dim") and hf["head_dim"] != cfg["d_head"]:  # TL assumes d_model / n_heads
+                cfg.update(d_head=hf["head_dim"], rotary_dim=hf["head_dim"])
+            if hf.get("attention_bias") or hf.get("mlp_bias"):
+                raise ModelSpecError(f"{path}: attention_bias / mlp_bias are not converted by "
+                                     f"TransformerLens for {arch}")
+    if cfg.get("positional_embedding_type") == "rotary":
+        _rope_scaling(path, hf, cfg)
+    cfg.update(model_name=path.name, tokenizer_name=None, original_architecture=arch)
+    return cfg
+
+
+def _tl_converted_config(path: Path) -> dict[str, Any]:
+    """TL's ``convert_hf_model_config`` on a copy of ``config.json`` in a folder whose path holds
+    no model-family word: TL picks hard-coded hub configs for paths containing "llama" or
+    "gemma" (its branches key on the path string)."""
+    import shutil
+    import tempfile
+
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    words = ("llama", "gemma")
+    for _ in range(5):  # a random suffix could spell a family word; the base folder too (TMPDIR)
+        with tempfile.TemporaryDirectory(prefix="mechscope-cfg-") as tmp:
+            neutral = Path(tmp) / "model"
+            if any(w in str(neutral).lower() for w in words):
+                continue
+            neutral.mkdir()
+            shutil.copy(path / "config.json", neutral / "config.json")
+            return dict(convert_hf_model_config(str(neutral)))
+    raise ModelSpecError(f"the temporary folder {tempfile.gettempdir()!r} contains one of {words}, "
+                         "which TransformerLens reads as a hub model name; set TMPDIR elsewhere")
+
+
+def _rope_scaling(path: Path, hf: dict, cfg: dict[str, Any]) -> None:
+    """Llama-3 rope scaling (NTK by parts) into ``cfg``; other scalings refused, never ignored.
+
+    transformers 5 writes ``rope_parameters`` where older versions wrote ``rope_scaling``; TL
+    3.9 reads only the latter, so a Llama-3 config saved by transformers 5 lost its scaling."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = (rope.get("rope_type") or rope.get("type") or "default").lower()
+    if kind == "default":
+        return
+    if kind != "llama3":
+        raise ModelSpecError(f"{path}: rope scaling {kind!r} is not supported; supported: default, llama3")
+    cfg.update(use_NTK_by_parts_rope=True,
+               NTK_original_ctx_len=rope.get("original_max_position_embeddings", hf.get("max_position_embeddings")),
+               NTK_by_parts_low_freq_factor=rope.get("low_freq_factor", 1.0),
+               NTK_by_parts_high_freq_factor=rope.get("high_freq_factor", 4.0),
+               NTK_by_parts_factor=rope.get("factor", 1.0))
+
+
+def _gemma_cfg(hf: dict, arch: str) -> dict[str, Any]:
+    """Gemma / Gemma-2 config fields (TL 3.9 has them only as hard-coded hub entries; these
+    are the same fields read from the HF config)."""
+    n_heads = hf["num_attention_heads"]
+    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
+    rope = hf.get("rope_parameters") or {}
+    cfg: dict[str, Any] = dict(
+        d_model=hf["hidden_size"], d_head=d_head, n_heads=n_heads, d_mlp=hf["intermediate_size"],
+        n_layers=hf["num_hidden_layers"], n_ctx=hf.get("max_position_embeddings", 8192),
+        eps=hf.get("rms_norm_eps", 1e-6), d_vocab=hf["vocab_size"],
+        act_fn=hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh",
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=d_head,
+        rotary_base=hf.get("rope_theta", rope.get("rope_theta", 10000.0)), use_attn_scale=True,
+        n_key_value_heads=hf.get("num_key_value_heads") or n_heads, gated_mlp=True, final_rms=True,
+    )
+    if arch == "Gemma2ForCausalLM":
+        n = hf["num_hidden_layers"]
+        types = hf.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
+        cfg.update(
+            attn_scale=float(hf.get("query_pre_attn_scalar", d_head)) ** 0.5,
+            window_size=hf.get("sliding_window"), use_local_attn=bool(hf.get("sliding_window")),
+            attn_types=["local" if t == "sliding_attention" else "global" for t in types],
+            attn_scores_soft_cap=hf.get("attn_logit_softcapping") or -1.0,
+            output_logits_soft_cap=hf.get("final_logit_softcapping") or -1.0,
+            use_normalization_before_and_after=True,
+        )
+    return cfg
+
+
 def _local_tokenizer(path: Path) -> Any:
     if not any((path / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
         return None
@@ -435,7 +550,7 @@ def _local_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def _gpt2_cfg(hf: dict) -> dict:
+def _gpt2_cfg(hf: dict) -> dict[str, Any]:
     return dict(
         d_model=hf["n_embd"], d_head=hf["n_embd"] // hf["n_head"], n_heads=hf["n_head"],
         d_mlp=hf.get("n_inner") or 4 * hf["n_embd"], n_layers=hf["n_layer"],
@@ -443,21 +558,5 @@ def _gpt2_cfg(hf: dict) -> dict:
         d_vocab=hf["vocab_size"], act_fn=hf.get("activation_function", "gelu_new"),
         use_attn_scale=hf.get("scale_attn_weights", True),
         scale_attn_by_inverse_layer_idx=hf.get("scale_attn_by_inverse_layer_idx", False),
-        normalization_type="LN", original_architecture="GPT2LMHeadModel",
-    )
-
-
-def _llama_cfg(hf: dict) -> dict:
-    n_heads = hf["num_attention_heads"]
-    n_kv = hf.get("num_key_value_heads") or n_heads
-    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
-    return dict(
-        d_model=hf["hidden_size"], d_head=d_head, n_heads=n_heads, d_mlp=hf["intermediate_size"],
-        n_layers=hf["num_hidden_layers"], n_ctx=hf.get("max_position_embeddings", 2048),
-        eps=hf.get("rms_norm_eps", 1e-6), d_vocab=hf["vocab_size"], act_fn=hf.get("hidden_act", "silu"),
-        n_key_value_heads=n_kv if n_kv != n_heads else None, normalization_type="RMS",
-        positional_embedding_type="rotary", rotary_adjacent_pairs=False, rotary_dim=d_head,
-        rotary_base=theta, final_rms=True, gated_mlp=True, original_architecture="LlamaForCausalLM",
+        normalization_type="LN",
     )

@@ -59,6 +59,12 @@ class SparseDictionary(nn.Module):
     unit_norm_decoder: ClassVar[bool] = True
     saelens_architecture: ClassVar[str | None] = None  # written to cfg.json
     saelens_reads: ClassVar[tuple[str, ...]] = ()  # SAELens cfg.json architectures loaded as this class
+    saelens_transcoder: ClassVar[str | None] = None  # written to cfg.json for transcoders of this class
+    # how `save_dictionary(unit_norm_decoder=True)` may rescale latents: "any" (a code is a
+    # positively homogeneous function of its own pre-activation: relu, jumprelu), "uniform" (codes
+    # are ranked against each other: only when every decoder row has the same norm), "atoms"
+    # (already unit rows); None: refused
+    unit_norm_export: ClassVar[str | None] = None
 
     def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
                  generator: torch.Generator | None = None) -> None:
@@ -176,6 +182,12 @@ class SparseDictionary(nn.Module):
     def saelens_config(self) -> dict[str, object]:
         """The architecture's own keys of SAELens' cfg.json (beside d_in, d_sae, ...)."""
         return {}
+
+    @torch.no_grad()
+    def unfold_scales(self, s_in: float, s_out: float) -> None:
+        """After `load_folded` of weights saved with scales ``s_in``/``s_out`` folded in: put them
+        back where the codes depend on them (matching pursuit); a no-op where folding keeps the
+        codes (every encoder with a linear pre-activation)."""
 
     @classmethod
     def from_saelens_tensors(cls, t: dict[str, Tensor]) -> dict[str, Tensor]:

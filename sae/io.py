@@ -5,29 +5,40 @@ A saved folder holds
   in, see below) with SAELens 6.x key names and layout: ``W_enc [d_in, d_sae]`` (the transpose of
   ours), ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``, and ``threshold [d_sae]``
   for JumpReLU;
-- ``cfg.json``: SAELens's config (``architecture`` topk / standard / jumprelu, ``d_in``,
-  ``d_sae``, ``k``, ``apply_b_dec_to_input``, ``normalize_activations: "none"``, ``metadata``),
-  so ``sae_lens.SAE.load_from_disk(folder)`` gives the same encode/decode as mechscope; written
-  only for architectures SAELens shares (batch-top-k is saved, as SAELens does, as a JumpReLU
-  with one global threshold). MP-SAEs, codebooks and transcoders get no cfg.json;
+- ``cfg.json``: SAELens's config (``architecture``, ``d_in``, ``d_sae``, ``d_out`` for
+  transcoders, ``k``, ``apply_b_dec_to_input``, ``normalize_activations: "none"``, ``metadata``
+  with ``model_name``, ``hook_name`` (``hook_name_out`` for transcoders), ``context_size`` and
+  the installed SAELens version), so ``sae_lens.SAE.load_from_disk(folder)`` gives the SAELens
+  class with the same encode/decode as mechscope: ``topk``, ``standard`` (relu), ``jumprelu``
+  (batch-top-k too, as SAELens saves it: one global threshold), ``transcoder`` (relu
+  transcoders), ``jumprelu_transcoder`` (jumprelu and batch-top-k transcoders),
+  ``matching_pursuit``. Top-k transcoders and codebooks have no SAELens class and get no
+  cfg.json (mechscope.json says ``sae_lens_architecture: null``); SAELens' skip transcoders have
+  no mechscope counterpart;
 - ``mechscope.json``: our own metadata (format, architecture, the `DictionaryConfig`, the
-  `TrainConfig` it was trained with, scales).
+  `TrainConfig` it was trained with, scales, whether rows were saved unit-norm).
 
-What each architecture saves (its SAELens name, extra tensors such as thresholds, unfolded MP
-scales) lives on its class (`SparseDictionary.folded_weights` / ``weight_shapes`` /
-``load_folded`` / ``saelens_architecture``); this module only reads and writes folders.
+What each architecture saves (its SAELens names, extra tensors such as thresholds, how its
+decoder rows may be normalised) lives on its class (`SparseDictionary.folded_weights` /
+``weight_shapes`` / ``load_folded`` / ``unfold_scales`` / ``saelens_architecture`` /
+``saelens_transcoder`` / ``unit_norm_export``); this module only reads and writes folders.
+
+Unit-norm export (``save_dictionary(..., unit_norm_decoder=True)``): latent i's decoder row is
+divided by its norm n_i and its encoder column, encoder bias and threshold multiplied by it, so
+codes become ``n_i f_i`` and reconstructions are unchanged (`unit_norm_rows`).
 
 Folding the normalisation ``x̃ = s·x`` (s_in = s_out = s for an SAE): since the dictionary sees
 ``(s x − b) W_encᵀ + b_enc`` and outputs ``(f W_dec + b)/s``, saving ``W_enc·s``, ``W_dec/s``,
 ``b_dec/s`` gives the same function on raw activations with no scale.
 
 `load_dictionary` reads any of: a mechscope folder, a SAELens folder (``cfg.json`` +
-``sae_weights.safetensors``; topk, standard, jumprelu, batchtopk), or a sparsify (EleutherAI)
-folder (``cfg.json`` + ``sae.safetensors`` with ``encoder.weight [m, d_in]``, ``encoder.bias``,
-``W_dec [m, d_out]``, ``b_dec``; top-k on ``relu(encoder(x − b_dec))``, no centring when
-``transcode``). A dictionary loaded from SAELens or sparsify has its `DictionaryConfig` and a
-`Provenance`, and no `TrainConfig` (``train_cfg`` is None). This is the only module that imports
-sae_lens, and only in `load_sae_lens`.
+``sae_weights.safetensors``; topk, standard, jumprelu, batchtopk, transcoder,
+jumprelu_transcoder), or a sparsify (EleutherAI) folder (``cfg.json`` + ``sae.safetensors`` with
+``encoder.weight [m, d_in]``, ``encoder.bias``, ``W_dec [m, d_out]``, ``b_dec``; top-k on
+``relu(encoder(x − b_dec))``, no centring when ``transcode``; the ``groupmax`` activation and
+skip connections are refused). A dictionary loaded from SAELens or sparsify has its
+`DictionaryConfig` and a `Provenance`, and no `TrainConfig` (``train_cfg`` is None). This is the
+only module that imports sae_lens, and only in `load_sae_lens`.
 """
 
 from __future__ import annotations
@@ -72,30 +83,93 @@ def folded_weights(model: SparseDictionary) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().float() for k, v in model.folded_weights().items()}
 
 
-def save_dictionary(model: SparseDictionary, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``path/{sae_weights.safetensors, mechscope.json[, cfg.json]}``; returns ``path``."""
+def save_dictionary(model: SparseDictionary, path: str | Path, metadata: dict[str, Any] | None = None,
+                    *, unit_norm_decoder: bool = False) -> Path:
+    """Write ``path/{sae_weights.safetensors, mechscope.json[, cfg.json]}``; returns ``path``.
+
+    ``metadata`` is what the dictionary was trained on, in SAELens' metadata names
+    (``model_name``, ``context_size``, ``prepend_bos``, ``dataset_path``, ...); it goes into both
+    configs. With ``unit_norm_decoder`` the decoder rows are saved with norm 1 and their norms
+    folded into the encoder and the codes (see `unit_norm_rows`): reconstructions are unchanged,
+    codes are multiplied by the row norms.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    weights = folded_weights(model)
+    if unit_norm_decoder:
+        weights = unit_norm_rows(model, weights)
+    sl_arch = saelens_architecture(model)
     with atomic_path(path / SL_WEIGHTS) as tmp:
-        save_file(folded_weights(model), str(tmp))
+        save_file(weights, str(tmp))
     train = model.train_cfg.to_dict() if model.train_cfg is not None else None
     meta = {"format": FORMAT, "architecture": model.architecture, "dictionary": model.cfg.to_dict(),
             "train": train, "b_dec_to_input": model.b_dec_to_input,
-            "folded_scales": [float(model.scale_in), float(model.scale_out)], "metadata": metadata or {}}
+            "folded_scales": [float(model.scale_in), float(model.scale_out)],
+            "unit_norm_decoder": unit_norm_decoder, "sae_lens_architecture": sl_arch, "metadata": metadata or {}}
     write_json(path / META, meta, indent=2)
-    if model.saelens_architecture is not None and model.d_in == model.d_out:
-        write_json(path / SL_CFG, _saelens_cfg(model, metadata or {}), indent=2)
+    if sl_arch is not None:
+        write_json(path / SL_CFG, _saelens_cfg(model, sl_arch, metadata or {}), indent=2)
+    elif (path / SL_CFG).exists():  # a stale SAELens config of an earlier save
+        (path / SL_CFG).unlink()
     return path
 
 
-def _saelens_cfg(model: SparseDictionary, metadata: dict[str, Any]) -> dict[str, Any]:
+def saelens_architecture(model: SparseDictionary) -> str | None:
+    """The SAELens class name the folder is written for: the architecture's SAE or transcoder
+    class; None where SAELens 6.54 has none (top-k transcoders, codebooks)."""
+    if model.cfg.transcoder:
+        return model.saelens_transcoder
+    return model.saelens_architecture if model.d_in == model.d_out else None
+
+
+@torch.no_grad()
+def unit_norm_rows(model: SparseDictionary, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Folded weights with decoder rows of norm 1: with ``n_i = ||W_dec,i||``, latent i's
+    encoder column, ``b_enc,i`` and threshold are multiplied by ``n_i`` and its row divided by it,
+    so its code becomes ``n_i f_i`` and ``Σ_i f_i W_dec,i`` is unchanged. Exact for codes that are
+    positively homogeneous in their own pre-activation (``unit_norm_export = "any"``); for ranked
+    codes (top-k) only when all norms are equal, else refused; rows of norm 0 stay as they are."""
+    how = model.unit_norm_export
+    if how is None:
+        supported = sorted(a for a, c in dictionary_classes().items() if c.unit_norm_export)
+        raise ValueError(f"{model.architecture} dictionaries cannot be exported with unit-norm decoder rows; "
+                         f"supported: {', '.join(supported)}")
+    n = t["W_dec"].norm(dim=-1)
+    if how == "atoms":
+        return t
+    live = n[n > 0]
+    if how == "uniform" and live.numel() and float(live.max() - live.min()) > 1e-6 * float(live.max()):
+        raise ValueError(f"{model.architecture}: latents are ranked against each other, so decoder rows "
+                         f"can be normalised only when their norms are equal; they range "
+                         f"{float(live.min()):.4g}..{float(live.max()):.4g}")
+    n = torch.where(n > 0, n, torch.ones_like(n))
+    out = {**t, "W_dec": t["W_dec"] / n[:, None], "W_enc": t["W_enc"] * n, "b_enc": t["b_enc"] * n}
+    if "threshold" in t:
+        out["threshold"] = t["threshold"] * n
+    return out
+
+
+def _saelens_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sae-lens")
+    except PackageNotFoundError:
+        return None
+
+
+def _saelens_cfg(model: SparseDictionary, arch: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    meta = {"sae_lens_version": _saelens_version(), "sae_lens_training_version": None,
+            "model_name": None, "hook_name": _hook_name(model.cfg.site_in), "context_size": None}
+    extra: dict[str, Any] = {}
+    if model.cfg.transcoder:
+        meta["hook_name_out"] = _hook_name(model.cfg.site_out)
+        extra["d_out"] = model.d_out
     return {
-        "architecture": model.saelens_architecture, "d_in": model.d_in, "d_sae": model.d_dict,
+        "architecture": arch, "d_in": model.d_in, "d_sae": model.d_dict,
         "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": model.b_dec_to_input,
         "normalize_activations": "none", "reshape_activations": "none",
-        "metadata": {"sae_lens_version": "6.54.0", "sae_lens_training_version": None,
-                     "hook_name": _hook_name(model.cfg.site_in), **metadata},
-        **model.saelens_config(),
+        "metadata": {**meta, **metadata}, **extra, **model.saelens_config(),
     }
 
 
@@ -175,8 +249,11 @@ def _load_mechscope(path: Path) -> SparseDictionary:
         raise DictionaryFileError(f"{path / META}: bad config ({e})") from None
     model = build_dictionary(cfg, train)
     model.b_dec_to_input = bool(meta.get("b_dec_to_input", True))
-    return _fill(model, _read_tensors(path / SL_WEIGHTS), path / SL_WEIGHTS,
-                 Provenance("mechscope", str(path), meta.get("metadata") or {}))
+    model = _fill(model, _read_tensors(path / SL_WEIGHTS), path / SL_WEIGHTS,
+                  Provenance("mechscope", str(path), meta.get("metadata") or {}))
+    if not meta.get("unit_norm_decoder"):  # unit rows are the point of that export: codes stay raw
+        model.unfold_scales(*map(float, meta.get("folded_scales") or (1.0, 1.0)))
+    return model
 
 
 def _from_flat_v1(flat: dict[str, Any]) -> RunConfig:
@@ -190,7 +267,10 @@ def _from_flat_v1(flat: dict[str, Any]) -> RunConfig:
 
 def _saelens_classes() -> dict[str, type[SparseDictionary]]:
     """SAELens architecture name -> the class that reads it (`SparseDictionary.saelens_reads`)."""
-    return {name: c for c in dictionary_classes().values() for name in c.saelens_reads}
+    classes = dictionary_classes().values()
+    transcoders = {c.saelens_transcoder: c for c in classes
+                   if c.saelens_transcoder and c.saelens_architecture in c.saelens_reads}
+    return {name: c for c in classes for name in c.saelens_reads} | transcoders
 
 
 def _load_saelens(path: Path) -> SparseDictionary:
@@ -209,12 +289,15 @@ def _load_saelens(path: Path) -> SparseDictionary:
     except (KeyError, TypeError, ValueError) as e:
         raise DictionaryFileError(f"{path / SL_CFG}: needs integer d_in and d_sae ({e})") from None
     cls = classes[arch]
+    transcoder = arch == cls.saelens_transcoder
+    d_out = int(c.get("d_out", d_in)) if transcoder else d_in
     t = cls.from_saelens_tensors(_read_tensors(path / SL_WEIGHTS))
-    _require(t, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)},
+    _require(t, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)},
              path / SL_WEIGHTS)
     meta = c.get("metadata") or {}
-    cfg = cls.config_class(d_in=d_in, d_dict=d_sae, k=min(k, d_sae),
-                           site_in=_site_of(meta.get("hook_name") or c.get("hook_name")))
+    site_in = _site_of(meta.get("hook_name") or c.get("hook_name"))
+    sites = {"transcoder": True, "d_out": d_out, "site_out": _site_of(meta.get("hook_name_out"))} if transcoder else {}
+    cfg = cls.config_class(d_in=d_in, d_dict=d_sae, k=min(k, d_sae), site_in=site_in, **sites)
     model = cls(cfg, None)
     model.b_dec_to_input = bool(c.get("apply_b_dec_to_input", True))
     if c.get("rescale_acts_by_decoder_norm"):
@@ -256,6 +339,10 @@ def _load_sparsify(path: Path) -> SparseDictionary:
         raise DictionaryFileError(f"{path}: cfg num_latents={c['num_latents']} but encoder has {m} rows")
     if "k" not in c:
         raise DictionaryFileError(f"{path / SL_CFG}: sparsify config needs k")
+    if c.get("activation", "topk") != "topk":
+        # groupmax keeps the largest pre-activation of each of k contiguous groups: not a top-k
+        raise DictionaryFileError(f"{path / SL_CFG}: sparsify activation {c['activation']!r} is not "
+                                  "supported; supported: topk")
     _require(t, {"encoder.bias": (m,), "W_dec": (m, d_out), "b_dec": (d_out,)}, path / SPARSIFY_WEIGHTS)
     transcode = bool(c.get("transcode", False)) or d_out != d_in
     cls = dictionary_classes()["topk"]

@@ -67,6 +67,8 @@ class JumpReluSAE(_Encoder):
     config_class = JumpReluConfig
     saelens_architecture = "jumprelu"
     saelens_reads = ("jumprelu",)
+    saelens_transcoder = "jumprelu_transcoder"
+    unit_norm_export = "any"
 
     def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
                  generator: torch.Generator | None = None) -> None:

@@ -28,24 +28,51 @@ from mechscope.sae.config import MatchingPursuitConfig
 
 
 class MatchingPursuitSAE(SparseDictionary):
-    """Saved unfolded, with its scales: the pursuit's coefficients depend on the scale."""
+    """Saved, as SAELens' ``MatchingPursuitSAE`` reads it, with unit atoms ``W_dec`` and
+    ``b_dec / s`` in raw units. The pursuit is positively homogeneous, so on raw input it selects
+    the same atoms with coefficients ``z / s`` (SAELens' codes); `unfold_scales` puts ``s`` back
+    when mechscope loads the folder, so its codes are unchanged by a round trip.
+
+    SAELens' pursuit (``max_iterations = k``, ``stop_on_duplicate_support = False``,
+    ``residual_threshold = τ / s``) equals this one whenever every step's best score is positive:
+    it clips scores and coefficients at 0, this one keeps a negative best coefficient; with
+    ``τ > 0`` it also takes a first step on inputs already within τ of ``b_dec``."""
 
     architecture = "mp"
     config_class = MatchingPursuitConfig
+    saelens_architecture = "matching_pursuit"
+    unit_norm_export = "atoms"
+
+    def _scale(self) -> float:
+        s_in, s_out = float(self.scale_in), float(self.scale_out)
+        if abs(s_in - s_out) > 1e-6 * max(s_in, s_out):
+            raise ValueError(f"a matching-pursuit SAE reconstructs its input: scale_in={s_in} and "
+                             f"scale_out={s_out} must be equal to fold them into the saved weights")
+        return s_in
 
     @torch.no_grad()
     def folded_weights(self) -> dict[str, Tensor]:
-        return {"W_dec": self.W_dec.detach().clone(), "b_dec": self.b_dec.detach().clone(),
-                "scale_in": self.scale_in.clone(), "scale_out": self.scale_out.clone()}
-
-    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {**super().weight_shapes(), "scale_in": (), "scale_out": ()}
+        return {"W_dec": self.atoms().detach().clone(), "b_dec": self.b_dec.detach() / self._scale()}
 
     @torch.no_grad()
     def load_folded(self, t: dict[str, Tensor]) -> None:
         super().load_folded(t)
-        self.scale_in.copy_(t["scale_in"])
-        self.scale_out.copy_(t["scale_out"])
+        self._folded = "scale_in" not in t
+        if not self._folded:  # mechscope folders written before the SAELens export: unfolded
+            self.scale_in.copy_(t["scale_in"])
+            self.scale_out.copy_(t["scale_out"])
+
+    @torch.no_grad()
+    def unfold_scales(self, s_in: float, s_out: float) -> None:
+        if getattr(self, "_folded", False):
+            self.scale_in.fill_(s_in)
+            self.scale_out.fill_(s_out)
+            self.b_dec.mul_(s_out)
+            self._folded = False
+
+    def saelens_config(self) -> dict[str, object]:
+        return {"residual_threshold": self.cfg.mp_residual_threshold / self._scale(),
+                "max_iterations": self.cfg.k, "stop_on_duplicate_support": False}
 
     def atoms(self) -> Tensor:
         return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -64,7 +91,7 @@ class MatchingPursuitSAE(SparseDictionary):
         for t in range(steps):
             with torch.no_grad():
                 if tau > 0:
-                    active &= r.norm(dim=-1) >= tau
+                    active = active & (r.norm(dim=-1) >= tau)  # not in place: z below saved it for backward
                 j = (r @ atoms.T).argmax(-1)
             a = atoms[j]
             z = (r * a).sum(-1) * active

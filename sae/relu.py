@@ -25,6 +25,8 @@ class ReluSAE(_Encoder):
     unit_norm_decoder = False
     saelens_architecture = "standard"
     saelens_reads = ("standard",)
+    saelens_transcoder = "transcoder"
+    unit_norm_export = "any"
 
     def _dense(self, x: Tensor) -> Tensor:
         return self.pre_activations(x).relu()

@@ -84,6 +84,7 @@ class TopKSAE(_AuxK, _Encoder):
     config_class = TopKConfig
     saelens_architecture = "topk"
     saelens_reads = ("topk",)
+    unit_norm_export = "uniform"
 
     def saelens_config(self) -> dict[str, object]:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
@@ -107,6 +108,8 @@ class BatchTopKSAE(_AuxK, _Encoder):
     config_class = BatchTopKConfig
     saelens_architecture = "jumprelu"
     saelens_reads = ("batchtopk",)  # SAELens' training-time name; its inference form is a JumpReLU
+    saelens_transcoder = "jumprelu_transcoder"
+    unit_norm_export = "uniform"
 
     def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
                  generator: torch.Generator | None = None) -> None:

@@ -78,11 +78,12 @@ def _safe(value: Any) -> str:
 
 
 def train_sweep(configs: Sequence[RunConfig] | Mapping[str, Any], source: Iterable[Any],
-                out_dir: str | Path, resume: bool = True) -> SweepResult:
+                out_dir: str | Path, resume: bool = True, metadata: Mapping[str, Any] | None = None) -> SweepResult:
     """Train every config (or the grid of a mapping with list values) on one stream.
 
     Writes ``out_dir/checkpoint.safetensors`` (all runs), ``out_dir/runs/<name>/{metrics.jsonl,
-    dictionary/}`` and ``out_dir/results.{csv,json}``.
+    dictionary/}`` and ``out_dir/results.{csv,json}``; ``metadata`` (what the stream is: model
+    name, context size, ... in SAELens' names) goes into every saved dictionary's configs.
     """
     from mechscope.sae.io import save_dictionary
 
@@ -94,7 +95,7 @@ def train_sweep(configs: Sequence[RunConfig] | Mapping[str, Any], source: Iterab
     start = fit(runs, source, out / CHECKPOINT, resume)
     keys = tuple(swept_fields(configs))
     for r in runs:
-        save_dictionary(r.model, r.out_dir / "dictionary")
+        save_dictionary(r.model, r.out_dir / "dictionary", dict(metadata or {}))
     trained = [TrainResult(r.model, r.cfg, r.last, r.out_dir, start) for r in runs]
     results = [RunResult(r.out_dir.name, r.cfg, r.last, None, r.out_dir, keys) for r in runs]
     write_table([r.row() for r in results], out)

@@ -264,16 +264,18 @@ class _MetricsLog:
             self.wandb.finish()
 
 
-def train(config: RunConfig, source: Iterable[Any], out_dir: str | Path, resume: bool = True) -> TrainResult:
+def train(config: RunConfig, source: Iterable[Any], out_dir: str | Path, resume: bool = True,
+          metadata: dict[str, Any] | None = None) -> TrainResult:
     """Train one dictionary; writes ``out_dir/{checkpoint.safetensors, metrics.jsonl, dictionary/}``.
 
     With ``resume`` and an existing checkpoint, training continues from it (same config
-    required) and ends bitwise identical to an uninterrupted run.
+    required) and ends bitwise identical to an uninterrupted run. ``metadata`` (model name,
+    context size, ... in SAELens' names) is saved with the dictionary.
     """
     from mechscope.sae.io import save_dictionary
 
     out = Path(out_dir)
     run = Run.new(config, out)
     start = fit([run], source, out / CHECKPOINT, resume)
-    save_dictionary(run.model, out / "dictionary")
+    save_dictionary(run.model, out / "dictionary", metadata)
     return TrainResult(run.model, config, run.last, out, start)

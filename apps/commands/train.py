@@ -213,13 +213,17 @@ def _run_locked(job: Job, out: Path, resume: bool, progress: bool) -> list["RunR
         next(iter(open_token_stream(getattr(d, name), d.n_ctx, model, seed=d.seed, epochs=1)))
     if resume and (out / CHECKPOINT).exists():
         _check_resumable(out / CHECKPOINT, configs)  # before job.json is rewritten
+    tokens = open_token_stream(d.text, d.n_ctx, model, seed=d.seed, epochs=None)
     stream = ActivationStream(
-        model, open_token_stream(d.text, d.n_ctx, model, seed=d.seed, epochs=None), sorted({site_in, site_out}),
+        model, tokens, sorted({site_in, site_out}),
         batch_tokens=d.batch_tokens, model_batch_size=d.model_batch_size,
         shuffle_buffer=d.shuffle_buffer, seed=d.seed, drop_last=True,
     )
     write_text(out / "job.json", json.dumps({"data": dataclasses.asdict(d), "sae": job.sae}, indent=2))
-    swept = train_sweep(configs, stream, out, resume=resume)
+    # what SAELens records about the activations a dictionary was trained on
+    trained_on = {"model_name": model.name, "context_size": d.n_ctx, "prepend_bos": bool(tokens.prepend_bos),
+                  "dataset_path": d.text}
+    swept = train_sweep(configs, stream, out, resume=resume, metadata=trained_on)
     evals = evaluate_on_heldout(model, [r.dictionary for r in swept.runs], d, site_in, site_out)
     results = [dataclasses.replace(r, eval=e) for r, e in zip(swept.results, evals)]
     for r in results:

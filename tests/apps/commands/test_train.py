@@ -88,7 +88,9 @@ def test_run_job_sweep_end_to_end(tmp_path):
     for r in rows:
         assert r["eval_l0"] <= r["k"] + 1e-6 and 0 <= r["eval_fvu"]
         assert {"eval_ce_loss_recovered", "eval_kl", "eval_loss_clean"} <= set(r)
-        assert (tmp_path / "out" / "runs" / r["run"] / "dictionary" / "cfg.json").exists()
+        sl_meta = json.loads((tmp_path / "out" / "runs" / r["run"] / "dictionary" / "cfg.json").read_text())["metadata"]
+        assert (sl_meta["model_name"], sl_meta["hook_name"], sl_meta["context_size"]) == (
+            "attn-only-induction", "blocks.1.hook_resid_pre", 32)
     table = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [t["run"] for t in table] == [r["run"] for r in rows]
 

@@ -3,9 +3,12 @@
 `load_model(spec)` accepts
 
 * a zoo name (``mechscope.interp.zoo.names()``): shipped inside the package, fully offline;
-* a local Hugging Face checkpoint folder (``config.json`` + weights) of the GPT-2 or Llama
-  family: the TransformerLens config is built from the local HF config and the weights go
-  through TransformerLens' own conversion functions, so nothing touches the hub;
+* a local Hugging Face checkpoint folder (``config.json`` + weights) of a family in
+  `HF_FAMILIES` (GPT-2, Llama incl. Llama-3 rope scaling, Mistral, Qwen2, Gemma, Gemma-2,
+  GPT-NeoX / Pythia): the TransformerLens config comes from TL's own ``convert_hf_model_config``
+  (GPT-2 and Gemma: built here from the HF config, where TL 3.9 cannot read it offline) and the
+  weights go through TL's own converters, so nothing touches the hub; ``dtype=`` casts after
+  conversion;
 * any TransformerLens model name (``"gpt2"``, ``"meta-llama/Llama-3.2-1B"``): loaded with
   ``HookedTransformer.from_pretrained``; needs the hub (or a seeded HF cache).
 
@@ -338,7 +341,8 @@ def load_model(spec: "str | Path", device: str = "cpu", fold_ln: bool = False, *
     """Load a zoo model, a local HF checkpoint folder, or a TransformerLens hub name.
 
     ``fold_ln`` folds LayerNorm weights into the next linear layers (TransformerLens' default
-    processing; it keeps log-probs unchanged); ``kwargs`` go to ``from_pretrained`` for hub names.
+    processing; it keeps log-probs unchanged); ``kwargs`` go to ``from_pretrained`` for hub names;
+    ``dtype=`` ("float32", "bfloat16", "float16") also applies to local HF folders.
     """
     from mechscope.interp import zoo
 
@@ -348,7 +352,7 @@ def load_model(spec: "str | Path", device: str = "cpu", fold_ln: bool = False, *
         return _finite(Model(tl, text, "zoo", card), text)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _load_hf_folder(path, device, fold_ln)
+        return _load_hf_folder(path, device, fold_ln, kwargs.pop("dtype", "float32"))
     if path.exists() or text.startswith((".", "/", "~")):
         raise ModelSpecError(
             f"{text!r} is not a checkpoint folder (expected a folder with config.json); "

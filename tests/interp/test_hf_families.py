@@ -84,3 +84,19 @@ def test_unsupported_architectures_and_rope_types_are_refused(tmp_path):
     (path / "config.json").write_text(json.dumps({**cfg, "rope_parameters": yarn}))
     with pytest.raises(ModelSpecError, match="rope scaling 'yarn' is not supported; supported: default, llama3"):
         load_model(path)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_dtype_on_load(tmp_path, dtype):
+    """Converted in fp32, then cast: logits agree with fp32 transformers to the dtype's precision,
+    and every parameter has the dtype asked for."""
+    hf, path = _save(tmp_path, "qwen2")
+    model = load_model(path, dtype=dtype)
+    want = getattr(torch, dtype)
+    assert model.dtype == want and {p.dtype for p in model.module.parameters()} == {want}
+    with torch.no_grad():
+        ref = hf(_TOKS).logits
+        got = model(_TOKS).float()
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    with pytest.raises(ValueError, match="unsupported model dtype 'int8'; supported: float32, bfloat16, float16"):
+        load_model(path, dtype="int8")

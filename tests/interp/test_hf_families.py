@@ -100,3 +100,12 @@ def test_dtype_on_load(tmp_path, dtype):
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     with pytest.raises(ValueError, match="unsupported model dtype 'int8'; supported: float32, bfloat16, float16"):
         load_model(path, dtype="int8")
+
+
+def test_head_dim_other_than_d_model_over_n_heads(tmp_path):
+    """TL's Llama branch assumes d_head = d_model / n_heads; an explicit head_dim is honoured."""
+    hf, path = _save(tmp_path, "llama3", head_dim=8)
+    model = load_model(path)
+    assert model.d_head == 8 and model.n_heads * model.d_head != model.d_model
+    with torch.no_grad():
+        torch.testing.assert_close(model(_TOKS), hf(_TOKS).logits, atol=1e-4, rtol=1e-4)

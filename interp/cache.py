@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mechscope.files import atomic_path, write_json
+from mechscope.state import load_state, save_state
 from mechscope.interp.activations import ActivationBatch
 from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
@@ -94,7 +95,7 @@ def _prepare_dir(out: Path, overwrite: bool) -> None:
         (out / MANIFEST).unlink()  # first, so a crash below never leaves a manifest over mixed shards
     out.mkdir(parents=True, exist_ok=True)
     for f in out.iterdir():
-        if _SHARD_RE.match(f.name) or f.name == MANIFEST + ".tmp":
+        if _SHARD_RE.match(f.name) or f.name in (MANIFEST + ".tmp", BUILD_STATE):
             f.unlink()
 
 
@@ -112,6 +113,9 @@ def _write_shard(out: Path, index: int, rows: ActivationBatch, dtype: torch.dtyp
     return {"file": name, "rows": len(rows), "bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
 
 
+BUILD_STATE = "build_state.safetensors"
+
+
 def write_cache(
     batches: Iterable[ActivationBatch],
     out_dir: str | os.PathLike,
@@ -120,23 +124,38 @@ def write_cache(
     dtype: torch.dtype | str | None = None,
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
+    resume: bool = True,
+    progress: bool = False,
 ) -> Path:
     """Write the first ``n_rows`` rows of ``batches`` (any `ActivationSource`) as a cache.
 
     ``meta`` (JSON-able: model name, token config, ...) goes into the manifest. If the source
     ends early, the cache holds the rows there were, with ``"exhausted": true``, and a warning.
-    Leftover shards of a build that died in ``out_dir`` (shards but no manifest) are replaced;
-    a complete cache is only replaced with ``overwrite=True``.
+    A complete cache is only replaced with ``overwrite=True``.
+
+    Resuming a build that died: when the source can save its position (``state_dict`` /
+    ``load_state_dict``), ``out_dir/build_state.safetensors`` records, after every shard that
+    ends on a batch boundary, the shards written so far and the source's position. With
+    ``resume``, a build of the same request (rows, shard size, dtype, sites, ``meta``) restarts
+    from the last shard recorded there; anything else left in ``out_dir`` is replaced.
     """
     if n_rows < 1 or rows_per_shard < 1:
         raise CacheError(f"n_rows and rows_per_shard must be >= 1, got {n_rows}, {rows_per_shard}")
     out, name = Path(out_dir), _dtype_name(dtype)
-    _prepare_dir(out, overwrite)
-    shards: list[dict[str, Any]] = []
+    request = {"n_rows": n_rows, "rows_per_shard": rows_per_shard, "dtype": name, "meta": meta or {},
+               "sites": [str(s) for s in getattr(batches, "sites", ())]}
+    resumable = hasattr(batches, "state_dict") and hasattr(batches, "load_state_dict")
+    restored = _restore_build(out, request, batches) if resume and resumable and not overwrite else None
+    if restored is None:
+        _prepare_dir(out, overwrite)
+    shards: list[dict[str, Any]] = list(restored["shards"]) if restored else []
     pending: list[ActivationBatch] = []
-    have = total = 0
-    sites: tuple[Site, ...] | None = None
-    d: dict[str, int] = {}
+    have, total = 0, sum(s["rows"] for s in shards)
+    sites: tuple[Site, ...] | None = tuple(Site.parse(x) for x in restored["sites"]) if restored else None
+    d: dict[str, int] = dict(restored["d"]) if restored else {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_rows, initial=total, disable=not progress, unit="rows", desc="cache", dynamic_ncols=True)
 
     def flush(n: int) -> None:
         nonlocal pending, have, total
@@ -144,20 +163,26 @@ def write_cache(
         shards.append(_write_shard(out, len(shards), rows.index(slice(0, n)), _DTYPES[name]))
         pending = [rows.index(slice(n, None))] if len(rows) > n else []
         have, total = have - n, total + n
+        bar.update(n)
+        if resumable and not pending:
+            save_state(out / BUILD_STATE, {**request, "shards": shards, "sites_d": d,
+                                           "site_order": [str(x) for x in sites], "source": batches.state_dict()})
 
-    for batch in batches:
-        if sites is None:
-            sites = batch.sites
-            d = {str(s): int(a.shape[1]) for s, a in batch.acts.items()}
-        batch = batch.index(slice(0, n_rows - total - have))
-        pending.append(batch)
-        have += len(batch)
-        while have >= rows_per_shard:
-            flush(rows_per_shard)
-        if total + have >= n_rows:
-            break
+    if total < n_rows and not (restored and restored["exhausted"]):
+        for batch in batches:
+            if sites is None:
+                sites = batch.sites
+                d = {str(s): int(a.shape[1]) for s, a in batch.acts.items()}
+            batch = batch.index(slice(0, n_rows - total - have))
+            pending.append(batch)
+            have += len(batch)
+            while have >= rows_per_shard:
+                flush(rows_per_shard)
+            if total + have >= n_rows:
+                break
     if have:
         flush(have)
+    bar.close()
     if not shards:
         raise CacheError("the activation source yielded no rows; nothing was cached")
     if total < n_rows:
@@ -168,7 +193,33 @@ def write_cache(
         "total_rows": total, "requested_rows": n_rows, "exhausted": total < n_rows, "shards": shards,
     }
     write_json(out / MANIFEST, manifest, indent=1)
+    (out / BUILD_STATE).unlink(missing_ok=True)
     return out
+
+
+def _restore_build(out: Path, request: dict[str, Any], source: Any) -> dict[str, Any] | None:
+    """The recorded progress of an unfinished build of the same request, its shards checked and
+    the source moved to where it was; None when there is nothing (usable) to resume."""
+    path = out / BUILD_STATE
+    if (out / MANIFEST).exists() or not path.is_file():
+        return None
+    try:
+        state = load_state(path)
+    except ValueError:
+        return None
+    if any(state.get(k) != v for k, v in request.items()):
+        return None
+    for info in state["shards"]:
+        f = out / info["file"]
+        if not f.is_file() or f.stat().st_size != info["bytes"] or _sha256(f) != info["sha256"]:
+            return None
+    source.load_state_dict(state["source"])
+    kept = {info["file"] for info in state["shards"]}
+    for f in out.iterdir():  # shards written after the last recorded one are written again
+        if _SHARD_RE.match(f.name) and f.name not in kept:
+            f.unlink()
+    return {"shards": state["shards"], "sites": state["site_order"], "d": state["sites_d"],
+            "exhausted": False}
 
 
 def build_cache(
@@ -183,11 +234,15 @@ def build_cache(
     exclude_special: bool = True,
     device: torch.device | str = "cpu",
     overwrite: bool = False,
+    resume: bool = True,
+    progress: bool = False,
 ) -> Path:
     """Run ``model`` over ``token_stream`` and cache ``n_tokens`` rows at ``sites`` in ``out_dir``.
 
     This is ``mechscope cache --model M --sites ... --tokens N --out DIR``. Rows are in stream
-    order; shuffle when reading (`CachedActivations(shuffle=True)`).
+    order; shuffle when reading (`CachedActivations(shuffle=True)`). The stream yields one shard
+    per batch, so every shard is a resume point: a build killed half-way restarts (``resume``)
+    from its last complete shard and writes the same bytes an uninterrupted build writes.
     """
     from mechscope.interp.stream import ActivationStream
 
@@ -197,7 +252,7 @@ def build_cache(
                               exclude_special=exclude_special, device=device,
                               dtype=_DTYPES[_dtype_name(dtype)])
     meta = {"model": model.name, "tokens": token_stream.config(), "exclude_special": exclude_special}
-    return write_cache(stream, out_dir, n_tokens, rows_per_shard, dtype, meta, overwrite)
+    return write_cache(stream, out_dir, n_tokens, rows_per_shard, dtype, meta, overwrite, resume, progress)
 
 
 # ---------------------------------------------------------------------------------------------

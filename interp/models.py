@@ -337,22 +337,26 @@ if TYPE_CHECKING:
     ModelLike = Model | HookedTransformer
 
 
-def load_model(spec: "str | Path", device: str = "cpu", fold_ln: bool = False, **kwargs: Any) -> Model:
+def load_model(spec: "str | Path", device: "str | torch.device" = "cpu", fold_ln: bool = False,
+               dtype: "str | torch.dtype | None" = None, **kwargs: Any) -> Model:
     """Load a zoo model, a local HF checkpoint folder, or a TransformerLens hub name.
 
+    ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``dtype`` of
+    the weights: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` (`mechscope.devices`).
     ``fold_ln`` folds LayerNorm weights into the next linear layers (TransformerLens' default
-    processing; it keeps log-probs unchanged); ``kwargs`` go to ``from_pretrained`` for hub names;
-    ``dtype=`` ("float32", "bfloat16", "float16") also applies to local HF folders.
+    processing; it keeps log-probs unchanged); ``kwargs`` go to ``from_pretrained`` for hub names.
     """
+    from mechscope.devices import resolve_device, resolve_dtype
     from mechscope.interp import zoo
 
+    device, dtype = str(resolve_device(device)), resolve_dtype(dtype)
     text = str(spec)
     if text in zoo.names():
         tl, card = zoo.load(text, device=device)
-        return _finite(Model(tl, text, "zoo", card), text)
+        return _finite(Model(_cast(tl, dtype), text, "zoo", card), text)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _load_hf_folder(path, device, fold_ln, kwargs.pop("dtype", "float32"))
+        return _load_hf_folder(path, device, fold_ln, dtype)
     if path.exists() or text.startswith((".", "/", "~")):
         raise ModelSpecError(
             f"{text!r} is not a checkpoint folder (expected a folder with config.json); "
@@ -363,7 +367,7 @@ def load_model(spec: "str | Path", device: str = "cpu", fold_ln: bool = False, *
 
         tl = HookedTransformer.from_pretrained(
             text, device=device, fold_ln=fold_ln, center_writing_weights=fold_ln,
-            center_unembed=fold_ln, **kwargs,
+            center_unembed=fold_ln, dtype=dtype, **kwargs,
         )
     except Exception as exc:  # noqa: BLE001 - TL raises many types; re-raise with the options
         raise ModelSpecError(
@@ -390,6 +394,14 @@ def model_dtype(dtype: "str | torch.dtype") -> torch.dtype:
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.removeprefix("torch.")]
     raise ValueError(f"unsupported model dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+
+
+def _cast(tl: Any, dtype: torch.dtype) -> Any:
+    """Weights (and TransformerLens' config, which builds masks and rotary tables) in ``dtype``."""
+    if tl.cfg.dtype != dtype:
+        tl.cfg.dtype = dtype
+        tl.to(dtype)
+    return tl
 
 
 def _load_hf_folder(path: Path, device: str, fold_ln: bool, dtype: "str | torch.dtype" = "float32") -> Model:

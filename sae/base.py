@@ -21,6 +21,7 @@ optimiser step and, before it, the gradient component parallel to each row is re
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from typing import ClassVar, NamedTuple
 
@@ -125,10 +126,15 @@ class SparseDictionary(nn.Module):
         return self.tokens_since_fired >= self.training_config.dead_tokens
 
     @torch.no_grad()
-    def update_firing(self, code: SparseCode) -> None:
+    def update_firing(self, code: SparseCode, reduce: "Callable[[Tensor, int], tuple[Tensor, int]] | None" = None) -> None:
+        """Count tokens since each latent fired; ``reduce(fired, n_rows)`` combines the batch's
+        fired mask and row count across data-parallel ranks (`mechscope.sae.distributed`)."""
         fired = torch.zeros(self.d_dict, dtype=torch.bool, device=code.indices.device)
         fired[code.indices[code.values != 0]] = True
-        self.tokens_since_fired += code.values.shape[0]
+        n = code.values.shape[0]
+        if reduce is not None:
+            fired, n = reduce(fired, n)
+        self.tokens_since_fired += n
         self.tokens_since_fired[fired] = 0
 
     @torch.no_grad()

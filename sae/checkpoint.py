@@ -5,7 +5,9 @@ Adam state (``run{i}.opt.{param}.{name}``) and its random-generator state (``run
 safetensors header metadata carries JSON for the rest (step, data-source position, optimiser
 param groups, configs). It is written to a temporary file in the same folder and moved into
 place with ``os.replace`` (atomic on POSIX), so a crash leaves either the old or the new
-checkpoint, never a torn one. Nothing is pickled. The LR schedule is a pure function of the step,
+checkpoint, never a torn one. Nothing is pickled. Tensors are saved from CPU copies and loaded
+onto the CPU, then copied into the runs' parameters and optimiser state (on their own device and
+dtype): a checkpoint written on a GPU resumes on the CPU and the other way round. The LR schedule is a pure function of the step,
 so restoring the step restores the scheduler.
 """
 
@@ -23,49 +25,26 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from mechscope.files import atomic_path
 from mechscope.tensors import load_checked
+from mechscope.state import cpu_copy as _cpu, join_tensors as _join_tensors, split_tensors as _split_tensors
 
 FORMAT = 1
-_TENSOR = "__tensor__"
 
 
-def _split_tensors(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON-able copy of ``obj`` with every tensor moved into ``tensors`` (``{"__tensor__": name}``),
-    so data-source states that hold tensors (shuffle buffers, RNG states) fit in the checkpoint."""
-    if isinstance(obj, torch.Tensor):
-        tensors[key] = obj.detach().contiguous().clone()
-        return {_TENSOR: key}
-    if isinstance(obj, dict):
-        return {k: _split_tensors(v, f"{key}.{k}", tensors) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_split_tensors(v, f"{key}.{i}", tensors) for i, v in enumerate(obj)]
-    return obj
-
-
-def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {_TENSOR}:
-            return tensors[obj[_TENSOR]]
-        return {k: _join_tensors(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_join_tensors(v, tensors) for v in obj]
-    return obj
-
-
-def save_checkpoint(path: Path, runs: Sequence[Any], step: int, source_state: Any) -> None:
+def save_checkpoint(path: Path, runs: Sequence[Any], step: int, source_state: Any, world_size: int = 1) -> None:
     """``runs``: objects with ``.model``, ``.opt``, ``.gen``, ``.cfg`` (see trainer.Run)."""
     tensors: dict[str, torch.Tensor] = {}
     groups = []
     for i, r in enumerate(runs):
         for k, v in r.model.state_dict().items():
-            tensors[f"run{i}.model.{k}"] = v.detach().contiguous().clone()
+            tensors[f"run{i}.model.{k}"] = _cpu(v)
         sd = r.opt.state_dict()
         for p, state in sd["state"].items():
             for name, v in state.items():
-                tensors[f"run{i}.opt.{p}.{name}"] = v.detach().contiguous().clone()
+                tensors[f"run{i}.opt.{p}.{name}"] = _cpu(v)
         groups.append(sd["param_groups"])
         tensors[f"run{i}.rng"] = r.gen.get_state()
     source = _split_tensors(source_state, "source", tensors)
-    meta = {"format": FORMAT, "step": step, "source": source, "param_groups": groups,
+    meta = {"format": FORMAT, "step": step, "source": source, "param_groups": groups, "world_size": world_size,
             "configs": [r.cfg.to_dict() for r in runs]}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"mechscope": json.dumps(meta)})
@@ -75,7 +54,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     try:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {})["mechscope"])
-        tensors = load_file(str(path))
+        tensors = load_file(str(path), device="cpu")  # map_location: see _cpu
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
         raise ValueError(f"{path} is not a readable mechscope checkpoint ({type(e).__name__}: {e}); "
                          "delete it or train with resume=False") from None
@@ -84,9 +63,16 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     return meta, tensors
 
 
-def load_checkpoint(path: Path, runs: Sequence[Any]) -> dict[str, Any]:
-    """Restore every run in place; returns the metadata (``step``, ``source``)."""
+def load_checkpoint(path: Path, runs: Sequence[Any], world_size: int = 1) -> dict[str, Any]:
+    """Restore every run in place; returns the metadata (``step``, ``source``). A data-parallel
+    checkpoint resumes only with the number of processes that wrote it (the stream position is
+    a position in global batches cut into that many slices)."""
     meta, tensors = read_checkpoint(path)
+    saved_world = int(meta.get("world_size", 1))
+    if saved_world != world_size:
+        raise ValueError(f"{path} was written by {saved_world} data-parallel process(es) and this run "
+                         f"has {world_size}; resume with torchrun --nproc_per_node {saved_world} (or "
+                         "start over with resume=False / --no-resume, or another output folder)")
     saved = meta["configs"]
     if len(saved) != len(runs) or any(s != r.cfg.to_dict() for s, r in zip(saved, runs)):
         raise ValueError(f"{path} was written for different configs; resume needs the same "

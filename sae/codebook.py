@@ -31,10 +31,11 @@ def _unit(x: Tensor) -> Tensor:
 
 def _nonzero_rows(x: Tensor, n: int, generator: torch.Generator) -> Tensor:
     """``n`` random row indices of ``x`` (with replacement) among rows that are not zero."""
-    weight = (x.norm(dim=-1) > 0).double()
+    # drawn on the CPU with the run's CPU generator: the same rows on every device
+    weight = (x.norm(dim=-1) > 0).double().cpu()
     if weight.sum() == 0:
         weight = torch.ones_like(weight)
-    return torch.multinomial(weight, n, replacement=True, generator=generator)
+    return torch.multinomial(weight, n, replacement=True, generator=generator).to(x.device)
 
 
 class CodebookDictionary(SparseDictionary):

@@ -233,9 +233,22 @@ class TrainConfig(_Checked):
     checkpoint_every: int = _f(0, "steps between checkpoints (0 = only at the end)")
     progress: bool = _f(True, "show a tqdm progress bar")
     wandb_project: str = _f("", "log to this Weights & Biases project ('' = off)")
+    dtype: str = _f("float32", "dtype of the dictionary parameters and Adam state: float32, "
+                    "bfloat16, float16 (keep float32 and use autocast for speed)")
+    autocast: str = _f("", "run the loss forward under torch.autocast in this dtype: '' (off), "
+                       "bfloat16, float16 (parameters and updates stay in dtype)")
 
     def __post_init__(self) -> None:
         self._check_types()
+        from mechscope.devices import check_dtype_name
+
+        for name in ("dtype", "autocast"):
+            if getattr(self, name):
+                try:
+                    object.__setattr__(self, name, check_dtype_name(getattr(self, name)))
+                except ValueError:
+                    raise _bad(self, name, "one of float32, bfloat16, float16"
+                               + (" or '' (off)" if name == "autocast" else "")) from None
         if self.b_dec_init not in B_DEC_INITS:
             raise _bad(self, "b_dec_init", "one of " + ", ".join(B_DEC_INITS))
         for name in ("adam_beta1", "adam_beta2"):
@@ -349,13 +362,20 @@ def fields_help() -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-# fields whose values must agree across a sweep, because every run reads the same stream
-SHARED_FIELDS = ("d_in", "d_out", "site_in", "site_out", "transcoder", "steps", "normalize",
-                 "log_every", "checkpoint_every")
+# fields whose values must agree across a sweep, because every run reads the same stream; the
+# sites may be swept (one model pass feeds every site: the job fills d_in per site)
+SHARED_FIELDS = ("d_in", "d_out", "transcoder", "steps", "normalize", "log_every", "checkpoint_every")
+# fields the training loop itself reads from the first run (all runs step together)
+LOOP_FIELDS = ("steps", "log_every", "checkpoint_every")
+SITE_FIELDS = ("site_in", "site_out")
 
 
 def expand_sweep(data: Mapping[str, Any]) -> list[RunConfig]:
-    """The grid of configs over every list-valued field (a scalar is a one-point axis)."""
+    """The grid of configs over every list-valued field (a scalar is a one-point axis).
+
+    ``site_in`` and ``site_out`` both lists make one axis of pairs (a transcoder per layer), not
+    their product.
+    """
     axes = [(k, list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in data.items()]
     for name, values in axes:
         if not values:
@@ -363,9 +383,22 @@ def expand_sweep(data: Mapping[str, Any]) -> list[RunConfig]:
         if name in SHARED_FIELDS and len(values) > 1:
             raise ValueError(f"field {name} cannot be swept: all runs of a sweep share one data "
                              f"stream and {', '.join(SHARED_FIELDS)}")
-    archs = dict(axes).get("architecture", ["topk"])
+    lists = dict(axes)
+    if all(isinstance(data.get(k), (list, tuple)) for k in SITE_FIELDS):
+        ins, outs = lists["site_in"], lists["site_out"]
+        if len(ins) != len(outs):
+            raise ValueError(f"site_in ({len(ins)} sites) and site_out ({len(outs)}) are both lists: "
+                             "they pair up and must have the same length")
+        axes = [("site_in", list(zip(ins, outs))) if k == "site_in" else (k, v)
+                for k, v in axes if k != "site_out"]
+    archs = lists.get("architecture", ["topk"])
     for a in archs:
         _config_class(a)
     used = frozenset(k for a in archs for k in _names(CONFIGS[a]))
-    return [RunConfig.from_dict(dict(zip([a[0] for a in axes], combo)), used)
-            for combo in itertools.product(*[a[1] for a in axes])]
+    out = []
+    for combo in itertools.product(*[a[1] for a in axes]):
+        point = dict(zip([a[0] for a in axes], combo))
+        if isinstance(point.get("site_in"), tuple):
+            point["site_in"], point["site_out"] = point["site_in"]
+        out.append(RunConfig.from_dict(point, used))
+    return out

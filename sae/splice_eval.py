@@ -66,10 +66,16 @@ class HeldoutEval:
         return {f"eval_{k}": v for k, v in both.items()}
 
 
+def dictionary_dtype(dictionary: Dictionary) -> torch.dtype:
+    """The dtype a dictionary's encoder takes: its decoder's (float32 for foreign objects)."""
+    w = getattr(dictionary, "W_dec", None)
+    return w.dtype if isinstance(w, Tensor) else torch.float32
+
+
 def reconstruct(dictionary: Dictionary, x: Tensor) -> Tensor:
     """``decode(encode(x))`` over the last axis of a ``[..., d_in]`` activation."""
     flat = x.reshape(-1, x.shape[-1])
-    out = dictionary.decode(dictionary.encode(flat.to(torch.float32)))
+    out = dictionary.decode(dictionary.encode(flat.to(dictionary_dtype(dictionary))))
     return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
 
 
@@ -102,7 +108,7 @@ def _clean_forward(model: "Model", tokens: Tensor, sites: Sequence[Any]) -> tupl
 
     with hooks_for(model, {s: saver(s) for s in sites}):
         logits = model(tokens)
-    return logits[:, :-1].log_softmax(-1), acts
+    return logits[:, :-1].float().log_softmax(-1), acts
 
 
 @torch.no_grad()
@@ -131,15 +137,15 @@ def evaluate_heldout(model: "ModelLike", dictionaries: Sequence[DictionaryLike],
         target = tokens[:, 1:, None]
         clean, acts = _clean_forward(model, tokens, sorted({site_in, site_out}))
         with ablate(model, site_out, "zero"):
-            zero = model(tokens)[:, :-1].log_softmax(-1)
+            zero = model(tokens)[:, :-1].float().log_softmax(-1)
         clean_loss -= clean.gather(-1, target).sum().item()
         zero_loss -= zero.gather(-1, target).sum().item()
         n_pred += target.numel()
         keep = (keep_mask(tokens) if keep_mask is not None else torch.ones_like(tokens, dtype=torch.bool)).reshape(-1)
         x_in, x_out = (flatten_site(s, acts[s])[keep].float() for s in (site_in, site_out))
         for i, d in enumerate(dictionaries):
-            stats[i].update(x_in, x_out)
-            spliced = _spliced_logits(model, d, site_in, site_out, tokens)[:, :-1].log_softmax(-1)
+            stats[i].update(x_in.to(dictionary_dtype(d)), x_out)
+            spliced = _spliced_logits(model, d, site_in, site_out, tokens)[:, :-1].float().log_softmax(-1)
             totals[i, 0] -= spliced.gather(-1, target).sum().item()
             totals[i, 1] += (clean.exp() * (clean - spliced)).sum().item()
     if n_pred == 0:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mechscope.files import write_text
 from mechscope.sae.config import RunConfig, expand_sweep
+from mechscope.sae.distributed import World, barrier
 from mechscope.sae.trainer import CHECKPOINT, Run, TrainResult, TrainStep, fit
 
 if TYPE_CHECKING:
@@ -78,12 +79,20 @@ def _safe(value: Any) -> str:
 
 
 def train_sweep(configs: Sequence[RunConfig] | Mapping[str, Any], source: Iterable[Any],
-                out_dir: str | Path, resume: bool = True, metadata: Mapping[str, Any] | None = None) -> SweepResult:
+                out_dir: str | Path, resume: bool = True, metadata: Mapping[str, Any] | None = None,
+                device: "str | Any" = "cpu", world: World = World()) -> SweepResult:
     """Train every config (or the grid of a mapping with list values) on one stream.
 
     Writes ``out_dir/checkpoint.safetensors`` (all runs), ``out_dir/runs/<name>/{metrics.jsonl,
     dictionary/}`` and ``out_dir/results.{csv,json}``; ``metadata`` (what the stream is: model
-    name, context size, ... in SAELens' names) goes into every saved dictionary's configs.
+    name, context size, ... in SAELens' names) goes into every saved dictionary's configs. Every
+    run lives on ``device``; runs may read different sites of the stream's batches (``site_in``
+    swept: several sites per forward).
+
+    Several processes (``world``, `mechscope.sae.distributed`): one config trains data-parallel
+    (``source`` yields global batches; each rank trains on its slice); several configs are
+    sharded over the ranks (run ``i`` on rank ``i mod W``, each rank reading the whole stream).
+    ``results`` then lists this rank's runs, and rank 0 writes the table of all of them.
     """
     from mechscope.sae.io import save_dictionary
 
@@ -91,15 +100,46 @@ def train_sweep(configs: Sequence[RunConfig] | Mapping[str, Any], source: Iterab
     if not configs:
         raise ValueError("a sweep needs at least one config")
     out = Path(out_dir)
-    runs = [Run.new(c, out / "runs" / name) for c, name in zip(configs, run_names(configs))]
-    start = fit(runs, source, out / CHECKPOINT, resume)
+    names = run_names(configs)
     keys = tuple(swept_fields(configs))
-    for r in runs:
-        save_dictionary(r.model, r.out_dir / "dictionary", dict(metadata or {}))
+    data_parallel = world.distributed and len(configs) == 1
+    mine = list(range(len(configs))) if not world.distributed or data_parallel else \
+        list(range(world.rank, len(configs), world.size))
+    runs = [Run.new(configs[i], out / "runs" / names[i], device) for i in mine]
+    writer = world.main or not data_parallel
+    if data_parallel:
+        from mechscope.sae.distributed import DataParallel, RankSlice
+
+        start = fit(runs, RankSlice(source, world), out / CHECKPOINT, resume, DataParallel(world),
+                    world.size, writer)
+    elif runs:
+        ckpt = out / (CHECKPOINT if not world.distributed else f"checkpoint.rank{world.rank}.safetensors")
+        start = fit(runs, source, ckpt, resume, world_size=world.size)
+    else:
+        start = 0
+    if writer:
+        for r in runs:
+            save_dictionary(r.model, r.out_dir / "dictionary", dict(metadata or {}))
     trained = [TrainResult(r.model, r.cfg, r.last, r.out_dir, start) for r in runs]
     results = [RunResult(r.out_dir.name, r.cfg, r.last, None, r.out_dir, keys) for r in runs]
-    write_table([r.row() for r in results], out)
+    barrier(world)
+    if world.main:
+        write_table(sweep_rows(configs, out, keys) if world.distributed else [r.row() for r in results], out)
     return SweepResult(trained, results, out)
+
+
+def sweep_rows(configs: Sequence[RunConfig], out: Path, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Result rows of every run of a sweep read back from the run folders (what other ranks
+    trained): ``eval.json`` when the job wrote one, else the last ``metrics.jsonl`` line."""
+    rows = []
+    for c, name in zip(configs, run_names(configs)):
+        folder = out / "runs" / name
+        if (folder / "eval.json").is_file():
+            rows.append(json.loads((folder / "eval.json").read_text()))
+            continue
+        last = (folder / "metrics.jsonl").read_text().splitlines()[-1]
+        rows.append(RunResult(name, c, TrainStep.from_dict(json.loads(last)), None, folder, keys).row())
+    return rows
 
 
 def write_table(table: list[dict[str, Any]], out_dir: Path) -> None:

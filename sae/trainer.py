@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,8 +35,11 @@ from torch import Tensor
 from mechscope.sae.base import SparseDictionary, fvu
 from mechscope.sae.batches import as_pair
 from mechscope.sae.checkpoint import load_checkpoint, save_checkpoint
-from mechscope.sae.config import SHARED_FIELDS, RunConfig, TrainConfig
+from mechscope.sae.config import LOOP_FIELDS, RunConfig, TrainConfig
 from mechscope.sae.factory import build_dictionary
+
+if TYPE_CHECKING:
+    from mechscope.sae.distributed import DataParallel
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -88,11 +91,26 @@ class Run:
     last: TrainStep | None = None  # the last logged step
 
     @classmethod
-    def new(cls, cfg: RunConfig, out_dir: str | Path) -> "Run":
+    def new(cls, cfg: RunConfig, out_dir: str | Path, device: "str | torch.device | None" = "cpu") -> "Run":
+        """Weights initialised on the CPU (the same numbers on every device), then moved to
+        ``device`` (``"auto"``: CUDA when present) in ``cfg.train.dtype``; the optimiser state
+        follows the parameters. The generator stays on the CPU so random choices do not depend
+        on the device."""
+        from mechscope.devices import resolve_device, resolve_dtype
+
         t = cfg.train
         model = build_dictionary(cfg.dictionary, t)
+        model.to(device=resolve_device(device), dtype=resolve_dtype(t.dtype))
         opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), fused=True)
         return cls(cfg, model, opt, torch.Generator().manual_seed(t.seed + 1), Path(out_dir))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.W_dec.dtype
 
 
 @dataclass(frozen=True)
@@ -135,50 +153,93 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr
 
 
-def train_step(run: Run, x_in: Tensor, x_out: Tensor, step: int) -> TrainStep:
+def train_step(run: Run, x_in: Tensor, x_out: Tensor, step: int, dp: "DataParallel | None" = None) -> TrainStep:
+    """One optimiser step on a batch; ``dp`` reduces gradients and firing across data-parallel ranks."""
     m, cfg = run.model, run.cfg.train
     lr = lr_at(cfg, step)
     for group in run.opt.param_groups:
         group["lr"] = lr
     xi, xo = x_in * m.scale_in, x_out * m.scale_out
-    out = m.loss(xi, xo, step)
+    with torch.autocast(run.device.type, dtype=_autocast_dtype(cfg), enabled=bool(cfg.autocast)):
+        out = m.loss(xi, xo, step)
     run.opt.zero_grad(set_to_none=True)
     out.loss.backward()
+    if dp is not None:
+        dp.average_grads(m)
     m.remove_parallel_grad()
     if cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.grad_clip)
     run.opt.step()
     m.project_decoder()
-    m.update_firing(out.code)
+    m.update_firing(out.code, reduce=dp.fired if dp is not None else None)
     m.after_step(xi, xo, run.gen)
     with torch.no_grad():
         return TrainStep(step + 1, lr, out.loss.detach(), out.code.l0().float().mean(),
                          fvu(out.x_hat.detach(), xo), m.dead_mask().float().mean(), dict(out.terms))
 
 
-def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bool = True) -> int:
-    """Train every run on each batch of ``source``; returns the step training resumed from."""
+def _autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
+    from mechscope.devices import resolve_dtype
+
+    return resolve_dtype(cfg.autocast) if cfg.autocast else None
+
+
+class _Pairs:
+    """``(x_in, x_out)`` of one batch per run: split by the run's sites, moved to its device and
+    dtype once per distinct (sites, device, dtype), so runs at one site share the tensors."""
+
+    def __init__(self, batch: Any) -> None:
+        self.batch, self.cache = batch, {}
+
+    def __call__(self, run: Run) -> tuple[Tensor, Tensor]:
+        d = run.cfg.dictionary
+        key = (d.site_in, d.site_out, d.transcoder, run.device, run.dtype)
+        if key not in self.cache:
+            x_in, x_out = as_pair(self.batch, d, run.dtype)
+            self.cache[key] = (x_in.to(run.device, non_blocking=True), x_out.to(run.device, non_blocking=True))
+        return self.cache[key]
+
+
+def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bool = True,
+        dp: "DataParallel | None" = None, world_size: int = 1, writer: bool = True) -> int:
+    """Train every run on each batch of ``source``; returns the step training resumed from.
+
+    Runs may read different sites of the batch (several sites from one forward) and live on
+    different devices; they step together, so they agree on the loop fields (steps, logging,
+    checkpoints).
+
+    Data parallel (``dp``, see `mechscope.sae.distributed`): ``source`` yields this rank's slice
+    of each global batch; the first global batch is gathered for the data initialisation; only
+    the ``writer`` writes the checkpoint (recording ``world_size``) and the metrics.
+    """
     flat0 = runs[0].cfg.to_dict()
     for r in runs:
         flat = r.cfg.to_dict()
-        bad = [f for f in SHARED_FIELDS if flat.get(f) != flat0.get(f)]
+        bad = [f for f in LOOP_FIELDS if flat.get(f) != flat0.get(f)]
         if bad:
             raise ValueError(f"runs trained on one stream must agree on {bad}")
-    cfg0, dcfg0 = runs[0].cfg.train, runs[0].cfg.dictionary
+    cfg0 = runs[0].cfg.train
+    if dp is not None:
+        from mechscope.sae.base import SparseDictionary
+
+        local = [r.architecture for r in runs if type(r.model).after_step is not SparseDictionary.after_step]
+        if local:
+            raise ValueError(f"architecture {local[0]} cannot train data-parallel (its training hook "
+                             "uses the rank's own rows); train it in one process or as part of a sweep")
     start, it = 0, None
     if resume and checkpoint.exists():
-        meta = load_checkpoint(checkpoint, runs)
+        meta = load_checkpoint(checkpoint, runs, world_size)
         start = meta["step"]
         it = _resumed_iter(source, meta["source"], start)
     it = it if it is not None else iter(source)
-    logs = [_MetricsLog(r, start) for r in runs]
+    logs = [_MetricsLog(r, start) if writer else None for r in runs]
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start, cfg0.steps), initial=start, total=cfg0.steps, disable=not cfg0.progress,
+    bar = tqdm(range(start, cfg0.steps), initial=start, total=cfg0.steps, disable=not (cfg0.progress and writer),
                desc="train", dynamic_ncols=True)
     for step in bar:
         try:
-            x_in, x_out = as_pair(next(it), dcfg0)
+            pairs = _Pairs(next(it))
         except StopIteration:
             raise RuntimeError(f"data source ran out at step {step} of {cfg0.steps}") from None
         # one device sync per step: a NaN row must stop training at its own step, naming it
@@ -187,16 +248,24 @@ def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bo
             check_finite(x_out, step, dcfg0.site_out or "site_out")
         if step == 0:
             for r in runs:
+                x_in, x_out = pairs(r)
+                if dp is not None:  # the global batch, as one process would see it
+                    x_in, x_out = dp.gather_rows(x_in), dp.gather_rows(x_out)
                 r.model.init_from_data(x_in, x_out)
         measure = (step + 1) % cfg0.log_every == 0 or step + 1 == cfg0.steps
         for r, log in zip(runs, logs):
-            reported = train_step(r, x_in, x_out, step)
+            reported = train_step(r, *pairs(r), step, dp)
             if measure:  # the metrics are read here anyway: no extra device sync
+                if dp is not None:
+                    reported = reported._replace(loss=dp.mean(reported.loss), l0=dp.mean(reported.l0),
+                                                 fvu=dp.mean(reported.fvu))
                 if not bool(torch.isfinite(reported.loss)):
                     raise NonFiniteError(f"step {step + 1}, run {r.out_dir.name}: the loss is {float(reported.loss)} "
                                          "on finite batches (training diverged; lower sae.lr); the last "
                                          "checkpoint is kept")
-                log.write(reported)
+                r.last = reported
+                if log is not None:
+                    log.write(reported)
         if measure:
             bar.set_postfix({k: f"{float(getattr(runs[0].last, k)):.3g}" for k in ("loss", "l0", "fvu", "dead_fraction")})
         done = step + 1
@@ -207,9 +276,13 @@ def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bo
                     raise NonFiniteError(f"step {done}, run {r.out_dir.name}: parameters {', '.join(bad)} are "
                                          "no longer finite (training diverged; lower sae.lr); the last "
                                          "checkpoint is kept")
-            save_checkpoint(checkpoint, runs, done, _source_state(source, done))
+            if writer:
+                save_checkpoint(checkpoint, runs, done, _source_state(source, done), world_size)
+            if dp is not None:  # no rank runs ahead of a checkpoint it could be resumed from
+                dp.dist.barrier()
     for log in logs:
-        log.close()
+        if log is not None:
+            log.close()
     return start
 
 
@@ -265,7 +338,7 @@ class _MetricsLog:
 
 
 def train(config: RunConfig, source: Iterable[Any], out_dir: str | Path, resume: bool = True,
-          metadata: dict[str, Any] | None = None) -> TrainResult:
+          metadata: dict[str, Any] | None = None, device: "str | torch.device | None" = "cpu") -> TrainResult:
     """Train one dictionary; writes ``out_dir/{checkpoint.safetensors, metrics.jsonl, dictionary/}``.
 
     With ``resume`` and an existing checkpoint, training continues from it (same config
@@ -275,7 +348,7 @@ def train(config: RunConfig, source: Iterable[Any], out_dir: str | Path, resume:
     from mechscope.sae.io import save_dictionary
 
     out = Path(out_dir)
-    run = Run.new(config, out)
+    run = Run.new(config, out, device)
     start = fit([run], source, out / CHECKPOINT, resume)
     save_dictionary(run.model, out / "dictionary", metadata)
     return TrainResult(run.model, config, run.last, out, start)

@@ -8,7 +8,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mechscope.apps.cli import command
-from mechscope.apps.commands.common import check_prompt_lengths, graph_options, read_prompts, save_graph, writable_parent
+from mechscope.apps.commands.common import (check_prompt_lengths, graph_options, load_model_from, read_prompts,
+                                             save_graph, writable_parent)
 from mechscope.circuits.graph import Graph, parse_head
 from mechscope.circuits.svd_trace import trace_attention
 
@@ -53,11 +54,9 @@ def _svd_options(p: argparse.ArgumentParser) -> None:
 
 @command("trace-attention", "Attention-SVD decomposition (Franco & Crovella): head-communication graph.", _svd_options)
 def trace_attention_cmd(args: argparse.Namespace) -> int:
-    from mechscope.interp.models import load_model
-
     writable_parent(args.out)
     prompts = read_prompts(args.prompts)
-    model = load_model(args.model)
+    model = load_model_from(args)
     check_prompt_lengths(model, prompts, args.prompts)
     graph = trace_attention_cli(model, prompts, args.heads, args.firing_threshold, args.share, args.max_depth)
     save_graph(graph, args.out, args.html)

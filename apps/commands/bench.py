@@ -6,7 +6,7 @@ import argparse
 
 from mechscope.apps.cli import command
 
-BENCHES = ("capture", "kernels", "train", "routes", "attribution")
+BENCHES = ("capture", "kernels", "train", "pipeline", "routes", "attribution")
 
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
@@ -33,6 +33,10 @@ def bench_cmd(args: argparse.Namespace) -> int:
         from mechscope.apps.bench.train import bench_train, format_bench as format_train
 
         print(format_train(bench_train(quick=args.quick)))
+    elif args.which == "pipeline":
+        from mechscope.apps.bench.pipeline import bench_pipeline, format_pipeline
+
+        print(format_pipeline(bench_pipeline(quick=args.quick)))
     elif args.which == "routes":
         from mechscope.apps.bench.routes import bench_routes, format_routes_bench
 

@@ -69,8 +69,27 @@ def save_graph(graph, out: str, html: bool) -> None:
         print(f"graph viewer: {write_graph_html(graph, Path(out).with_suffix('.html'))}")
 
 
+def device_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` / ``--dtype``: every subcommand that runs a model takes them."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float32", help="model weights: float32, bfloat16, float16")
+
+
+def load_model_from(args: argparse.Namespace, spec: str | None = None):
+    """The model of ``--model`` (or ``spec``) on ``--device`` in ``--dtype``."""
+    from mechscope.interp.models import load_model
+
+    return load_model(spec or args.model, device=args.device, dtype=args.dtype)
+
+
+def beside(dictionary, model):
+    """A loaded dictionary moved to the model's device (dictionaries keep their float32 weights)."""
+    return dictionary.to(model.device) if hasattr(dictionary, "to") else dictionary
+
+
 def graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gpt2-shakespeare", help="model spec (zoo name, HF folder, hub name)")
+    device_options(p)
     p.add_argument("--prompts", required=True, help="text file, one prompt per line")
     p.add_argument("--out", required=True, help="output graph JSON")
     p.add_argument("--html", action="store_true", help="also write the graph viewer next to the JSON (.html)")

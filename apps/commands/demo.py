@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.apps.cli import command
+from mechscope.apps.commands.common import device_options
 
 DEMO_SAE = dict(architecture="topk", site_in="L2.resid_pre", d_dict=1024, k=16, steps=600, lr=1e-3,
                 warmup_steps=50, log_every=20)
@@ -23,7 +24,7 @@ QUICK_SAE = dict(DEMO_SAE, d_dict=256, k=8, steps=6, warmup_steps=0, log_every=2
 
 
 def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_tokens: int = 32768,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, device: str = "auto", dtype: str = "float32") -> dict[str, Any]:
     """Run the demo; returns the paths written and the evaluation row. ``quick``: seconds."""
     from mechscope.apps.browser import build_feature_browser
     from mechscope.interp import zoo
@@ -34,7 +35,7 @@ def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_t
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    data = dict(model=zoo.DEFAULT, n_ctx=128, batch_tokens=4096, eval_windows=256)
+    data = dict(model=zoo.DEFAULT, n_ctx=128, batch_tokens=4096, eval_windows=256, device=device, model_dtype=dtype)
     if quick:
         data.update(n_ctx=32, batch_tokens=256, shuffle_buffer=1024, model_batch_size=8, eval_windows=8)
         browser_tokens = min(browser_tokens, 2048)
@@ -45,8 +46,8 @@ def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_t
     row = run_job(job, out, resume=False, progress=progress)[0].row()
     sae_dir = out / "runs" / row["run"] / "dictionary"
 
-    model = load_model(job.data.model)
-    dictionary = load_dictionary(sae_dir)  # from disk: what a user gets
+    model = load_model(job.data.model, device=job.data.device, dtype=job.data.model_dtype)
+    dictionary = load_dictionary(sae_dir).to(model.device)  # from disk: what a user gets
     d: DataConfig = job.data
     windows = itertools.islice(open_token_stream(d.heldout_text, d.n_ctx, model, epochs=1), browser_tokens // d.n_ctx + 1)
     index = build_feature_browser(model, dictionary, sae["site_in"], windows, browser_tokens, out / "browser",
@@ -73,9 +74,10 @@ def format_demo(r: dict[str, Any]) -> str:
 def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run with a tiny SAE")
+    device_options(p)
 
 
 @command("demo", "The main job: train, evaluate, save and browse a top-k SAE on the default zoo model.", _demo_options)
 def demo_cmd(args: argparse.Namespace) -> int:
-    print(format_demo(run_demo(args.out, quick=args.quick)))
+    print(format_demo(run_demo(args.out, quick=args.quick, device=args.device, dtype=args.dtype)))
     return 0

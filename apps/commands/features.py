@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from mechscope.apps.cli import command
+from mechscope.apps.commands.common import device_options
 
 
 def _features_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("sae_dir", help="a dictionary folder (mechscope, SAELens or sparsify format)")
     p.add_argument("--out", required=True, help="output folder of the offline browser (index.html)")
     p.add_argument("--model", default="gpt2-shakespeare", help="model the dictionary was trained on")
+    device_options(p)
     p.add_argument("--site", default=None, help="site of the dictionary (default: from its metadata)")
     p.add_argument("--text", default="zoo:heldout", help="text spec to compute feature statistics on")
     p.add_argument("--tokens", type=int, default=65536, help="tokens to compute statistics over")
@@ -22,8 +24,7 @@ def features_cmd(args: argparse.Namespace) -> int:
     import itertools
 
     from mechscope.apps.browser import build_feature_browser
-    from mechscope.apps.commands.common import check_sizes
-    from mechscope.interp.models import load_model
+    from mechscope.apps.commands.common import beside, check_sizes, load_model_from
     from mechscope.interp.tokens import open_token_stream
     from mechscope.lock import folder_lock
     from mechscope.sae.io import load_dictionary
@@ -35,7 +36,8 @@ def features_cmd(args: argparse.Namespace) -> int:
     if not site:
         raise ValueError("the dictionary records no site; pass --site (e.g. L2.resid_pre)")
     with folder_lock(args.out, "--out", "mechscope features"):  # checked writable before the statistics
-        model = load_model(args.model)
+        model = load_model_from(args)
+        dictionary = beside(dictionary, model)
         check_sizes(args, model)
         windows = itertools.islice(open_token_stream(args.text, args.n_ctx, model, epochs=1),
                                    args.tokens // args.n_ctx + 1)

@@ -8,7 +8,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mechscope.apps.cli import command
-from mechscope.apps.commands.common import check_prompt_lengths, graph_options, read_prompts, save_graph, writable_parent
+from mechscope.apps.commands.common import (check_prompt_lengths, graph_options, load_model_from, read_prompts,
+                                             save_graph, writable_parent)
 from mechscope.circuits.graph import Graph
 from mechscope.circuits.routes import DEFAULT_TAU
 from mechscope.circuits.routes_aggregate import aggregate_routes, prompt_routes
@@ -43,11 +44,9 @@ def _routes_options(p: argparse.ArgumentParser) -> None:
 
 @command("routes", "Information flow routes (Ferrando & Voita) of prompts, aggregated into one graph.", _routes_options)
 def routes_cmd(args: argparse.Namespace) -> int:
-    from mechscope.interp.models import load_model
-
     writable_parent(args.out)
     prompts = read_prompts(args.prompts)
-    model = load_model(args.model)
+    model = load_model_from(args)
     check_prompt_lengths(model, prompts, args.prompts)
     graph = routes_cli(model, prompts, args.tau, args.view, args.signed)
     save_graph(graph, args.out, args.html)

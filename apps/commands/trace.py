@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mechscope.apps.cli import command
-from mechscope.apps.commands.common import save_graph
+from mechscope.apps.commands.common import beside, device_options, load_model_from, save_graph
 from mechscope.circuits.attribution import Metric, Setup, logit_diff, logprob, next_token_logprob
 from mechscope.circuits.feature_circuits import trace
 from mechscope.circuits.graph import Graph
@@ -113,7 +113,8 @@ def trace_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None
     from mechscope.interp.models import load_model
 
     model = load_model(model) if isinstance(model, (str, Path)) else model
-    site_map: dict[str, Any] = dict(load_dictionaries(dictionaries)) if dictionaries else {}
+    site_map: dict[str, Any] = ({s: beside(d, model) for s, d in load_dictionaries(dictionaries).items()}
+                                if dictionaries else {})
     for s in sites or ():
         site_map.setdefault(s, None)
     if not site_map:
@@ -153,6 +154,7 @@ def _by_length(model: Any, recs: list[dict[str, Any]]) -> list[list[dict[str, An
 
 def _trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gpt2-shakespeare", help="model spec (zoo name, HF folder, hub name)")
+    device_options(p)
     p.add_argument("--prompts", required=True,
                    help="text file (one prompt per line) or JSON lines with prompt / patch / target / foil")
     p.add_argument("--out", required=True, help="output graph JSON")
@@ -175,7 +177,7 @@ def trace_cmd(args: argparse.Namespace) -> int:
     from mechscope.apps.commands.common import writable_parent
 
     writable_parent(args.out)
-    graph = trace_cli(args.model, args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
+    graph = trace_cli(load_model_from(args), args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
                       args.ablation, args.node_threshold, args.edge_threshold, per_position=args.per_position,
                       steps=args.steps)
     save_graph(graph, args.out, args.html)

@@ -10,3 +10,15 @@ def test_bench_smoke():
     assert "speedup_vs_sae_lens" in impls["mechscope"]
     assert "skipped" in impls["sparsify"] or impls["sparsify"]["tokens_per_s"] > 0
     assert "mechscope" in format_bench(rows)
+
+
+def test_pipeline_bench_smoke(tmp_path):
+    from mechscope.apps.bench.pipeline import bench_pipeline, format_pipeline
+
+    r = bench_pipeline(out_dir=tmp_path, shape=dict(n_layer=2, d_model=16, n_head=2, n_ctx=16, d_sae=32, k=2,
+                                                    batch=32, steps=1, model_batch=4), n_sites=2)
+    for k in ("mechscope", "sae_lens", "mechscope_cache"):
+        assert r[f"{k}_tokens_per_s"] > 0
+    assert r["speedup_vs_sae_lens"] > 0 and r["multi_site_speedup"] > 0
+    assert (tmp_path / "multi" / "results.json").exists() and (tmp_path / "cache" / "manifest.json").exists()
+    assert "SAELens runner" in format_pipeline(r)

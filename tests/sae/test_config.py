@@ -102,3 +102,16 @@ def test_fields_help_lists_every_field_with_text():
     assert all(isinstance(r[3], str) and r[3] for r in rows)
     every = {"architecture", *_names(TrainConfig), *(f for a in ARCHITECTURES for f in _names(CONFIGS[a]))}
     assert set(names) == every and len(names) == len(every)
+
+
+def test_sites_are_a_sweep_axis_and_site_lists_pair_up():
+    grid = expand_sweep({"d_in": 8, "d_dict": 32, "site_in": ["L0.resid_post", "L1.resid_post"], "k": [2, 4]})
+    assert [(c.dictionary.site_in, c.dictionary.k) for c in grid] == [
+        ("L0.resid_post", 2), ("L0.resid_post", 4), ("L1.resid_post", 2), ("L1.resid_post", 4)]
+    pairs = expand_sweep({"d_in": 8, "d_dict": 32, "transcoder": True, "site_in": ["L0.resid_mid", "L1.resid_mid"],
+                          "site_out": ["L0.mlp_out", "L1.mlp_out"]})
+    assert [(c.dictionary.site_in, c.dictionary.site_out) for c in pairs] == [
+        ("L0.resid_mid", "L0.mlp_out"), ("L1.resid_mid", "L1.mlp_out")]
+    with pytest.raises(ValueError, match="pair up"):
+        expand_sweep({"d_in": 8, "d_dict": 32, "transcoder": True, "site_in": ["L0.resid_mid"],
+                      "site_out": ["L0.mlp_out", "L1.mlp_out"]})

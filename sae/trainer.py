@@ -188,14 +188,18 @@ class _Pairs:
     """``(x_in, x_out)`` of one batch per run: split by the run's sites, moved to its device and
     dtype once per distinct (sites, device, dtype), so runs at one site share the tensors."""
 
-    def __init__(self, batch: Any) -> None:
-        self.batch, self.cache = batch, {}
+    def __init__(self, batch: Any, step: int) -> None:
+        self.batch, self.step, self.cache = batch, step, {}
 
     def __call__(self, run: Run) -> tuple[Tensor, Tensor]:
         d = run.cfg.dictionary
         key = (d.site_in, d.site_out, d.transcoder, run.device, run.dtype)
         if key not in self.cache:
             x_in, x_out = as_pair(self.batch, d, run.dtype)
+            # one device sync per site and step: a NaN row must stop training at its own step, naming it
+            check_finite(x_in, self.step, d.site_in or "site_in")
+            if x_out is not x_in:
+                check_finite(x_out, self.step, d.site_out or "site_out")
             self.cache[key] = (x_in.to(run.device, non_blocking=True), x_out.to(run.device, non_blocking=True))
         return self.cache[key]
 
@@ -239,13 +243,9 @@ def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bo
                desc="train", dynamic_ncols=True)
     for step in bar:
         try:
-            pairs = _Pairs(next(it))
+            pairs = _Pairs(next(it), step)
         except StopIteration:
             raise RuntimeError(f"data source ran out at step {step} of {cfg0.steps}") from None
-        # one device sync per step: a NaN row must stop training at its own step, naming it
-        check_finite(x_in, step, dcfg0.site_in or "site_in")
-        if x_out is not x_in:
-            check_finite(x_out, step, dcfg0.site_out or "site_out")
         if step == 0:
             for r in runs:
                 x_in, x_out = pairs(r)

@@ -346,10 +346,10 @@ def load_model(spec: "str | Path", device: "str | torch.device" = "cpu", fold_ln
     ``fold_ln`` folds LayerNorm weights into the next linear layers (TransformerLens' default
     processing; it keeps log-probs unchanged); ``kwargs`` go to ``from_pretrained`` for hub names.
     """
-    from mechscope.devices import resolve_device, resolve_dtype
+    from mechscope.devices import resolve_device
     from mechscope.interp import zoo
 
-    device, dtype = str(resolve_device(device)), resolve_dtype(dtype)
+    device, dtype = str(resolve_device(device)), model_dtype("float32" if dtype is None else dtype)
     text = str(spec)
     if text in zoo.names():
         tl, card = zoo.load(text, device=device)

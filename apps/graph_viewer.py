@@ -20,19 +20,27 @@ Routes (Ferrando & Voita 2024, "Information flow routes", as in the LM Transpare
 each position with a node in the top layer, the dropdown highlights that token's route, the
 sub-graph of every node with a path to it.
 
-Feature nodes carry a link (``feature_url``) to their page in a feature browser; clicking such
-a node in the standalone HTML opens it.
+What a person sees: the whole prompt as a token strip along x (token strings, every position),
+every layer ticked, the labels of the ``n_labels`` strongest nodes (by ``|score|``, or by the
+``|weight|`` of their edges where scores are all 0), and by default only the ``max_edges``
+strongest edges (the slider goes down to every edge). The standalone page adds what Plotly
+alone cannot: hovering a node highlights its neighbourhood; clicking one opens a detail panel
+(its contributions in and out; for feature nodes a link to the feature's page in a browser,
+``feature_url``; for heads the attention pattern and top output tokens when
+``meta.details["heads"]`` carries them, see `head_details`); graphs with ``per_prompt`` graphs
+get a prompt selector (a single prompt's positional route opens first).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mechscope.apps.html import asset, escape, standalone_page, write_text
+from mechscope.apps.html import asset, plotly_text, shared_plotly, standalone_page, write_text
 from mechscope.circuits.graph import Graph, Node
 from mechscope.interp.sites import Site
 
@@ -72,41 +80,60 @@ def node_dy(n: Node) -> float:
 
 
 def layout_positions(graph: Graph) -> dict[str, tuple[float, float]]:
-    """``(x, y)`` of every node: x = token position (spread within a cell), y = layer + `node_dy`."""
+    """``(x, y)`` of every node: x = token position (spread within a cell), y = layer + `node_dy`.
+    A graph summed over positions throughout has no token axis: its layers' nodes are spread
+    one unit apart around x = 0."""
+    summed = all(n.position is None for n in graph.nodes.values())
     cells: dict[tuple[float, float], list[str]] = defaultdict(list)
     for i, n in graph.nodes.items():
-        x = -1.5 if n.position is None else float(n.position)
+        x = (0.0 if summed else -1.5) if n.position is None else float(n.position)
         cells[(x, n.layer + node_dy(n))].append(i)
     xy = {}
     for (x, y), ids in cells.items():
         ids.sort(key=lambda i: (graph.nodes[i].kind, graph.nodes[i].index or 0, i))
         m = len(ids)
+        step = 1.0 if summed else min(0.8 / m, 0.25)
         for j, i in enumerate(ids):
-            xy[i] = (x + (j - (m - 1) / 2) * min(0.8 / m, 0.25), y)
+            xy[i] = (x + (j - (m - 1) / 2) * step, y)
     return xy
 
 
-def _levels(weights: list[float], threshold: float | int | None, n_levels: int) -> list[float]:
-    mags = [abs(w) for w in weights if w != 0]
+MAX_EDGES, N_LABELS, MAX_PROMPTS = 200, 12, 32
+
+
+def shown(token: str) -> str:
+    """A token as the strip shows it: newline and tab drawn as ↵ and →, nothing else changed."""
+    return token.replace("\n", "\u21b5").replace("\t", "\u2192")
+
+
+def _levels(weights: list[float], threshold: float | int | None, n_levels: int,
+            max_edges: int | None) -> tuple[list[float], int]:
+    """Geometric ``|w|`` levels from the threshold (or smallest ``|w|``) to the largest, plus the
+    level that shows at most ``max_edges`` edges; returns (levels, index of the default level)."""
+    mags = sorted((abs(w) for w in weights if w != 0), reverse=True)
     if not mags:
-        return [threshold or 0.0]
-    lo = threshold if threshold else min(mags)
-    hi = max(mags)
-    if hi <= lo or n_levels == 1:
-        return [lo]
-    r = (hi / lo) ** (1 / n_levels)
-    return [lo * r ** j for j in range(n_levels)]
+        return [threshold or 0.0], 0
+    lo = threshold if threshold else mags[-1]
+    hi = mags[0]
+    levels = [lo] if hi <= lo or n_levels == 1 else [lo * (hi / lo) ** (j / n_levels) for j in range(n_levels)]
+    if max_edges is None or len([w for w in weights if abs(w) >= levels[0]]) <= max_edges:
+        return levels, 0
+    cut = mags[max_edges - 1]
+    if sum(m >= cut for m in mags) > max_edges:  # ties at the cut: stay at or under max_edges
+        cut = math.nextafter(cut, math.inf)
+    levels = sorted({*(t for t in levels if t < cut), cut})
+    return levels, levels.index(cut)
 
 
 def _hover(n: Node) -> str:
-    parts = [f"<b>{escape(n.label or n.id)}</b>", f"kind: {n.kind}", f"layer: {n.layer}"]
+    parts = [f"<b>{plotly_text(n.label or n.id)}</b>", f"id: {plotly_text(n.id)}", f"kind: {n.kind}",
+             f"layer: {n.layer}"]
     parts += [f"position: {n.position}"] if n.position is not None else []
-    parts += [f"index: {n.index}"] if n.index is not None else []
-    parts += [f"site: {escape(n.site)}"] if n.site else []
-    return "<br>".join(parts + [f"score: {n.score:.4g}"])
+    parts += [f"site: {plotly_text(n.site)}"] if n.site else []
+    return "<br>".join(parts + [f"score: {n.score:.4g}", "click for details"])
 
 
-def _edge_traces(graph: Graph, xy: dict, edges: dict, level: int, width: float, go: Any) -> list:
+def _edge_traces(graph: Graph, xy: dict, edges: dict, level: int, width: float, visible: bool, go: Any) -> list:
     traces = []
     for sign, colour in ((1, POS_COLOUR), (-1, NEG_COLOUR)):
         xs: list[float | None] = []
@@ -115,14 +142,14 @@ def _edge_traces(graph: Graph, xy: dict, edges: dict, level: int, width: float, 
             if (w >= 0) == (sign > 0):
                 xs += [xy[s][0], xy[t][0], None]
                 ys += [xy[s][1], xy[t][1], None]
-        traces.append(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+        traces.append(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False, visible=visible,
                                  line=dict(width=width, color=colour.format(a=0.35 + 0.5 * width / 6)),
                                  name=f"edges {'+' if sign > 0 else '−'} level {level}"))
-    mids = [((xy[s][0] + xy[t][0]) / 2, (xy[s][1] + xy[t][1]) / 2,
-             f"{escape(graph.nodes[s].label or s)} → {escape(graph.nodes[t].label or t)}: {w:.4g}")
+    name = lambda i: plotly_text(graph.nodes[i].label or i)  # noqa: E731
+    mids = [((xy[s][0] + xy[t][0]) / 2, (xy[s][1] + xy[t][1]) / 2, f"{name(s)} → {name(t)}: {w:.4g}")
             for (s, t), w in edges.items()]
     traces.append(go.Scatter(x=[m[0] for m in mids], y=[m[1] for m in mids], text=[m[2] for m in mids],
-                             mode="markers", marker=dict(size=6, opacity=0), hoverinfo="text",
+                             mode="markers", marker=dict(size=6, opacity=0), hoverinfo="text", visible=visible,
                              showlegend=False, name=f"edge hover level {level}"))
     return traces
 
@@ -141,10 +168,24 @@ def ancestors(graph: Graph, sinks: list[str]) -> set[str]:
     return seen
 
 
+def strength(graph: Graph) -> dict[str, float]:
+    """How strong each node is: ``|score|``, or (graphs whose scores are all 0, e.g. routes) the
+    summed ``|weight|`` of its edges."""
+    if any(n.score for n in graph.nodes.values()):
+        return {i: abs(n.score) for i, n in graph.nodes.items()}
+    out = dict.fromkeys(graph.nodes, 0.0)
+    for (s, t), w in graph.edges.items():
+        out[s] += abs(w)
+        out[t] += abs(w)
+    return out
+
+
 def graph_figure(graph: Graph, threshold: float | int | None = None, n_levels: int = 6,
-                 feature_url: Any = None, routes: bool = True, title: str | None = None) -> Any:
+                 feature_url: Any = None, routes: bool = True, title: str | None = None,
+                 max_edges: int | None = MAX_EDGES, n_labels: int = N_LABELS) -> Any:
     """The viewer figure. Traces, in order: route highlights (hidden until chosen), edge buckets
-    (3 per level), one node trace per kind (``customdata`` = link or "")."""
+    (3 per level; those under the default level hidden), the neighbourhood highlight (empty: the
+    page fills it on hover), one node trace per kind (``customdata`` = ``[id, link or ""]``)."""
     import plotly.graph_objects as go
 
     if not graph.nodes:
@@ -153,9 +194,12 @@ def graph_figure(graph: Graph, threshold: float | int | None = None, n_levels: i
         raise ValueError(f"threshold must be >= 0, got {threshold}")
     if n_levels < 1:
         raise ValueError(f"n_levels must be >= 1, got {n_levels}")
+    if max_edges is not None and max_edges < 1:
+        raise ValueError(f"max_edges must be >= 1 (or None for every edge), got {max_edges}")
     xy, url = layout_positions(graph), _url_fn(feature_url)
-    edges = {e: w for e, w in graph.edges.items() if threshold is None or abs(w) >= threshold}
-    levels = _levels(list(edges.values()), threshold, n_levels)
+    # an edge of weight exactly 0 carries nothing: not drawn (the detail panel still lists it)
+    edges = {e: w for e, w in graph.edges.items() if w != 0 and (threshold is None or abs(w) >= threshold)}
+    levels, active = _levels(list(edges.values()), threshold, n_levels, max_edges)
     fig = go.Figure()
 
     sinks = _route_sinks(graph) if routes else {}
@@ -173,23 +217,52 @@ def graph_figure(graph: Graph, threshold: float | int | None = None, n_levels: i
         j = max(k for k, t in enumerate(levels) if abs(w) >= t or k == 0)
         buckets[j][e] = w
     for j, bucket in enumerate(buckets):
-        fig.add_traces(_edge_traces(graph, xy, bucket, j, 1 + 5 * j / max(len(levels) - 1, 1), go))
+        fig.add_traces(_edge_traces(graph, xy, bucket, j, 1 + 5 * j / max(len(levels) - 1, 1), j >= active, go))
+    fig.add_trace(go.Scatter(x=[], y=[], mode="lines", hoverinfo="skip", showlegend=False, name="neighbourhood",
+                             line=dict(width=3, color="rgba(230,126,34,0.9)")))
 
     by_kind: dict[str, list[str]] = defaultdict(list)
     for i, n in graph.nodes.items():
         by_kind[n.kind].append(i)
-    top = max((abs(n.score) for n in graph.nodes.values()), default=0.0) or 1.0
+    power = strength(graph)
+    top = max(power.values(), default=0.0) or 1.0
+    labelled = _labelled(graph, power, n_labels)
     for kind, ids in by_kind.items():
         nodes = [graph.nodes[i] for i in ids]
         fig.add_trace(go.Scatter(
-            x=[xy[i][0] for i in ids], y=[xy[i][1] for i in ids], mode="markers", name=kind,
-            marker=dict(size=[8 + 14 * abs(n.score) / top for n in nodes], color=KIND_COLOURS[kind],
+            x=[xy[i][0] for i in ids], y=[xy[i][1] for i in ids], mode="markers+text", name=kind,
+            marker=dict(size=[8 + 14 * power[i] / top for i in ids], color=KIND_COLOURS[kind],
                         line=dict(width=1, color="white")),
-            text=[_hover(n) for n in nodes], hoverinfo="text", customdata=[url(n) or "" for n in nodes]))
+            text=[plotly_text(_short(n)) if n.id in labelled else "" for n in nodes], textposition="top center",
+            textfont=dict(size=10), cliponaxis=False, hovertext=[_hover(n) for n in nodes], hoverinfo="text",
+            customdata=[[n.id, url(n) or ""] for n in nodes]))
 
-    _controls(fig, graph, levels, n_route, sinks)
+    _controls(fig, graph, levels, active, n_route, sinks)
     _axes(fig, graph, title)
     return fig
+
+
+def _labelled(graph: Graph, power: dict[str, float], n_labels: int) -> set[str]:
+    """The ``n_labels`` strongest nodes, at most one per (layer, position) cell so labels do not
+    print over each other."""
+    out, cells = set(), set()
+    for i in sorted(power, key=lambda i: -power[i]):
+        n = graph.nodes[i]
+        cell = (n.layer, round(node_dy(n), 2), n.position if n.position is not None else i)
+        if len(out) < n_labels and cell not in cells:
+            out.add(i)
+            cells.add(cell)
+    return out
+
+
+def _short(n: Node) -> str:
+    """A node's visible label: the canonical id without its position (the strip shows that); a
+    feature is ``f<index>`` (its row names the site), an error term ``err``."""
+    if n.kind == "feature":
+        return f"f{n.index}"
+    if n.kind == "error":
+        return "err"
+    return n.id.rsplit("@", 1)[0] if n.position is not None else n.id
 
 
 def _route_sinks(graph: Graph) -> dict[int, list[str]]:
@@ -203,24 +276,25 @@ def _route_sinks(graph: Graph) -> dict[int, list[str]]:
     return dict(sorted(sinks.items()))
 
 
-def _controls(fig: Any, graph: Graph, levels: list[float], n_route: int, sinks: dict) -> None:
+def _controls(fig: Any, graph: Graph, levels: list[float], active: int, n_route: int, sinks: dict) -> None:
     n_edge = 3 * len(levels)
     edge_ids = list(range(n_route, n_route + n_edge))
     steps = [dict(method="restyle", label=f"{t:.3g}",
                   args=[{"visible": [k // 3 >= j for k in range(n_edge)]}, edge_ids])
              for j, t in enumerate(levels)]
-    fig.update_layout(sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="|edge weight| ≥ "),
-                                    pad=dict(t=40), len=0.6, x=0.2)])
+    fig.update_layout(sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix="|edge weight| ≥ "),
+                                    pad=dict(t=60), len=0.6, x=0.2)])
     if sinks:
         tokens = _tokens(graph)
         route_ids = list(range(n_route))
         buttons = [dict(method="restyle", label="no route", args=[{"visible": [False] * n_route}, route_ids])]
         for j, pos in enumerate(sinks):
-            tok = f" {escape(repr(tokens[pos]))}" if pos < len(tokens) else ""
+            tok = f" {plotly_text(repr(tokens[pos]))}" if pos < len(tokens) else ""
             buttons.append(dict(method="restyle", label=f"route to {pos}{tok}",
                                 args=[{"visible": [k == j for k in range(n_route)]}, route_ids]))
-        fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=0.0, y=1.12,
-                                            xanchor="left", showactive=True)])
+        # right-aligned on the row under the title: it never covers the title (left-aligned)
+        fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1.0, y=1.01, xanchor="right",
+                                            yanchor="bottom", showactive=True)])
 
 
 def _tokens(graph: Graph) -> tuple[str, ...]:
@@ -234,24 +308,40 @@ def _layer_name(l: int, n_layers: int | None) -> str:
 
 def _axes(fig: Any, graph: Graph, title: str | None) -> None:
     tokens, meta = _tokens(graph), graph.meta
-    positions = sorted({n.position for n in graph.nodes.values() if n.position is not None})
-    tickvals = ([-1.5] if any(n.position is None for n in graph.nodes.values()) else []) + positions
-    ticktext = (["Σ pos"] if tickvals and tickvals[0] == -1.5 else []) + [
-        f"{p}: {escape(repr(tokens[p]))}" if p < len(tokens) else str(p) for p in positions]
+    positions = sorted({n.position for n in graph.nodes.values() if n.position is not None} | set(range(len(tokens))))
+    summed = any(n.position is None for n in graph.nodes.values())
+    if all(n.position is None for n in graph.nodes.values()):  # no token axis (`layout_positions`)
+        xaxis = dict(showticklabels=False, title="components, summed over token positions", zeroline=False,
+                     showgrid=False)
+    else:
+        tickvals = ([-1.5] if summed else []) + positions
+        ticktext = (["Σ pos"] if summed else []) + [
+            plotly_text(shown(tokens[p])) if p < len(tokens) else str(p) for p in positions]
+        xaxis = dict(tickmode="array", tickvals=tickvals, ticktext=ticktext, title="token", zeroline=False,
+                     showgrid=True, gridcolor="#f2f2f2", tickangle=-45 if len(tickvals) > 12 else 0,
+                     range=[tickvals[0] - 0.7, tickvals[-1] + 0.7])
     n_layers = meta.n_layers
     if n_layers is None:  # hand-built graphs: logits, if any, mark the top
         n_layers = max((n.layer for n in graph.nodes.values() if n.kind == "logit"), default=None)
-    layers = sorted({n.layer for n in graph.nodes.values()})
-    ylabels = [_layer_name(l, n_layers) for l in layers]
+    used = {n.layer for n in graph.nodes.values()}
+    layers = sorted(used | (set(range(-1, n_layers + 1)) if n_layers is not None else set()))
     fig.update_layout(
-        title=escape(title or f"{meta.method or 'graph'}: {meta.model}"), hovermode="closest",
-        xaxis=dict(tickmode="array", tickvals=tickvals, ticktext=ticktext, title="token position",
-                   zeroline=False, showgrid=False),
-        yaxis=dict(tickmode="array", tickvals=layers, ticktext=ylabels, title="layer", zeroline=False),
-        legend=dict(title="node kind"), margin=dict(l=60, r=20, t=90, b=110), plot_bgcolor="white")
+        title=dict(text=plotly_text(title or f"{meta.method or 'graph'}: {meta.model}"), x=0.01, xanchor="left",
+                   yref="container", y=0.99, yanchor="top"),
+        hovermode="closest", plot_bgcolor="white",
+        xaxis=xaxis,
+        yaxis=dict(tickmode="array", tickvals=layers, ticktext=[_layer_name(l, n_layers) for l in layers],
+                   title="layer", zeroline=False, range=[min(layers) - 0.3, max(layers) + 1.1]),
+        legend=dict(orientation="h", x=0.0, y=1.01, xanchor="left", yanchor="bottom"),
+        margin=dict(l=60, r=20, t=80, b=120))
 
 
-_BODY = ('<p id="summary" class="meta"></p><div id="graph" style="height: 88vh"></div>'
+# -- the standalone page ---------------------------------------------------------------------------
+_BODY = ('<p id="summary" class="meta"></p>'
+         '<div id="prompt-row" class="controls hidden"><label>prompt <select id="prompt"></select></label></div>'
+         '<div class="graph-row"><div id="graph"></div>'
+         '<aside id="detail"><button id="detail-close" type="button">×</button>'
+         '<div id="detail-body"></div></aside></div>'
          '<p id="message" class="meta"></p>')
 
 
@@ -263,12 +353,43 @@ def summary(graph: Graph) -> dict[str, Any]:
             "nodes": len(graph.nodes), "edges": len(graph.edges)}
 
 
+def head_details(graph: Graph) -> dict[str, Any]:
+    """``meta.details["heads"]``: per head node id (or position-free id), ``{"attention":
+    [[query][key]] weights on the prompt, "top_tokens": [[token, logit], ...]}``, where a tracer or
+    the CLI stored them; the detail panel draws what it finds."""
+    heads = graph.meta.details.get("heads", {}) if isinstance(graph.meta.details, dict) else {}
+    return heads if isinstance(heads, dict) else {}
+
+
+def _view(graph: Graph, name: str, url: Callable[[Node], str | None], **kw: Any) -> dict[str, Any]:
+    """One selectable view of the page: the figure and what the detail panel reads."""
+    fig = graph_figure(graph, feature_url=url, **kw)
+    nodes = {i: {**n.to_dict(), "url": url(n) or ""} for i, n in graph.nodes.items()}
+    return {"name": name, "figure": json.loads(fig.to_json()), "summary": summary(graph), "nodes": nodes,
+            "edges": [[s, t, w] for (s, t), w in graph.edges.items()], "heads": head_details(graph),
+            "tokens": list(_tokens(graph)), "units": graph.meta.units}
+
+
+def page_views(graph: Graph, feature_url: Any = None, **kw: Any) -> tuple[list[dict[str, Any]], int]:
+    """The graph and (up to ``MAX_PROMPTS``) of its ``per_prompt`` graphs; the view shown first is
+    the single prompt's positional graph when there is one prompt, else the graph itself."""
+    url = _url_fn(feature_url)
+    views = [_view(graph, f"all prompts ({graph.meta.method or 'graph'})", url, **kw)]
+    prompts = graph.meta.prompts
+    for k, g in enumerate(graph.per_prompt[:MAX_PROMPTS]):
+        text = prompts[k] if k < len(prompts) else (g.meta.prompts[0] if g.meta.prompts else "")
+        views.append(_view(g, f"prompt {k}: {text[:60]}", url, **kw))
+    return views, 1 if len(graph.per_prompt) == 1 else 0
+
+
 def write_graph_html(graph: Graph, path: "str | Path", threshold: float | int | None = None,
-                     n_levels: int = 6, feature_url: Any = None, routes: bool = True, title: str | None = None) -> Path:
-    """Write the viewer as one offline HTML file (plotly.js embedded); returns its path.
-    Clicking a node with a link (feature nodes with ``feature_url``) opens the link."""
-    fig = graph_figure(graph, threshold, n_levels, feature_url, routes, title)
-    data = {"figure": json.loads(fig.to_json()), "summary": summary(graph)}
-    page = standalone_page(f"mechscope graph: {title or graph.meta.method or 'graph'}", _BODY, data,
-                           [asset("graph.js")], css=asset("common.css"))
+                     n_levels: int = 6, feature_url: Any = None, routes: bool = True, title: str | None = None,
+                     max_edges: int | None = MAX_EDGES) -> Path:
+    """Write the viewer as an offline HTML page (plotly.js shared as ``plotly.min.js`` next to it);
+    returns its path. Clicking a node opens its detail panel (module doc)."""
+    views, first = page_views(graph, feature_url, threshold=threshold, n_levels=n_levels, routes=routes,
+                              title=title, max_edges=max_edges)
+    page = standalone_page(f"mechscope graph: {title or graph.meta.method or 'graph'}", _BODY,
+                           {"views": views, "first": first}, [asset("graph.js")], css=asset("common.css"),
+                           plotly_src=shared_plotly(Path(path).parent))
     return write_text(path, page)

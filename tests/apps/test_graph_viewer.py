@@ -38,12 +38,13 @@ def test_traces_and_threshold_slider():
     fig = graph_figure(g, n_levels=4, feature_url="fb/index.html#f{index}")
     names = [t.name for t in fig.data]
     routes = [t for t in fig.data if t.name.startswith("route")]
-    nodes = {t.name: t for t in fig.data if t.mode == "markers" and not t.name.startswith("edge")}
+    nodes = {t.name: t for t in fig.data if t.mode == "markers+text"}
     assert set(nodes) == {"embedding", "head", "feature", "logit"}
     assert sum(len(t.x) for t in nodes.values()) == len(g.nodes)
-    assert list(nodes["feature"].customdata) == ["fb/index.html#f5"]
-    assert set(nodes["head"].customdata) == {""}
-    assert len(names) == len(routes) + 3 * 4 + 4
+    assert [list(c) for c in nodes["feature"].customdata] == [["L1.resid_post.f5@2", "fb/index.html#f5"]]
+    assert {c[1] for c in nodes["head"].customdata} == {""}
+    assert [c[0] for t in nodes.values() for c in t.customdata] == list(g.nodes)
+    assert len(names) == len(routes) + 3 * 4 + 1 + 4  # routes, 3 traces per level, neighbourhood, kinds
     # slider step j shows exactly the edges with |w| >= its level: count line segments
     slider = fig.layout.sliders[0]
     for step in slider.steps:

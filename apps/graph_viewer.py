@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,27 @@ def _url_fn(feature_url: Any) -> Callable[[Node], str | None]:
         return lambda n: feature_url.format(index=n.index, site=n.site, layer=n.layer) if n.kind == "feature" else None
     raise ValueError(f"feature_url must be a template string, a dict site -> template or a callable, "
                      f"got {type(feature_url).__name__}")
+
+
+def browser_links(browser: "str | Path", page: "str | Path") -> Callable[[Node], str | None]:
+    """``feature_url`` for a page at ``page`` linking feature nodes into the feature browser(s)
+    under ``browser`` (``mechscope features --out``): ``browser/<site>/index.html`` for a node's
+    site (one browser per dictionary, named like the dictionaries folder) or else
+    ``browser/index.html``; links are relative, so the two folders can move together."""
+    root = Path(browser)
+    if not (root / "index.html").is_file() and not any(root.glob("*/index.html")):
+        raise ValueError(f"--browser {root}: no feature browser there (expected {root}/index.html or "
+                         f"{root}/<site>/index.html, as written by mechscope features --out)")
+    here = Path(page).resolve().parent
+
+    def url(n: Node) -> str | None:
+        if n.kind != "feature":
+            return None
+        for index in (root / str(n.site) / "index.html", root / "index.html"):
+            if index.is_file():
+                return f"{Path(os.path.relpath(index.resolve(), here)).as_posix()}#f{n.index}"
+        return None
+    return url
 
 
 def node_dy(n: Node) -> float:

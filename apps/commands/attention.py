@@ -59,5 +59,5 @@ def trace_attention_cmd(args: argparse.Namespace) -> int:
     model = load_model_from(args)
     check_prompt_lengths(model, prompts, args.prompts)
     graph = trace_attention_cli(model, prompts, args.heads, args.firing_threshold, args.share, args.max_depth)
-    save_graph(graph, args.out, args.html)
+    save_graph(graph, args.out, args.html, args.browser)
     return 0

@@ -61,12 +61,16 @@ def check_sizes(args: argparse.Namespace, model: Any = None) -> None:
         raise ValueError(f"--n-ctx {args.n_ctx} exceeds the context of model {model.name!r} ({model.n_ctx} tokens)")
 
 
-def save_graph(graph, out: str, html: bool) -> None:
+def save_graph(graph, out: str, html: bool, browser: "str | None" = None) -> None:
+    """Write the graph JSON and, with ``html``, the viewer next to it; ``browser``: a feature
+    browser folder (``mechscope features``) that feature nodes link to."""
     print(f"{graph!r} -> {graph.save(out)}")
-    if html:
-        from mechscope.apps.graph_viewer import write_graph_html
+    if html or browser:
+        from mechscope.apps.graph_viewer import browser_links, write_graph_html
 
-        print(f"graph viewer: {write_graph_html(graph, Path(out).with_suffix('.html'))}")
+        page = Path(out).with_suffix(".html")
+        links = browser_links(browser, page) if browser else None
+        print(f"graph viewer: {write_graph_html(graph, page, feature_url=links)}")
 
 
 def device_options(p: argparse.ArgumentParser) -> None:
@@ -92,4 +96,10 @@ def graph_options(p: argparse.ArgumentParser) -> None:
     device_options(p)
     p.add_argument("--prompts", required=True, help="text file, one prompt per line")
     p.add_argument("--out", required=True, help="output graph JSON")
+    html_options(p)
+
+
+def html_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", action="store_true", help="also write the graph viewer next to the JSON (.html)")
+    p.add_argument("--browser", default=None, metavar="DIR",
+                   help="feature browser folder (mechscope features): feature nodes link to their pages (implies --html)")

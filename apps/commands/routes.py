@@ -49,5 +49,5 @@ def routes_cmd(args: argparse.Namespace) -> int:
     model = load_model_from(args)
     check_prompt_lengths(model, prompts, args.prompts)
     graph = routes_cli(model, prompts, args.tau, args.view, args.signed)
-    save_graph(graph, args.out, args.html)
+    save_graph(graph, args.out, args.html, args.browser)
     return 0

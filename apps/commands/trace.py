@@ -169,7 +169,9 @@ def _trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-threshold", type=float, default=None, help="keep edges with |weight| at least this")
     p.add_argument("--steps", type=int, default=10, help="integrated-gradients steps")
     p.add_argument("--per-position", action="store_true", help="one node per token position (else summed)")
-    p.add_argument("--html", action="store_true", help="also write the graph viewer next to the JSON (.html)")
+    from mechscope.apps.commands.common import html_options
+
+    html_options(p)
 
 
 @command("trace", "Sparse feature circuit (Marks et al.) of prompts through dictionaries and error nodes.", _trace_options)
@@ -180,5 +182,5 @@ def trace_cmd(args: argparse.Namespace) -> int:
     graph = trace_cli(load_model_from(args), args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
                       args.ablation, args.node_threshold, args.edge_threshold, per_position=args.per_position,
                       steps=args.steps)
-    save_graph(graph, args.out, args.html)
+    save_graph(graph, args.out, args.html, args.browser)
     return 0

@@ -113,3 +113,66 @@ def test_every_method_is_drawn_with_one_layout(tiny_gpt2, tokens):
         assert [names[l] for l in layers] == [{-1: "embed", 2: "logits"}.get(l, f"L{l}") for l in layers]
         assert g.meta.method in fig.layout.title.text and g.meta.model in fig.layout.title.text
     assert {n.kind for g in graphs for n in g.nodes.values()} >= {"embedding", "head", "mlp", "residual", "logit"}
+
+
+def test_page_is_small_and_shares_plotly(tmp_path):
+    """A 10-node page loads plotly.min.js written once beside it, so it weighs kilobytes."""
+    g = small_graph()
+    assert len(g.nodes) == 10
+    a = write_graph_html(g, tmp_path / "a.html")
+    b = write_graph_html(g, tmp_path / "b.html")
+    assert a.stat().st_size < 60_000 and b.stat().st_size < 60_000, a.stat().st_size
+    shared = tmp_path / "plotly.min.js"
+    assert shared.stat().st_size > 1_000_000 and 'src="plotly.min.js"' in a.read_text()
+
+
+def test_default_threshold_keeps_the_strongest_max_edges():
+    """The default slider level shows the ``max_edges`` edges of largest |w| (ties stay under)."""
+    g = Graph(meta=GraphMeta("x", "u", "m", 2, 0))
+    a = [g.add_node(Node("head", 0, p, index=0)) for p in range(20)]
+    b = [g.add_node(Node("head", 1, p, index=0)) for p in range(20)]
+    weights = torch.randn(400, generator=torch.Generator().manual_seed(0)).tolist()
+    weights[0] = weights[1] = sorted(map(abs, weights))[-50]  # a tie at the 50th
+    for k, w in enumerate(weights):
+        g.add_edge(a[k // 20], b[k % 20], w)
+    for max_edges, expect in [(30, 30), (50, 49), (1000, 400)]:
+        fig = graph_figure(g, max_edges=max_edges)
+        shown = [t for t in fig.data if t.mode == "lines" and t.name.startswith("edges") and t.visible is not False]
+        assert sum(t.x.count(None) for t in shown) == expect, max_edges
+        cut = sorted(map(abs, weights), reverse=True)[expect - 1]
+        assert float(fig.layout.sliders[0].steps[fig.layout.sliders[0].active].label) == pytest.approx(cut, rel=1e-2)
+
+
+def test_labels_go_to_the_strongest_nodes_and_ticks_cover_the_prompt():
+    g = small_graph()
+    def labelled(graph):
+        fig = graph_figure(graph, n_labels=2)
+        return {c[0] for tr in fig.data if tr.mode == "markers+text" for c, t in zip(tr.customdata, tr.text) if t}, fig
+
+    assert "L1.resid_post.f5@2" in labelled(g)[0]  # the only nonzero score
+    from dataclasses import replace
+
+    g.nodes["L1.resid_post.f5@2"] = replace(g.nodes["L1.resid_post.f5@2"], score=0.0)
+    got, fig = labelled(g)  # all scores 0: the largest summed |w| (3.0 and 2.1)
+    assert got == {"L1.resid_post.f5@2", "logit@2"}
+    assert list(fig.layout.xaxis.ticktext) == ["a", "&lt;script&gt;alert(1)&lt;/script&gt;", "c"]
+    assert list(fig.layout.yaxis.ticktext) == ["embed", "L0", "L1", "logits"]
+
+
+def test_prompt_views_and_browser_links(tmp_path):
+    from mechscope.apps.graph_viewer import browser_links, page_views
+
+    one, two = small_graph(), small_graph()
+    agg = Graph.aggregate([one, two])
+    agg.per_prompt = [one]
+    views, first = page_views(agg)
+    assert [v["name"].split(":")[0] for v in views] == ["all prompts (routes)", "prompt 0"] and first == 1
+    agg.per_prompt = [one, two]
+    assert page_views(agg)[1] == 0  # several prompts: the summary first, a selector for each
+    with pytest.raises(ValueError, match="no feature browser"):
+        browser_links(tmp_path / "fb", tmp_path / "out" / "g.html")
+    (tmp_path / "fb" / "L1.resid_post").mkdir(parents=True)
+    (tmp_path / "fb" / "L1.resid_post" / "index.html").write_text("")
+    url = browser_links(tmp_path / "fb", tmp_path / "out" / "g.html")
+    assert url(one.nodes["L1.resid_post.f5@2"]) == "../fb/L1.resid_post/index.html#f5"
+    assert url(one.nodes["L0.H1@1"]) is None

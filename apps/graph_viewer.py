@@ -383,6 +383,40 @@ def head_details(graph: Graph) -> dict[str, Any]:
     return heads if isinstance(heads, dict) else {}
 
 
+def with_head_details(graph: Graph, model: Any, tokens: Any, k: int = 5) -> Graph:
+    """``graph`` with ``meta.details["heads"]`` filled for its head nodes on the one prompt
+    ``tokens`` (``[pos]`` ids; one forward pass, so cheap): per head (position-free id) its
+    attention pattern ``[query][key]``, and per positional head node the ``k`` tokens its output
+    at that position promotes most directly, ``z · W_O[h] · W_U`` (the final norm is not applied:
+    a direct-path reading, as in logit lens)."""
+    import torch
+
+    from mechscope.circuits.graph import without_position
+    from mechscope.interp.sites import Site
+
+    heads = [n for n in graph.nodes.values() if n.kind == "head" and n.index is not None]
+    if not heads:
+        return graph
+    layers = sorted({n.layer for n in heads})
+    hooks = {(l, kind): Site.parse(f"L{l}.{kind}").hook_name for l in layers for kind in ("pattern", "z")}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.as_tensor(tokens).view(1, -1), names_filter=list(hooks.values()))
+        out: dict[str, dict[str, Any]] = {}
+        for n in heads:
+            pattern = cache[hooks[(n.layer, "pattern")]][0, n.index]
+            out.setdefault(without_position(n.id), {})["attention"] = pattern.float().round(decimals=3).tolist()
+            if n.position is not None:
+                z = cache[hooks[(n.layer, "z")]][0, n.position, n.index]
+                logits = z @ model.attn(n.layer).W_O[n.index] @ model.W_U
+                top = logits.topk(min(k, logits.numel()))
+                strs = model.to_str_tokens(top.indices.tolist())
+                out.setdefault(n.id, {})["top_tokens"] = [[t, round(float(v), 4)] for t, v in zip(strs, top.values)]
+    from dataclasses import replace
+
+    return Graph(graph.nodes, graph.edges, replace(graph.meta, details={**graph.meta.details, "heads": out}),
+                 graph.per_prompt)
+
+
 def _view(graph: Graph, name: str, url: Callable[[Node], str | None], **kw: Any) -> dict[str, Any]:
     """One selectable view of the page: the figure and what the detail panel reads."""
     fig = graph_figure(graph, feature_url=url, **kw)

@@ -92,7 +92,7 @@
     if (!list.length) { box.appendChild(el("p", "none", "meta")); return box; }
     var table = el("table", null, "contrib");
     list.slice(0, 12).forEach(function (p) {
-      var tr = el("tr"), a = el("a", view.nodes[p[0]].label || p[0]);
+      var tr = el("tr"), a = el("a", p[0]);  // canonical ids: labels like a token string are ambiguous
       a.href = "#"; a.setAttribute("data-node", p[0]);
       a.addEventListener("click", function (ev) { ev.preventDefault(); openNode(p[0]); });
       var td = el("td"); td.appendChild(a); tr.appendChild(td);
@@ -105,18 +105,20 @@
   }
 
   function headPanel(n) {
-    var h = view.heads[n.id] || view.heads[n.id.split("@")[0]];
-    if (!h) return null;
+    var mine = view.heads[n.id] || {}, all = view.heads[n.id.split("@")[0]] || {};
+    var h = { attention: mine.attention || all.attention, top_tokens: mine.top_tokens || all.top_tokens };
+    if (!h.attention && !h.top_tokens) return null;
     var box = el("div");
     if (h.attention) {
       box.appendChild(el("h3", "attention pattern on the prompt"));
       var plot = el("div", null, "plot-attn"); box.appendChild(plot);
       var toks = view.tokens.map(function (t, i) { return i + " " + shown(t); });
       setTimeout(function () {
-        Plotly.newPlot(plot, [{ type: "heatmap", z: h.attention, x: toks, y: toks, colorscale: "Blues",
+        Plotly.newPlot(plot, [{ type: "heatmap", z: h.attention, x: toks, y: toks, colorscale: "Blues", reversescale: true,
           hovertemplate: "query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>", showscale: false }],
-          { margin: { l: 80, r: 10, t: 10, b: 80 }, yaxis: { autorange: "reversed", title: "query" },
-            xaxis: { title: "key" } }, { displayModeBar: false });
+          { margin: { l: 80, r: 10, t: 10, b: 80 },
+            yaxis: { type: "category", autorange: "reversed", title: "query" },
+            xaxis: { type: "category", title: "key" } }, { displayModeBar: false });
       }, 0);
     }
     if (h.top_tokens) {

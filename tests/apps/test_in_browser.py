@@ -36,7 +36,8 @@ RECT = "(function (s) { var r = document.querySelector(s).getBoundingClientRect(
 def _clean(page) -> None:
     assert page.errors() == []
     assert page.dialogs() == []
-    assert all(u.startswith("file://") for u in page.requests()), page.requests()
+    # no network: files, and the images Plotly draws heatmaps into (data: URLs)
+    assert all(u.startswith(("file://", "data:image/")) for u in page.requests()), page.requests()
 
 
 def _screenshot(page, path) -> None:
@@ -92,7 +93,7 @@ def test_graph_viewer_labels_detail_panel_and_feature_link(chrome, bundle):
     assert page.eval("document.querySelector('#detail .node-id').textContent") == "L1.resid_post.f5@2"
     assert page.eval("document.querySelector('#detail h2').textContent") == '"><img src=x onerror=alert(2)>'
     contrib = page.eval("Array.from(document.querySelectorAll('#detail table.contrib tr')).map(r => r.textContent)")
-    assert contrib == ["L0H1@1-1.00", "logit@22.00"]  # in: the head; out: the logit
+    assert contrib == ["L0.H1@1-1.00", "logit@22.00"]  # in: the head; out: the logit
     # hovering a node fades the nodes outside its neighbourhood
     x, y, _ = page.eval(POINT_XY % ("graph", "head", 1))
     page.send("Input.dispatchMouseEvent", {"x": x, "y": y, "type": "mouseMoved", "button": "none"})
@@ -162,4 +163,29 @@ def test_each_method_renders_readably(chrome, induction_graphs, tmp_path, kind):
     trace = g.nodes[max(g.nodes, key=lambda i: abs(g.nodes[i].score))].kind
     node = _click_node(page, trace, 0)
     assert node in g.nodes
+    _clean(page)
+
+
+def test_head_panel_shows_attention_pattern_and_top_tokens(chrome, induction_model, tmp_path):
+    """A single prompt's route with its heads' details: rows of the stored pattern are causal
+    distributions, and clicking a head draws its pattern over the prompt and its top tokens."""
+    from mechscope.apps.graph_viewer import with_head_details
+    from mechscope.circuits.known import induction_setup
+    from mechscope.circuits.routes_aggregate import prompt_routes
+
+    row = induction_setup(induction_model, n_prompts=1).clean[0]
+    g = with_head_details(prompt_routes(induction_model, [row])[0], induction_model, row)
+    heads = g.meta.details["heads"]
+    pattern = torch.tensor(next(v["attention"] for v in heads.values() if "attention" in v))
+    assert torch.allclose(pattern.sum(-1), torch.ones(len(row)), atol=5e-3)
+    assert pattern.triu(1).abs().max() == 0  # a query never attends ahead
+    tops = [v["top_tokens"] for v in heads.values() if "top_tokens" in v]
+    assert tops and all(len(t) == 5 and [x[1] for x in t] == sorted((x[1] for x in t), reverse=True) for t in tops)
+    page = _open(chrome, write_graph_html(g, tmp_path / "route.html"))
+    node = _click_node(page, "head", 0)
+    page.wait_for("document.querySelector('#detail .plot-attn .heatmaplayer') !== null", timeout=WAIT)
+    assert page.eval("document.querySelector('#detail .plot-attn')._fullData[0].z.length") == len(row)
+    if node in heads:  # positional head: its top tokens are listed
+        assert page.eval("document.querySelectorAll('#detail td.tok').length") == 5
+    _screenshot(page, tmp_path / "route_head_panel.png")
     _clean(page)

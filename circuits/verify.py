@@ -4,12 +4,21 @@
 
 * node ``a``: ``m(a := a_ref) - m(clean)``, every other node recomputed (full downstream effect),
   mean over prompts — what attribution patching / IG estimate to first order;
-* edge ``u -> d``: ``u := u_ref`` at its site, the sites strictly between held at their clean
-  values (direct paths only, as in the edge's definition), and the change of ``(dm/dd) · d``
-  measured at ``d`` (for the metric node, the change of ``m``), mean over prompts.
+* edge ``u -> d``: path patching (Wang et al. 2022, arXiv:2211.00593; Goldowsky-Dill et al.
+  2023, arXiv:2304.05969) over the setup's sites: ``u := u_ref`` at its site ``U``, the sites
+  strictly between ``U`` and ``D`` held at their clean values, ``D``'s activation recomputed from
+  that (so ``u``'s change reaches ``D`` by direct paths only, as in the edge's definition); then
+  only node ``d`` of ``D`` takes its new value — ``D``'s other nodes keep their clean values —
+  and everything downstream of ``D`` is recomputed: ``m(u -> d patched) - m(clean)``, mean over
+  prompts. Into the metric node the edge is ``u``'s direct effect (every later site held clean).
+  For heads at ``z`` sites this is `mechscope.interp.intervene.path_patch` of ``u`` into the
+  ``q`` / ``k`` / ``v`` inputs of head ``d``. No gradient enters: a linearised quantity never
+  checks itself.
 
-Agreement is the Spearman rank correlation between attributions and interventions (Pearson
-correlation of ranks, ties averaged) and the largest absolute difference. Interventions are
+Agreement (`Verification`): sign agreement (the share of nodes / edges whose attribution has the
+sign of the real effect), the Spearman rank correlation between attributions and effects
+(Pearson correlation of ranks, ties averaged), the share of the effect explained
+(``1 - sum (a - e)^2 / sum e^2``) and the largest absolute difference. Interventions are
 batched: ``K`` nodes (or upstream nodes of one site pair) run as ``K`` copies of the prompts in one
 forward pass.
 
@@ -27,13 +36,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechscope.circuits.attribution import (Setup, clean_run, masked_run, metric_of, reference,
-                                            run_direct, split_all)
+                                            run, run_direct, split_all)
 from mechscope.circuits.feature_circuits import locate
 from mechscope.circuits.graph import Graph, Node, head_label, node_id, parse_node_id, without_position
-from mechscope.circuits.splice import SiteNodes
 from mechscope.interp.sites import Site
 
 Component = tuple[str, int, "int | None"]  # (node kind, layer, index) of a known circuit
@@ -60,6 +69,26 @@ def _ranks(x: Tensor) -> Tensor:
         tie = x == v
         ranks[tie] = ranks[tie].mean()
     return ranks
+
+
+def sign_agreement(attribution: Iterable[float], effect: Iterable[float], tol: float = 1e-6) -> float:
+    """Share of items whose attribution has the sign of the effect (effects within ``tol`` of 0
+    count as agreeing with an attribution within ``tol`` of 0); nan when empty."""
+    pairs = list(zip(attribution, effect))
+    if not pairs:
+        return float("nan")
+    sign = lambda v: 0 if abs(v) <= tol else (1 if v > 0 else -1)  # noqa: E731
+    return sum(sign(a) == sign(e) for a, e in pairs) / len(pairs)
+
+
+def explained(attribution: Iterable[float], effect: Iterable[float]) -> float:
+    """``1 - sum (a - e)^2 / sum e^2``: the share of the real effects the attribution explains
+    (1 when equal, 0 for all-zero attributions, negative when worse than that); nan when every
+    effect is 0."""
+    a = torch.tensor(list(attribution), dtype=torch.float64)
+    e = torch.tensor(list(effect), dtype=torch.float64)
+    den = float((e * e).sum())
+    return 1.0 - float(((a - e) ** 2).sum()) / den if den > 0 else float("nan")
 
 
 @dataclass
@@ -89,10 +118,29 @@ class Verification:
     def edge_max_error(self) -> float:
         return max((abs(a - b) for a, b in zip(self.edge_attribution, self.edge_effect)), default=0.0)
 
+    @property
+    def node_sign_agreement(self) -> float:
+        return sign_agreement(self.node_attribution, self.node_effect)
+
+    @property
+    def edge_sign_agreement(self) -> float:
+        return sign_agreement(self.edge_attribution, self.edge_effect)
+
+    @property
+    def node_explained(self) -> float:
+        return explained(self.node_attribution, self.node_effect)
+
+    @property
+    def edge_explained(self) -> float:
+        return explained(self.edge_attribution, self.edge_effect)
+
     def summary(self) -> dict[str, float | int]:
-        return {"nodes": len(self.node_ids), "node_rank_corr": self.node_rank_corr,
+        return {"nodes": len(self.node_ids), "node_sign_agreement": self.node_sign_agreement,
+                "node_rank_corr": self.node_rank_corr, "node_explained": self.node_explained,
                 "node_max_error": self.node_max_error, "edges": len(self.edge_ids),
-                "edge_rank_corr": self.edge_rank_corr, "edge_max_error": self.edge_max_error}
+                "edge_sign_agreement": self.edge_sign_agreement,
+                "edge_rank_corr": self.edge_rank_corr, "edge_explained": self.edge_explained,
+                "edge_max_error": self.edge_max_error}
 
 
 def _locate(graph: Graph, setup: Setup, nid: str) -> tuple[Site, int, int | None]:
@@ -102,12 +150,11 @@ def _locate(graph: Graph, setup: Setup, nid: str) -> tuple[Site, int, int | None
 
 
 def _one_off(setup: Setup, site: Site, targets: list[tuple[int, int | None]]) -> Tensor:
-    """``[K*b, p, n]`` keep mask of ``site``: copy k drops node ``targets[k]`` only."""
-    b, p = setup.clean.shape
-    keep = torch.ones(len(targets), b, p, setup.nodes[site].n_nodes, dtype=torch.bool)
+    """``[K, p, n]`` keep mask of ``site``: copy k drops node ``targets[k]`` only."""
+    keep = torch.ones(len(targets), setup.clean.shape[1], setup.nodes[site].n_nodes, dtype=torch.bool)
     for k, (j, pos) in enumerate(targets):
-        keep[k, :, slice(None) if pos is None else pos, j] = False
-    return keep.view(-1, p, keep.shape[-1])
+        keep[k, slice(None) if pos is None else pos, j] = False
+    return keep
 
 
 def verify_nodes(graph: Graph, setup: Setup, chunk: int = 32) -> tuple[list[str], list[float]]:
@@ -129,23 +176,38 @@ def verify_nodes(graph: Graph, setup: Setup, chunk: int = 32) -> tuple[list[str]
 
 def verify_edge_group(setup: Setup, up: Site, down: Site | None, ups: list[tuple[int, int | None]],
                       downs: list[tuple[int, int | None]]) -> Tensor:
-    """``[len(ups), len(downs)]`` real direct effects (see module doc) for one site pair."""
-    clean, ref, K = clean_run(setup), reference(setup), len(ups)
+    """``[len(ups), len(downs)]`` real metric changes by path patching ``u -> d`` (module doc)."""
+    return path_effects(setup, up, down, _one_off(setup, up, ups), downs)
+
+
+def path_effects(setup: Setup, up: Site, down: Site | None, keep: Bool[Tensor, "K p n"],
+                 downs: list[tuple[int, int | None]]) -> Float[Tensor, "K d"]:
+    """Metric change, mean over prompts, by path patching: for each of ``K`` masks, ``up``'s
+    nodes where ``keep`` is False take their reference values, and that change reaches each
+    downstream node ``(j, position or None)`` of ``down`` only (module doc); ``down`` None: the
+    metric, one column."""
+    clean, ref, K = clean_run(setup), reference(setup), keep.shape[0]
     b = setup.clean.shape[0]
     rep = lambda t: t.repeat(K, *[1] * (t.ndim - 1))  # noqa: E731
-    sn_u, keep = setup.nodes[up], _one_off(setup, up, ups)
+    sn_u, mask = setup.nodes[up], keep.repeat_interleave(b, 0)
     ref_u = tuple(rep(r) for r in ref[up])
-    ablate_up = lambda a: sn_u.merge(sn_u.mix(sn_u.split(a), ref_u, keep))  # noqa: E731
+    ablate_up = lambda a: sn_u.merge(sn_u.mix(sn_u.split(a), ref_u, mask))  # noqa: E731
+    m0 = rep(clean["metric"])
     with torch.no_grad():
         out, act_down = run_direct(setup, up, ablate_up, down, repeat=K)
-        if down is None:
-            return (metric_of(setup, out) - rep(clean["metric"])).view(K, b).mean(1)[:, None]
+        if down is None:  # into the metric: the direct effect, later sites held clean
+            return (metric_of(setup, out) - m0).view(K, b).mean(1)[:, None]
         sn_d = setup.nodes[down]
-        left = sn_d.grads(rep(clean["grads"][down]))
-        new = SiteNodes.score(left, sn_d.split(act_down))
-        old = SiteNodes.score(left, tuple(rep(p) for p in split_all(setup, clean["acts"])[down]))
-        diff = (new - old).view(K, b, *new.shape[1:]).mean(1)  # [K, p, n]
-    return torch.stack([diff[:, :, j].sum(1) if pos is None else diff[:, pos, j] for j, pos in downs], 1)
+        new = sn_d.split(act_down)
+        old = tuple(rep(p) for p in split_all(setup, clean["acts"])[down])
+        cols = []
+        for j, pos in downs:  # d takes its path-patched value, D's other nodes stay clean
+            only_d = torch.ones(setup.clean.shape[1], sn_d.n_nodes, dtype=torch.bool)
+            only_d[slice(None) if pos is None else pos, j] = False
+            value = sn_d.merge(sn_d.mix(old, new, only_d))
+            logits = run(setup, setup.clean.repeat(K, 1), {down: lambda a, v=value: v})
+            cols.append((metric_of(setup, logits) - m0).view(K, b).mean(1))
+    return torch.stack(cols, 1)
 
 
 def verify_edges(graph: Graph, setup: Setup) -> Verification:

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from mechscope.circuits.attribution import Setup, logit_diff
-from mechscope.circuits.feature_circuits import faithfulness, feature_circuit, full_graph, trace
+from mechscope.circuits.feature_circuits import (circuit_edges, faithfulness, feature_circuit, full_graph,
+                                                reaches, site_node, trace)
 from mechscope.circuits.graph import Graph
 from mechscope.circuits.known import (PLANTED, PLANTED_INDUCTION, induction_circuit, induction_setup,
                                       planted_copy_model, planted_induction_model, planted_setup)
-from mechscope.circuits.verify import score_against, verify_edges
+from mechscope.circuits.verify import path_effects, score_against, verify_edges
 from mechscope.interp.models import load_model
 
 from .helpers import TinyDict, attn_only_model, ld, toks
@@ -28,9 +29,9 @@ def linear_setup():
 def test_edges_agree_with_interventions_on_linear_pieces(linear_setup):
     g = feature_circuit(linear_setup, node_threshold=0.0)
     v = verify_edges(g, linear_setup)
-    exact = [(a, b) for e, a, b in zip(v.edge_ids, v.edge_attribution, v.edge_effect)
-             if e[1] == "logit" or e[1] == "L1.resid_pre"]
-    assert len(exact) > 20
+    # into the (linear) metric with L1 held fixed everything is linear: AtP edges are exact
+    exact = [(a, b) for e, a, b in zip(v.edge_ids, v.edge_attribution, v.edge_effect) if e[1] == "logit"]
+    assert len(exact) > 10
     for a, b in exact:
         assert a == pytest.approx(b, abs=1e-4)
     # L1 nodes: the metric is affine in them, so node attribution is the intervention
@@ -39,6 +40,29 @@ def test_edges_agree_with_interventions_on_linear_pieces(linear_setup):
     # edges through attention and the ReLU encoders are only first-order estimates under a large
     # (mean) ablation; they still rank broadly like the interventions
     assert v.summary()["edge_rank_corr"] > 0.5
+    assert v.edge_sign_agreement > 0.8
+
+
+def test_ig_edges_are_complete_for_path_patching(linear_setup):
+    # path-integrated edges: the weights of all of U's nodes into d add up to the metric change
+    # when all of U is path-patched into d alone (a real intervention, `path_effects`)
+    setup = linear_setup
+    U, D = setup.sites[0], setup.sites[1]  # L0.attn_out (dictionary) -> L1.resid_pre
+    kept = {s: [(j, None) for j in range(setup.nodes[s].n_nodes)] for s in setup.sites}
+    edges = circuit_edges(setup, kept, per_position=False, method="ig", steps=16)
+    everything = torch.zeros(1, setup.clean.shape[1], setup.nodes[U].n_nodes, dtype=torch.bool)
+    real = path_effects(setup, U, D, everything, kept[D])[0]
+    assert real.abs().max() > 1e-3
+    for k, (j, _) in enumerate(kept[D]):
+        dst = site_node(setup, D, j, None, 0.0).id
+        into = [w for u, d, w in edges if d == dst and u.startswith("L0.attn_out.")]
+        assert sum(into) == pytest.approx(float(real[k]), abs=2e-3 * float(real.abs().max()) + 1e-6)
+    # L0.attn_out reaches L1.attn_out only through L1.resid_pre, which the setup holds: no edges
+    # are computed for that pair (they would be 0 by construction), and none of weight 0 are kept
+    assert reaches(setup, U, D) and not reaches(setup, U, setup.sites[2])
+    assert not [e for e in edges if e[0].startswith("L0.attn_out.")
+                and e[1] is not None and "L1.attn_out" in e[1]]
+    assert all(w != 0.0 for _, _, w in edges)
 
 
 def test_faithfulness_of_full_and_empty_graphs(tiny_gpt2, tokens):
@@ -126,12 +150,13 @@ def test_planted_induction_needs_integrated_gradients():
     # hand-written previous-token head (0,0) and induction head (1,1); their attention saturates,
     # so the clean gradient misses the previous-token head while IG and interventions agree
     setup = induction_setup(planted_induction_model(), n_prompts=4, period=7)
-    g, f = trace(setup, method="ig", node_threshold=0.2, relative=True, steps=8)
+    g, f = trace(setup, method="ig", node_threshold=0.2, relative=True, steps=32)
     s = score_against(g, PLANTED_INDUCTION.components)
     assert (s.precision, s.recall) == (1.0, 1.0), s
     assert f.faithfulness == pytest.approx(1.0, abs=0.05)
     v = verify_edges(g, setup)
-    assert v.node_max_error < 0.25 * max(abs(e) for e in v.node_effect) and v.edge_max_error < 0.05
+    # saturated attention: the midpoint rule needs more steps than elsewhere (8 steps: error 0.23)
+    assert v.node_max_error < 0.05 and v.edge_max_error < 0.05 and v.edge_sign_agreement == 1.0
     assert ("L0.H0", "L1.H1") in g.edges  # K-composition
     atp = feature_circuit(setup, method="atp", node_threshold=0.0, edges=False)
     assert abs(atp.nodes["L0.H0"].score) < 0.2 < abs(g.nodes["L0.H0"].score)

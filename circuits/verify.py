@@ -298,6 +298,7 @@ def verify_task(task: str, setup: Setup, known: Iterable[Component], method: str
     return {"task": task, "method": method, "ablation": setup.ablation, "precision": sc.precision,
             "recall": sc.recall, "f1": sc.f1, "faithfulness": f.faithfulness,
             "completeness": f.completeness, "node_rank_corr": v.node_rank_corr,
-            "edge_rank_corr": v.edge_rank_corr, "nodes": len(v.node_ids), "edges": len(v.edge_ids),
+            "edge_rank_corr": v.edge_rank_corr, "edge_sign_agreement": v.edge_sign_agreement,
+            "edge_explained": v.edge_explained, "nodes": len(v.node_ids), "edges": len(v.edge_ids),
             "found": [_label(c) for c in sc.found], "missed": [_label(c) for c in sc.missed],
             "extra": [_label(c) for c in sc.extra]}

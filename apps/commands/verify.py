@@ -31,9 +31,9 @@ def verify_all(quick: bool = False, methods: Iterable[str] = ("atp", "ig")) -> l
 
 def format_verify(rows: list[dict[str, object]]) -> str:
     cols = ("task", "method", "ablation", "precision", "recall", "f1", "faithfulness",
-            "completeness", "node_rank_corr", "edge_rank_corr", "nodes", "edges")
+            "completeness", "node_rank_corr", "edge_rank_corr", "edge_sign_agreement", "nodes", "edges")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    table = [cols] + [tuple(fmt(r[c]) for c in cols) for r in rows]
+    table = [cols] + [tuple(fmt(r.get(c, float("nan"))) for c in cols) for r in rows]
     widths = [max(len(t[i]) for t in table) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(t, widths)) for t in table]
     lines += [f"{r['task']}/{r['method']}: found {r['found']} missed {r['missed']} extra {r['extra']}"

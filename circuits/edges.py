@@ -1,0 +1,273 @@
+"""Edge-level circuits: EAP and EAP-IG over the component graph, and an edge-masked forward pass.
+
+The model is a DAG of senders ``u`` (embedding, heads, MLPs) and receivers ``r`` (each head's
+q / k / v input, each MLP's input, the logits; `mechscope.interp.components`). A receiver's input
+is ``x_r = sum_{u -> r} o_u + const``, so an edge is one term of that sum.
+
+* **Edge-masked forward** (ACDC-style; Conmy et al. 2023, arXiv:2304.14997): for a set ``E`` of
+  kept edges, every receiver reads ``x_r - sum_{u -> r not in E} (o_u - o'_u)`` where ``o_u`` is
+  the sender's output *in this forward pass* and ``o'_u`` its reference output (a corrupted
+  prompt's, the mean over prompts and positions, or 0). With every edge kept this is the clean
+  model; with none, every receiver reads its reference input, so the output is the corrupted run.
+  Faithfulness of ``E``: ``(m(E) - m(none)) / (m(all) - m(none))``.
+* **EAP** (Syed et al. 2023, "Attribution Patching Outperforms Automated Circuit Discovery",
+  arXiv:2310.10348): ``s(u -> r) = (o'_u - o_u) · dm/dx_r`` at the clean run, the first-order
+  change of the metric when the edge is removed.
+* **EAP-IG** (Hanna et al. 2024, "Have Faith in Faithfulness", arXiv:2403.17806): the same with
+  ``dm/dx_r`` averaged over ``steps`` inputs on the straight line from the reference embedding to
+  the clean one (midpoints ``alpha_k = (k + 1/2)/steps``; the paper's "EAP-IG-inputs"), which
+  stays informative where attention saturates and the clean gradient vanishes.
+
+Scores are in units of the metric (mean over prompts, summed over positions); negative means
+removing the edge lowers the metric. `edge_circuit` keeps the strongest edges (top ``n`` or a
+threshold) and then only those on a complete path from the embedding to the logits, and returns
+the one `Graph` type, with the faithfulness of the kept edge set in its metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from mechscope.circuits.graph import Graph, Node
+from mechscope.interp.components import ComponentGraph, component_hooks
+
+Metric = Callable[[Tensor], Tensor]  # logits [b, pos, vocab] -> [b]
+REFERENCES = ("patch", "mean", "zero")
+METHODS = ("eap", "eap-ig")
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeTask:
+    """Model, clean prompts, metric and the reference (``patch`` prompts, ``mean`` or ``zero``)."""
+
+    model: Any
+    clean: Int[Tensor, "b p"]
+    metric: Metric
+    reference: str = "patch"
+    patch: Int[Tensor, "b p"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.reference not in REFERENCES:
+            raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(REFERENCES)}")
+        if (self.reference == "patch") != (self.patch is not None):
+            raise ValueError("reference 'patch' needs corrupted prompts `patch` (and only it uses them)")
+        if self.patch is not None and self.patch.shape != self.clean.shape:
+            raise ValueError(f"patch prompts have shape {list(self.patch.shape)}, clean "
+                             f"{list(self.clean.shape)}: contrastive pairs must match token for token")
+
+    @property
+    def graph(self) -> ComponentGraph:
+        return ComponentGraph.of(self.model)
+
+
+def _metric(task: EdgeTask, logits: Tensor) -> Tensor:
+    """Metric per row of ``K`` stacked copies of the prompts."""
+    return torch.cat([task.metric(c) for c in logits.split(task.clean.shape[0])])
+
+
+def sender_outputs(task: EdgeTask, tokens: Tensor) -> Float[Tensor, "b p S d"]:
+    """Every sender's output on ``tokens`` (a plain forward)."""
+    g, outs = task.graph, {}
+    with torch.no_grad(), component_hooks(task.model, g, lambda i, o: outs.__setitem__(i.start, o),
+                                          lambda i, x: x):
+        task.model(tokens)
+    return torch.cat([outs[k] for k in sorted(outs)], 2)
+
+
+def reference_outputs(task: EdgeTask) -> Float[Tensor, "b p S d"]:
+    if task.reference == "patch":
+        return sender_outputs(task, task.patch)
+    clean = sender_outputs(task, task.clean)
+    if task.reference == "zero":
+        return torch.zeros_like(clean)
+    return clean.mean((0, 1), keepdim=True).expand_as(clean)
+
+
+def masked_metric(task: EdgeTask, keep: Bool[Tensor, "S R"], ref: Tensor | None = None) -> Float[Tensor, "b"]:
+    """The metric of the edge-masked forward (module doc): edges where ``keep`` is False carry
+    their sender's reference output instead of its output in this pass."""
+    g = task.graph
+    if keep.shape != g.upstream.shape:
+        raise ValueError(f"edge mask has shape {list(keep.shape)}, the model has "
+                         f"{list(g.upstream.shape)} (senders x receivers)")
+    ref = reference_outputs(task) if ref is None else ref
+    cut = (~keep.bool() & g.upstream).to(ref.dtype)
+    diff = torch.zeros_like(ref)
+
+    def on_send(idx: slice, out: Tensor) -> None:
+        diff[:, :, idx] = out - ref[:, :, idx]
+
+    def on_receive(idx: slice, x: Tensor) -> Tensor:
+        return x - torch.einsum("bpsd,sr->bprd", diff, cut[:, idx])
+
+    with torch.no_grad(), component_hooks(task.model, g, on_send, on_receive):
+        return task.metric(task.model(task.clean))
+
+
+def receiver_grads(task: EdgeTask, steps: int | None = None) -> Float[Tensor, "b p R d"]:
+    """``dm/dx_r`` for every receiver: at the clean run (``steps`` None), or averaged over the
+    midpoints of the straight line from the reference embedding to the clean one."""
+    g, b = task.graph, task.clean.shape[0]
+    k = steps or 1
+    emb_clean = sender_outputs(task, task.clean)[:, :, 0]
+    alpha = ((torch.arange(k, device=emb_clean.device) + 0.5) / k).repeat_interleave(b)[:, None, None]
+    if steps:
+        emb_ref = reference_outputs(task)[:, :, 0]
+        path = emb_ref.repeat(k, 1, 1) + alpha * (emb_clean - emb_ref).repeat(k, 1, 1)
+    else:
+        path = emb_clean
+    path = path.detach().requires_grad_()
+    inputs: dict[int, Tensor] = {}
+
+    def on_receive(idx: slice, x: Tensor) -> Tensor:
+        inputs[idx.start] = x
+        return x
+
+    with torch.enable_grad(), component_hooks(task.model, g, lambda i, o: None, on_receive,
+                                              embed=lambda a: path):
+        m = _metric(task, task.model(task.clean.repeat(k, 1)))
+        keys = sorted(inputs)
+        grads = torch.autograd.grad(m.sum(), [inputs[i] for i in keys], allow_unused=True)
+    grads = [torch.zeros_like(inputs[i]) if gr is None else gr for i, gr in zip(keys, grads)]
+    full = torch.cat(grads, 2)
+    return full.view(k, b, *full.shape[1:]).mean(0)
+
+
+def edge_scores(task: EdgeTask, method: str = "eap-ig", steps: int = 10) -> Float[Tensor, "S R"]:
+    """EAP / EAP-IG score of every edge (module doc); 0 where no edge exists."""
+    if method not in METHODS:
+        raise ValueError(f"unknown edge method {method!r}; valid: {', '.join(METHODS)}")
+    if method == "eap-ig" and steps < 1:
+        raise ValueError(f"EAP-IG needs steps >= 1, got {steps}")
+    delta = reference_outputs(task) - sender_outputs(task, task.clean)
+    grads = receiver_grads(task, steps if method == "eap-ig" else None)
+    scores = torch.einsum("bpsd,bprd->sr", delta, grads) / task.clean.shape[0]
+    return scores * task.graph.upstream
+
+
+# -- selecting a circuit --------------------------------------------------------------------------
+def _owner(g: ComponentGraph, r: int) -> int | None:
+    """The sender index of the component that receiver ``r`` feeds (None for the logits)."""
+    name = g.receivers[r]
+    if name == "logits":
+        return None
+    parts = name.split(".")
+    layer = int(parts[0][1:])
+    if parts[1] == "mlp":
+        return g.mlp(layer)
+    h = int(parts[1].lstrip("KVH"))
+    if parts[1].startswith("KV"):  # a key / value head feeds its group's query heads: the first
+        h = h * (g.n_heads // g.n_kv_heads)
+    return g.heads(layer).start + h
+
+
+def on_complete_paths(g: ComponentGraph, keep: Bool[Tensor, "S R"]) -> Bool[Tensor, "S R"]:
+    """The edges of ``keep`` that lie on a path embedding -> ... -> logits of kept edges."""
+    keep = keep.bool() & g.upstream
+    S, R = keep.shape
+    owner = [_owner(g, r) for r in range(R)]
+    group = max(1, g.n_heads // g.n_kv_heads)
+    feeds: dict[int, list[int]] = {s: [] for s in range(S)}  # sender -> its own receivers
+    for r, o in enumerate(owner):
+        if o is None:
+            continue
+        if ".KV" in g.receivers[r]:
+            feeds.update({o + i: feeds[o + i] + [r] for i in range(group)})
+        else:
+            feeds[o].append(r)
+    alive = torch.zeros(S, dtype=torch.bool)
+    alive[0] = True
+    for s in range(1, S):  # senders are in forward order
+        alive[s] = any(bool((keep[:, r] & alive).any()) for r in feeds[s])
+    useful = torch.zeros(R, dtype=torch.bool)
+    useful[g.logits] = True
+    for s in reversed(range(S)):
+        if (keep[s] & useful).any():
+            for r in feeds[s]:
+                useful[r] = True
+    return keep & alive[:, None] & useful[None, :]
+
+
+def select_edges(scores: Tensor, top_n: int | None = None, threshold: float | None = None,
+                 relative: bool = True) -> Bool[Tensor, "S R"]:
+    """The ``top_n`` edges by ``|score|``, or those with ``|score| >= threshold`` (a fraction of
+    the largest ``|score|`` when ``relative``); exactly-zero scores are never kept."""
+    if (top_n is None) == (threshold is None):
+        raise ValueError("give exactly one of top_n (edges to keep) or threshold")
+    mag = scores.abs()
+    if top_n is not None:
+        keep = torch.zeros_like(mag, dtype=torch.bool)
+        keep.view(-1)[mag.view(-1).topk(min(top_n, mag.numel())).indices] = True
+    else:
+        cut = threshold * float(mag.max()) if relative else threshold
+        keep = mag >= cut
+    return keep & (mag > 0)
+
+
+def faithfulness(task: EdgeTask, keep: Bool[Tensor, "S R"]) -> float | None:
+    """``(m(E) - m(none)) / (m(all) - m(none))`` by edge-masked forwards (mean over prompts);
+    None when the reference does not move the metric (undefined)."""
+    g, ref = task.graph, reference_outputs(task)
+    m_all = float(masked_metric(task, g.upstream, ref).mean())
+    m_none = float(masked_metric(task, torch.zeros_like(g.upstream), ref).mean())
+    span = m_all - m_none
+    if abs(span) < 1e-12:
+        return None
+    return (float(masked_metric(task, keep, ref).mean()) - m_none) / span
+
+
+def _node(g: ComponentGraph, name: str, sender: bool) -> Node:
+    if name == "embed":
+        return Node("embedding", -1, label="embed")
+    if name == "logits":
+        return Node("logit", g.n_layers, label="logits")
+    parts = name.split(".")
+    layer = int(parts[0][1:])
+    if parts[1] == "mlp":
+        return Node("mlp", layer, label=name, site=None if sender else f"L{layer}.mlp_in")
+    h = int(parts[1].lstrip("KVH"))
+    return Node("head", layer, None, h, name, None if sender else f"L{layer}.{parts[2]}")
+
+
+def edge_circuit(task: EdgeTask, method: str = "eap-ig", steps: int = 10, top_n: int | None = None,
+                 threshold: float | None = 0.1, relative: bool = True) -> Graph:
+    """The edge-level circuit (module doc) as a `Graph`: sender nodes (``embedding``, ``head``,
+    ``mlp``), receiver nodes (a head's ``q`` / ``k`` / ``v`` input: ``head`` nodes with site
+    ``L1.q`` ...; ``mlp`` with site ``L1.mlp_in``; the ``logit``), the kept edges with their
+    scores, and the faithfulness of the kept edge set."""
+    if top_n is not None:
+        threshold = None
+    g = task.graph
+    scores = edge_scores(task, method, steps)
+    keep = on_complete_paths(g, select_edges(scores, top_n, threshold, relative))
+    out = Graph(metadata={
+        "method": f"edges/{method}", "units": "metric",
+        "model": getattr(task.model, "name", "?"),
+        "parameters": {"reference": task.reference, "metric": getattr(task.metric, "__name__", "custom"),
+                       "steps": steps if method == "eap-ig" else None, "top_n": top_n,
+                       "threshold": threshold, "relative_threshold": relative,
+                       "n_prompts": int(task.clean.shape[0]), "seq_len": int(task.clean.shape[1])},
+        "faithfulness": faithfulness(task, keep), "n_edges_total": g.n_edges})
+    for s, r in keep.nonzero().tolist():
+        u = out.add_node(_node(g, g.senders[s], True))
+        v = out.add_node(_node(g, g.receivers[r], False))
+        out.add_edge(u, v, float(scores[s, r]))
+    return out
+
+
+def edge_mask(g: ComponentGraph, graph: Graph) -> Bool[Tensor, "S R"]:
+    """The edge set of a `Graph` from `edge_circuit` as a ``[senders, receivers]`` mask."""
+    senders = {_node(g, n, True).id: i for i, n in enumerate(g.senders)}
+    receivers = {_node(g, n, False).id: i for i, n in enumerate(g.receivers)}
+    keep = torch.zeros_like(g.upstream)
+    for (u, v) in graph.edges:
+        if u not in senders or v not in receivers:
+            raise ValueError(f"edge {u} -> {v} is not an edge of this model's component graph")
+        keep[senders[u], receivers[v]] = True
+    return keep

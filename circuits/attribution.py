@@ -45,8 +45,12 @@ METHODS = ("grad_x_act", "atp", "ig")
 
 
 # -- metrics ------------------------------------------------------------------------------------
-def _named(fn: Metric, name: str) -> Metric:
+def _named(fn: Metric, name: str, select: Callable[[Tensor], Metric] | None = None) -> Metric:
+    """Name a metric; ``select(rows)`` gives the same metric for a subset of the prompts (what
+    chunked attribution needs: a metric defined per prompt, e.g. with a target per prompt)."""
     fn.__name__ = name  # type: ignore[attr-defined]
+    if select is not None:
+        fn.select = select  # type: ignore[attr-defined]
     return fn
 
 
@@ -56,7 +60,7 @@ def logit_diff(correct: Int[Tensor, "b"], incorrect: Int[Tensor, "b"], position:
         last = logits[:, position]
         rows = torch.arange(last.shape[0], device=last.device)
         return last[rows, correct.to(last.device)] - last[rows, incorrect.to(last.device)]
-    return _named(metric, "logit_diff")
+    return _named(metric, "logit_diff", lambda r: logit_diff(correct[r], incorrect[r], position))
 
 
 def logprob(target: Int[Tensor, "b"], position: int = -1) -> Metric:
@@ -64,7 +68,7 @@ def logprob(target: Int[Tensor, "b"], position: int = -1) -> Metric:
     def metric(logits: Tensor) -> Tensor:
         lp = logits[:, position].log_softmax(-1)
         return lp[torch.arange(lp.shape[0], device=lp.device), target.to(lp.device)]
-    return _named(metric, "logprob")
+    return _named(metric, "logprob", lambda r: logprob(target[r], position))
 
 
 def next_token_logprob(tokens: Int[Tensor, "b p"], mask: Tensor | None = None) -> Metric:
@@ -75,7 +79,8 @@ def next_token_logprob(tokens: Int[Tensor, "b p"], mask: Tensor | None = None) -
         lp = logits[:, :-1].log_softmax(-1).gather(-1, toks[:, 1:, None])[..., 0]
         m = torch.ones_like(lp) if mask is None else mask[:, 1:].to(lp)
         return (lp * m).sum(1) / m.sum(1).clamp_min(1)
-    return _named(metric, "next_token_logprob")
+    return _named(metric, "next_token_logprob",
+                  lambda r: next_token_logprob(tokens[r], None if mask is None else mask[r]))
 
 
 # -- the traced problem -------------------------------------------------------------------------
@@ -125,6 +130,37 @@ class Setup:
     @property
     def sites(self) -> list[Site]:
         return list(self.nodes)
+
+    def select(self, rows: "slice | Tensor") -> "Setup":
+        """The same problem for a subset of the prompts, with the reference of the whole batch
+        (the mean over every prompt; the previous prompt of the whole batch for ``resample``), so
+        results over chunks add up to those of the batch. Needs a metric with ``select`` (the
+        metrics of this module have it)."""
+        if not hasattr(self.metric, "select"):
+            raise ValueError(f"metric {getattr(self.metric, '__name__', self.metric)!r} has no "
+                             f"`select(rows)`: chunking over prompts needs a metric that can be "
+                             f"restricted to a subset of prompts (see attribution.logit_diff)")
+        rows = torch.arange(self.clean.shape[0])[rows]
+        metric, clean = self.metric.select(rows), self.clean[rows]
+        if self.ablation == "resample":  # prompt i's reference is prompt i-1's clean run
+            sub = Setup(self.model, self.nodes, metric, clean, "patch", self.clean.roll(1, 0)[rows])
+        else:
+            sub = Setup(self.model, self.nodes, metric, clean, self.ablation,
+                        None if self.patch is None else self.patch[rows])
+        if self.ablation == "mean":
+            sub._cache["mean"] = mean_parts(self)
+        return sub
+
+    def chunks(self, size: int | None) -> "list[tuple[Setup, float]]":
+        """``(sub-setup, its share of the prompts)`` for chunks of at most ``size`` prompts; the
+        setup itself when ``size`` is None or covers the batch."""
+        b = self.clean.shape[0]
+        if size is None or size >= b:
+            return [(self, 1.0)]
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1 prompt, got {size}")
+        return [(self.select(slice(i, min(i + size, b))), (min(i + size, b) - i) / b)
+                for i in range(0, b, size)]
 
     def params(self) -> dict[str, Any]:
         """What a graph records about how it was traced."""
@@ -222,12 +258,32 @@ def reference(setup: Setup) -> dict[Site, Parts]:
     elif setup.ablation == "zero":
         ref = {s: tuple(torch.zeros_like(p) for p in parts) for s, parts in clean.items()}
     elif setup.ablation == "mean":
-        ref = {s: tuple(p.mean((0, 1), keepdim=True).expand_as(p) for p in parts)
-               for s, parts in clean.items()}
+        means = setup._cache.get("mean") or {s: tuple(p.mean((0, 1), keepdim=True) for p in parts)
+                                             for s, parts in clean.items()}
+        ref = {s: tuple(m.expand_as(p) for m, p in zip(means[s], parts)) for s, parts in clean.items()}
     else:  # resample: prompt i takes the values of prompt i - 1
         ref = {s: tuple(p.roll(1, dims=0) for p in parts) for s, parts in clean.items()}
     setup._cache["ref"] = ref
     return ref
+
+
+def mean_parts(setup: Setup, chunk: int = 16) -> dict[Site, Parts]:
+    """Mean node parts over every prompt and position (``[1, 1, n, w]`` per part), computed
+    ``chunk`` prompts at a time (cached on the setup)."""
+    if "mean" in setup._cache:
+        return setup._cache["mean"]
+    from mechscope.interp.capture import capture
+
+    b, p = setup.clean.shape
+    sums: dict[Site, list[Tensor]] = {}
+    with torch.no_grad():
+        for i in range(0, b, chunk):
+            acts = capture(setup.model, setup.clean[i:i + chunk], setup.sites)
+            for s in setup.sites:
+                parts = [q.sum((0, 1), keepdim=True) for q in setup.nodes[s].split(acts[s])]
+                sums[s] = parts if s not in sums else [a + q for a, q in zip(sums[s], parts)]
+    setup._cache["mean"] = {s: tuple(q / (b * p) for q in v) for s, v in sums.items()}
+    return setup._cache["mean"]
 
 
 def masked_run(setup: Setup, keep: Mapping[Site, Tensor], repeat: int = 1) -> Tensor:
@@ -249,7 +305,8 @@ def masked_run(setup: Setup, keep: Mapping[Site, Tensor], repeat: int = 1) -> Te
 
 
 # -- node scores --------------------------------------------------------------------------------
-def node_scores(setup: Setup, method: str = "atp", steps: int = 10) -> dict[Site, Float[Tensor, "b p n"]]:
+def node_scores(setup: Setup, method: str = "atp", steps: int = 10,
+                step_chunk: int | None = None) -> dict[Site, Float[Tensor, "b p n"]]:
     """Score of every node of every site, per prompt and position (see module doc)."""
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; valid: {', '.join(METHODS)}")
@@ -263,26 +320,51 @@ def node_scores(setup: Setup, method: str = "atp", steps: int = 10) -> dict[Site
     delta = {s: tuple(r - p for r, p in zip(ref[s], parts[s])) for s in setup.sites}
     if method == "atp":
         return {s: SiteNodes.score(setup.nodes[s].grads(clean["grads"][s]), delta[s]) for s in setup.sites}
-    return {s: SiteNodes.score(setup.nodes[s].grads(ig_gradient(setup, s, steps)), delta[s])
+    return {s: SiteNodes.score(setup.nodes[s].grads(ig_gradient(setup, s, steps, step_chunk)), delta[s])
             for s in setup.sites}
 
 
-def ig_gradient(setup: Setup, site: Site, steps: int) -> Float[Tensor, "b p ..."]:
+def mean_node_scores(setup: Setup, method: str = "atp", steps: int = 10, chunk: int | None = None,
+                     step_chunk: int | None = None) -> dict[Site, Float[Tensor, "p n"]]:
+    """`node_scores` averaged over prompts, computed ``chunk`` prompts (and ``step_chunk`` IG
+    steps) at a time: memory is bounded by the chunk sizes, not by the number of prompts or
+    steps. Equal to ``node_scores(...).mean(0)`` (the reference is that of the whole batch)."""
+    out: dict[Site, Tensor] = {}
+    for sub, share in setup.chunks(chunk):
+        for s, v in node_scores(sub, method, steps, step_chunk).items():
+            part = v.mean(0) * share
+            out[s] = part if s not in out else out[s] + part
+        _count(setup, sub)
+    return out
+
+
+def _count(setup: Setup, sub: Setup) -> None:
+    """Add a chunk's pass counts to the parent's (benchmarks read them)."""
+    if sub is not setup:
+        for k in ("passes", "backward"):
+            setup._cache[k] = setup._cache.get(k, 0) + sub._cache.get(k, 0)
+
+
+def ig_gradient(setup: Setup, site: Site, steps: int, step_chunk: int | None = None) -> Float[Tensor, "b p ..."]:
     """Mean of ``dm/dx_S`` along the straight path from the clean to the reference activation
-    of one site (midpoint rule, the ``steps`` points batched)."""
+    of one site (midpoint rule; ``step_chunk`` points batched per pass, all by default)."""
     sn = setup.nodes[site]
     x0 = clean_run(setup)["acts"][site]
     x1 = sn.merge(reference(setup)[site]).expand_as(x0)
-    b = x0.shape[0]
-    alpha = ((torch.arange(steps, device=x0.device) + 0.5) / steps).repeat_interleave(b)
-    alpha = alpha.view(-1, *[1] * (x0.ndim - 1))
-    path = (x0.repeat(steps, *[1] * (x0.ndim - 1)) * (1 - alpha)
-            + x1.repeat(steps, *[1] * (x0.ndim - 1)) * alpha).requires_grad_()
-    with torch.enable_grad():
-        logits = run(setup, setup.clean.repeat(steps, 1), {site: lambda a: path})
-        (g,) = torch.autograd.grad(metric_of(setup, logits).sum(), path)
-        setup._cache["backward"] = setup._cache.get("backward", 0) + 1
-    return g.view(steps, *x0.shape).mean(0)
+    b, total = x0.shape[0], torch.zeros_like(x0)
+    per = steps if step_chunk is None else max(1, min(step_chunk, steps))
+    for first in range(0, steps, per):
+        k = min(per, steps - first)
+        alpha = ((torch.arange(first, first + k, device=x0.device) + 0.5) / steps).repeat_interleave(b)
+        alpha = alpha.view(-1, *[1] * (x0.ndim - 1))
+        path = (x0.repeat(k, *[1] * (x0.ndim - 1)) * (1 - alpha)
+                + x1.repeat(k, *[1] * (x0.ndim - 1)) * alpha).requires_grad_()
+        with torch.enable_grad():
+            logits = run(setup, setup.clean.repeat(k, 1), {site: lambda a, v=path: v})
+            (g,) = torch.autograd.grad(metric_of(setup, logits).sum(), path)
+            setup._cache["backward"] = setup._cache.get("backward", 0) + 1
+        total += g.view(k, *x0.shape).sum(0)
+    return total / steps
 
 
 def later(setup: Setup, site: Site) -> list[Site]:

@@ -51,7 +51,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from mechscope.circuits.attribution import (Setup, clean_run, masked_run, metric_of, node_scores,
+from mechscope.circuits.attribution import (Setup, clean_run, masked_run, mean_node_scores, metric_of,
                                             reference, run, run_direct, split_all)
 from mechscope.circuits.graph import Graph, GraphMeta, Node, parse_node_id
 from mechscope.circuits.splice import SiteNodes, site_rank
@@ -64,6 +64,11 @@ def reduce_scores(scores: Tensor, per_position: bool) -> Tensor:
     """``[b, p, n]`` → mean over prompts → ``[p, n]`` (``per_position``) or summed ``[n]``."""
     s = scores.mean(0)
     return s if per_position else s.sum(0)
+
+
+def _positions(mean_scores: Tensor, per_position: bool) -> Tensor:
+    """``[p, n]`` mean over prompts → itself (``per_position``) or summed ``[n]``."""
+    return mean_scores if per_position else mean_scores.sum(0)
 
 
 def select(score: Tensor, threshold: float) -> Kept:
@@ -85,13 +90,17 @@ def site_node(setup: Setup, site: Site, j: int, pos: int | None, score: float) -
 
 def feature_circuit(setup: Setup, method: str = "atp", node_threshold: float = 0.1,
                     edge_threshold: float | None = None, per_position: bool = False,
-                    steps: int = 10, edges: bool = True, relative: bool = False) -> Graph:
+                    steps: int = 10, edges: bool = True, relative: bool = False,
+                    chunk: int | None = None, step_chunk: int | None = None) -> Graph:
     """The sparse feature circuit of ``setup`` (see module doc) as a `Graph`.
 
     Node scores and edge weights are in units of the metric; with ``relative`` the node
     threshold is a fraction of the largest ``|score|``. ``edge_threshold`` None keeps every
-    computed edge; edges are computed only between kept nodes (and into the metric node)."""
-    scores = {s: reduce_scores(v, per_position) for s, v in node_scores(setup, method, steps).items()}
+    computed edge; edges are computed only between kept nodes (and into the metric node).
+    ``chunk`` / ``step_chunk``: prompts / IG steps per pass (memory bounded by them; the result
+    is the same up to float rounding)."""
+    scores = {s: _positions(v, per_position)
+              for s, v in mean_node_scores(setup, method, steps, chunk, step_chunk).items()}
     if relative:
         top = max(float(v.abs().max()) for v in scores.values())
         node_threshold = node_threshold * top if top > 0 else float("inf")
@@ -99,14 +108,18 @@ def feature_circuit(setup: Setup, method: str = "atp", node_threshold: float = 0
         setup.model, f"sparse_feature_circuit/{method}", "metric", setup.clean.tolist(),
         {**setup.params(), "node_threshold": node_threshold, "edge_threshold": edge_threshold,
          "per_position": per_position, "relative_threshold": relative,
-         "steps": steps if method == "ig" else None}))
+         "steps": steps if method == "ig" else None, "chunk": chunk, "step_chunk": step_chunk}))
     out = g.add_node(metric_node(setup))
     kept = {s: select(scores[s], node_threshold) for s in setup.sites}
     for s, nodes in kept.items():
         for j, p in nodes:
             g.add_node(site_node(setup, s, j, p, float(scores[s][j] if p is None else scores[s][p, j])))
     if edges:
-        for (u, d, w) in circuit_edges(setup, kept, per_position, method, steps):
+        weights: dict[tuple[str, str | None], float] = {}
+        for sub, share in setup.chunks(chunk):  # edges are means over prompts: add the chunks'
+            for (u, d, w) in circuit_edges(sub, kept, per_position, method, steps):
+                weights[(u, d)] = weights.get((u, d), 0.0) + share * w
+        for (u, d), w in weights.items():
             if edge_threshold is None or abs(w) >= edge_threshold:
                 g.add_edge(u, d if d is not None else out, w)
     return g

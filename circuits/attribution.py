@@ -25,7 +25,7 @@ no gradient, so every site's gradient is ``dm/dx`` and node gradients are its ad
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,6 +265,33 @@ def reference(setup: Setup) -> dict[Site, Parts]:
         ref = {s: tuple(p.roll(1, dims=0) for p in parts) for s, parts in clean.items()}
     setup._cache["ref"] = ref
     return ref
+
+
+def as_groups(setup: "Setup | Sequence[Setup]") -> list[tuple[Setup, float]]:
+    """One traced problem over prompts of different lengths, given as one setup per length:
+    ``(setup, its share of all prompts)``. The setups must trace the same sites with the same
+    dictionaries and ablation; a ``mean`` reference is pooled over every prompt and position of
+    all groups (``resample`` takes the previous prompt within a group)."""
+    setups = [setup] if isinstance(setup, Setup) else list(setup)
+    if not setups:
+        raise ValueError("no setups given")
+    first = setups[0]
+    for s in setups[1:]:
+        if s.sites != first.sites or s.ablation != first.ablation or any(
+                s.nodes[k].dictionary is not first.nodes[k].dictionary for k in first.sites):
+            raise ValueError("setups of one trace must share sites, dictionaries and ablation; got "
+                             f"{[str(x) for x in first.sites]} ({first.ablation}) and "
+                             f"{[str(x) for x in s.sites]} ({s.ablation})")
+    total = sum(s.clean.shape[0] for s in setups)
+    if first.ablation == "mean" and len(setups) > 1 and "pooled" not in first._cache:
+        tokens = [s.clean.numel() for s in setups]
+        means = [mean_parts(s) for s in setups]
+        pooled = {site: tuple(sum(m[site][i] * n for m, n in zip(means, tokens)) / sum(tokens)
+                              for i in range(len(means[0][site]))) for site in first.sites}
+        for s in setups:
+            s._cache.pop("ref", None)
+            s._cache.update(mean=pooled, pooled=True)
+    return [(s, s.clean.shape[0] / total) for s in setups]
 
 
 def mean_parts(setup: Setup, chunk: int = 16) -> dict[Site, Parts]:

@@ -44,6 +44,8 @@ construction: the full circuit is the unmodified (spliced) model.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -51,8 +53,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from mechscope.circuits.attribution import (Setup, clean_run, masked_run, mean_node_scores, metric_of,
-                                            reference, run, run_direct, split_all)
+from mechscope.circuits.attribution import (Setup, as_groups, clean_run, masked_run, mean_node_scores,
+                                            metric_of, reference, run, run_direct, split_all)
 from mechscope.circuits.graph import Graph, GraphMeta, Node, parse_node_id
 from mechscope.circuits.splice import SiteNodes, site_rank
 from mechscope.interp.sites import RESID_KINDS, Site
@@ -77,9 +79,12 @@ def select(score: Tensor, threshold: float) -> Kept:
     return [(h[-1], h[0] if score.ndim == 2 else None) for h in hits]
 
 
-def metric_node(setup: Setup) -> Node:
-    m = clean_run(setup)["metric"].mean().item()
-    return Node("logit", setup.model.n_layers, None, None, getattr(setup.metric, "__name__", "metric"),
+def metric_node(setup: "Setup | Sequence[Setup]") -> Node:
+    """The metric's node, scored with the clean metric (mean over all prompts)."""
+    groups = as_groups(setup)
+    m = sum(share * clean_run(g)["metric"].mean().item() for g, share in groups)
+    first = groups[0][0]
+    return Node("logit", first.model.n_layers, None, None, getattr(first.metric, "__name__", "metric"),
                 None, m)
 
 
@@ -88,7 +93,7 @@ def site_node(setup: Setup, site: Site, j: int, pos: int | None, score: float) -
     return Node(kind, site.layer, pos, index, label if pos is None else f"{label} @{pos}", str(site), score)
 
 
-def feature_circuit(setup: Setup, method: str = "atp", node_threshold: float = 0.1,
+def feature_circuit(setup: "Setup | Sequence[Setup]", method: str = "atp", node_threshold: float = 0.1,
                     edge_threshold: float | None = None, per_position: bool = False,
                     steps: int = 10, edges: bool = True, relative: bool = False,
                     chunk: int | None = None, step_chunk: int | None = None) -> Graph:
@@ -98,27 +103,41 @@ def feature_circuit(setup: Setup, method: str = "atp", node_threshold: float = 0
     threshold is a fraction of the largest ``|score|``. ``edge_threshold`` None keeps every
     computed edge; edges are computed only between kept nodes (and into the metric node).
     ``chunk`` / ``step_chunk``: prompts / IG steps per pass (memory bounded by them; the result
-    is the same up to float rounding)."""
-    scores = {s: _positions(v, per_position)
-              for s, v in mean_node_scores(setup, method, steps, chunk, step_chunk).items()}
+    is the same up to float rounding). Prompts of different lengths: one setup per length
+    (`attribution.as_groups`); scores and edges are then means over all prompts, and the
+    threshold applies to those means."""
+    groups = as_groups(setup)
+    if per_position and len(groups) > 1:
+        raise ValueError("per-position nodes need prompts of one length; got "
+                         f"{sorted({g.clean.shape[1] for g, _ in groups})}: trace them summed over positions")
+    scores: dict[Site, Tensor] = {}
+    for grp, share in groups:
+        for s, v in mean_node_scores(grp, method, steps, chunk, step_chunk).items():
+            v = share * _positions(v, per_position)
+            scores[s] = v if s not in scores else scores[s] + v
+    setup, setups = groups[0][0], [g for g, _ in groups]
     if relative:
         top = max(float(v.abs().max()) for v in scores.values())
         node_threshold = node_threshold * top if top > 0 else float("inf")
     g = Graph(meta=GraphMeta.traced(
-        setup.model, f"sparse_feature_circuit/{method}", "metric", setup.clean.tolist(),
-        {**setup.params(), "node_threshold": node_threshold, "edge_threshold": edge_threshold,
-         "per_position": per_position, "relative_threshold": relative,
-         "steps": steps if method == "ig" else None, "chunk": chunk, "step_chunk": step_chunk}))
-    out = g.add_node(metric_node(setup))
+        setup.model, f"sparse_feature_circuit/{method}", "metric",
+        [row for grp in setups for row in grp.clean.tolist()],
+        {**setup.params(), "n_prompts": sum(grp.clean.shape[0] for grp in setups),
+         "seq_len": sorted({grp.clean.shape[1] for grp in setups}) if len(setups) > 1
+         else setup.clean.shape[1], "node_threshold": node_threshold,
+         "edge_threshold": edge_threshold, "per_position": per_position,
+         "relative_threshold": relative, "steps": steps if method == "ig" else None,
+         "chunk": chunk, "step_chunk": step_chunk}))
+    out = g.add_node(metric_node(setups))
     kept = {s: select(scores[s], node_threshold) for s in setup.sites}
     for s, nodes in kept.items():
         for j, p in nodes:
             g.add_node(site_node(setup, s, j, p, float(scores[s][j] if p is None else scores[s][p, j])))
     if edges:
         weights: dict[tuple[str, str | None], float] = {}
-        for sub, share in setup.chunks(chunk):  # edges are means over prompts: add the chunks'
+        for sub, share in [(c, sg * sc) for grp, sg in groups for c, sc in grp.chunks(chunk)]:
             for (u, d, w) in circuit_edges(sub, kept, per_position, method, steps):
-                weights[(u, d)] = weights.get((u, d), 0.0) + share * w
+                weights[(u, d)] = weights.get((u, d), 0.0) + share * w  # means over prompts
         for (u, d), w in weights.items():
             if edge_threshold is None or abs(w) >= edge_threshold:
                 g.add_edge(u, d if d is not None else out, w)
@@ -243,8 +262,8 @@ def _grad(setup: Setup, value: Tensor, x: Tensor) -> Tensor:
 
 # -- faithfulness -------------------------------------------------------------------------------
 class Faithfulness(NamedTuple):
-    faithfulness: float  # (m(C) - m(empty)) / (m(model) - m(empty))
-    completeness: float  # the same for the complement of C (0 is best)
+    faithfulness: float | None  # (m(C) - m(empty)) / (m(model) - m(empty)); None if undefined
+    completeness: float | None  # the same for the complement of C (0 is best)
     m_model: float
     m_empty: float
     m_circuit: float
@@ -277,19 +296,26 @@ def circuit_masks(graph: Graph, setup: Setup) -> dict[Site, Bool[Tensor, "p n"]]
     return masks
 
 
-def faithfulness(graph: Graph, setup: Setup) -> Faithfulness:
-    """Faithfulness and completeness of ``graph``'s nodes for the setup's ablation."""
-    masks = circuit_masks(graph, setup)
-    m_model = clean_run(setup)["metric"].mean().item()
-    m_empty = masked_run(setup, {s: torch.zeros_like(k) for s, k in masks.items()}).mean().item()
-    m_c = masked_run(setup, masks).mean().item()
-    m_comp = masked_run(setup, {s: ~k for s, k in masks.items()}).mean().item()
+def faithfulness(graph: Graph, setup: "Setup | Sequence[Setup]") -> Faithfulness:
+    """Faithfulness and completeness of ``graph``'s nodes for the setup's ablation (over every
+    prompt of every group). When the metric does not move with every node ablated both are
+    undefined: None, with a warning."""
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for grp, share in as_groups(setup):
+        masks = circuit_masks(graph, grp)
+        runs = (clean_run(grp)["metric"], masked_run(grp, {s: torch.zeros_like(k) for s, k in masks.items()}),
+                masked_run(grp, masks), masked_run(grp, {s: ~k for s, k in masks.items()}))
+        totals = [t + share * float(r.mean()) for t, r in zip(totals, runs)]
+    m_model, m_empty, m_c, m_comp = totals
+    ablation = as_groups(setup)[0][0].ablation
     span = m_model - m_empty
     if abs(span) < 1e-12:
-        raise ValueError(f"the metric does not change when every node is ablated ({setup.ablation}): "
-                         f"m(model) = m(empty) = {m_model:.6g}; faithfulness is undefined")
+        warnings.warn(f"the metric does not change when every node is ablated ({ablation}): "
+                      f"m(model) = m(empty) = {m_model:.6g}; faithfulness is undefined (None)",
+                      stacklevel=2)
+        return Faithfulness(None, None, m_model, m_empty, m_c, m_comp, ablation)
     return Faithfulness((m_c - m_empty) / span, (m_comp - m_empty) / span, m_model, m_empty, m_c,
-                        m_comp, setup.ablation)
+                        m_comp, ablation)
 
 
 def full_graph(setup: Setup, per_position: bool = False) -> Graph:
@@ -304,9 +330,9 @@ def full_graph(setup: Setup, per_position: bool = False) -> Graph:
     return g
 
 
-def trace(setup: Setup, **kwargs: Any) -> tuple[Graph, Faithfulness]:
+def trace(setup: "Setup | Sequence[Setup]", **kwargs: Any) -> tuple[Graph, Faithfulness]:
     """`feature_circuit` and its faithfulness, recorded in the graph's metadata (the metric's
-    four values under ``meta.details["metric_values"]``)."""
+    four values under ``meta.details["metric_values"]``); None where it is undefined."""
     g = feature_circuit(setup, **kwargs)
     f = faithfulness(g, setup)
     g.meta = replace(g.meta, faithfulness=f.faithfulness, completeness=f.completeness,

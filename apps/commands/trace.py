@@ -11,8 +11,10 @@
   (per prompt: ``logit_diff(target, foil)`` with a foil, else ``logprob(target)``). A token is
   written as text (it must be one token) or as ``#id``.
 
-Prompts of equal token length are traced as one batch; otherwise each prompt is traced alone and
-the graphs are averaged (`Graph.aggregate`).
+Prompts of any lengths are traced in one call: grouped by token length, one batch per length
+(``--chunk`` prompts per pass at most), node scores and edges averaged over all prompts before the
+threshold, faithfulness measured over all prompts (`feature_circuits.trace` of several setups).
+Where faithfulness is undefined it is recorded as null and the graph is still written.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def trace_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None
               dictionaries: "str | Path | None" = None, sites: Sequence[str] | None = None,
               metric: str = "next_token", method: str = "atp", ablation: str | None = None,
               node_threshold: float = 0.1, edge_threshold: float | None = None,
-              relative: bool = False, per_position: bool = False, steps: int = 10) -> Graph:
+              relative: bool = False, per_position: bool = False, steps: int = 10,
+              chunk: int | None = None) -> Graph:
     """Trace from files and write ``out`` (JSON). ``sites`` adds sites without dictionaries (e.g.
     ``L0.z`` for head nodes); with neither dictionaries nor sites, every layer's ``z`` (and
     ``mlp_out``) is traced."""
@@ -129,27 +132,26 @@ def trace_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None
     has_patch = [("patch" in r) for r in recs]
     if any(has_patch) and not all(has_patch):
         raise ValueError("either every prompt record has a 'patch' prompt or none has")
-    groups = _by_length(model, recs)
-    graphs = []
-    for group in groups:
+    setups = []
+    for group in _by_length(model, recs):
         clean = torch.cat([model.to_tokens(r["prompt"]) for r in group])
         patch = torch.cat([model.to_tokens(r["patch"]) for r in group]) if all(has_patch) else None
-        setup = Setup.build(model, site_map, make_metric(model, metric, clean, group), clean,
-                            ablation=ablation, patch=patch)
-        g, _ = trace(setup, method=method, node_threshold=node_threshold, relative=relative,
-                     edge_threshold=edge_threshold, per_position=per_position, steps=steps)
-        graphs.append(g)
-    graph = graphs[0] if len(graphs) == 1 else Graph.aggregate(graphs)
+        setups.append(Setup.build(model, site_map, make_metric(model, metric, clean, group), clean,
+                                  ablation=ablation, patch=patch))
+    graph, _ = trace(setups, method=method, node_threshold=node_threshold, relative=relative,
+                     edge_threshold=edge_threshold, per_position=per_position, steps=steps,
+                     chunk=chunk)
     if out is not None:
         graph.save(out)
     return graph
 
 
 def _by_length(model: Any, recs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    lengths = [model.to_tokens(r["prompt"]).shape[1] for r in recs]
-    if len(set(lengths)) == 1:
-        return [recs]
-    return [[r] for r in recs]
+    """Prompt records grouped by token length (each group is one batch)."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in recs:
+        groups.setdefault(model.to_tokens(r["prompt"]).shape[1], []).append(r)
+    return list(groups.values())
 
 
 def _trace_options(p: argparse.ArgumentParser) -> None:
@@ -169,6 +171,7 @@ def _trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-threshold", type=float, default=None, help="keep edges with |weight| at least this")
     p.add_argument("--steps", type=int, default=10, help="integrated-gradients steps")
     p.add_argument("--per-position", action="store_true", help="one node per token position (else summed)")
+    p.add_argument("--chunk", type=int, default=None, help="prompts per forward pass (bounds memory)")
     from mechscope.apps.commands.common import html_options
 
     html_options(p)
@@ -181,6 +184,6 @@ def trace_cmd(args: argparse.Namespace) -> int:
     writable_parent(args.out)
     graph = trace_cli(load_model_from(args), args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
                       args.ablation, args.node_threshold, args.edge_threshold, per_position=args.per_position,
-                      steps=args.steps)
+                      steps=args.steps, chunk=args.chunk)
     save_graph(graph, args.out, args.html, args.browser)
     return 0

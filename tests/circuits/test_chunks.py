@@ -42,3 +42,57 @@ def test_chunks_need_a_selectable_metric(tiny_gpt2):
         s.select(slice(0, 1))
     with pytest.raises(ValueError, match="chunk size"):
         s.chunks(0)
+
+
+def _setups(model, ablation):
+    from mechscope.circuits.attribution import logit_diff
+
+    d = TinyDict(32, 16)
+    out = []
+    for n, p, seed in ((3, 6, 0), (2, 9, 1)):
+        clean = toks(n, p, vocab=100, seed=seed)
+        metric = logit_diff(torch.arange(1, n + 1), torch.arange(10, 10 + n))
+        out.append(Setup.build(model, {"L0.resid_post": d, "L1.z": None}, metric, clean, ablation=ablation))
+    return out
+
+
+def test_prompts_of_different_lengths_in_one_trace(tiny_gpt2):
+    from mechscope.circuits.feature_circuits import faithfulness, trace
+
+    a, b = _setups(tiny_gpt2, "zero")
+    g, f = trace([a, b], method="atp", node_threshold=0.0)
+    each = [feature_circuit(s, method="atp", node_threshold=0.0) for s in (a, b)]
+    for nid, node in g.nodes.items():  # scores and edges: means over all five prompts
+        want = sum(w * e.nodes[nid].score for w, e in zip((0.6, 0.4), each) if nid in e.nodes)
+        assert node.score == pytest.approx(want, abs=1e-5)
+    for e, w in g.edges.items():
+        assert w == pytest.approx(sum(s * x.edges.get(e, 0.0) for s, x in zip((0.6, 0.4), each)), abs=1e-5)
+    assert g.meta.n_prompts == 5 and len(g.meta.prompts) == 5 and g.meta.parameters["seq_len"] == [6, 9]
+    fs = [faithfulness(g, s) for s in (a, b)]
+    assert f.m_circuit == pytest.approx(0.6 * fs[0].m_circuit + 0.4 * fs[1].m_circuit, abs=1e-5)
+    with pytest.raises(ValueError, match="one length"):
+        feature_circuit([a, b], per_position=True)
+
+
+def test_mean_reference_is_pooled_over_all_groups(tiny_gpt2):
+    from mechscope.circuits.attribution import as_groups, reference
+    from mechscope.interp.capture import capture
+
+    a, b = _setups(tiny_gpt2, "mean")
+    as_groups([a, b])
+    site = a.sites[1]  # L1.z: one node per head, parts [b, p, H, d_head]
+    rows = [capture(tiny_gpt2, s.clean, [site])[site].flatten(0, 1) for s in (a, b)]
+    pooled = torch.cat(rows).mean(0)
+    for s in (a, b):
+        torch.testing.assert_close(reference(s)[site][0][0, 0], pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_undefined_faithfulness_is_none_with_a_warning(tiny_gpt2):
+    from mechscope.circuits.attribution import _named
+    from mechscope.circuits.feature_circuits import trace
+
+    flat = _named(lambda logits: logits[:, 0, 0] * 0.0, "flat")
+    s = Setup.build(tiny_gpt2, ["L1.z"], flat, toks(2, 6, vocab=100), ablation="zero")
+    with pytest.warns(UserWarning, match="undefined"):
+        g, f = trace(s, node_threshold=0.0)
+    assert f.faithfulness is None and g.meta.faithfulness is None

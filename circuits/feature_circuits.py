@@ -216,7 +216,7 @@ def direct_grads(setup: Setup, up: Site, down: Site | None, targets: Kept | None
 
 
 def path_grads(setup: Setup, up: Site, down: Site | None, targets: Kept | None,
-               steps: int = 10) -> list[Tensor]:
+               steps: int = 10, target_chunk: int = 8) -> list[Tensor]:
     """Path-integrated edges: for each downstream target ``d``, the mean over ``steps`` midpoints
     ``alpha`` of the gradient w.r.t. ``x_U`` of
 
@@ -227,31 +227,43 @@ def path_grads(setup: Setup, up: Site, down: Site | None, targets: Kept | None,
     metric is the real one (no linearisation in ``d``). By the IG completeness identity the edge
     weights of all of ``U``'s nodes into ``d`` add up to ``f_d(1) - f_d(0)``: the metric change by
     path patching ``U`` into ``d`` (`mechscope.circuits.verify`), up to the midpoint rule. Into
-    the metric (``down`` None) ``f(alpha)`` is the metric with every later site held clean."""
+    the metric (``down`` None) ``f(alpha)`` is the metric with every later site held clean.
+    ``target_chunk`` targets share one forward and backward (rows: targets x steps x prompts)."""
     _check_targets(down, targets)
     if steps < 1:
         raise ValueError(f"integrated-gradient edges need steps >= 1, got {steps}")
-    clean = clean_run(setup)
+    if down is None:
+        return [_path_grad_group(setup, up, None, [None], steps)[0]]
+    per = max(1, target_chunk)
+    return [g for i in range(0, len(targets), per)
+            for g in _path_grad_group(setup, up, down, list(targets[i:i + per]), steps)]
+
+
+def _path_grad_group(setup: Setup, up: Site, down: Site | None,
+                     targets: "list[tuple[int, int | None] | None]", steps: int) -> list[Tensor]:
+    """`path_grads` for a few targets at once: ``T`` targets x ``steps`` points x ``b`` prompts
+    as rows of one forward (each target's copy of ``x_U`` only reaches its own metric rows, so
+    one backward gives every target's gradient)."""
+    clean, T = clean_run(setup), len(targets)
     x0 = clean["acts"][up]
-    rep = lambda t: t.repeat(steps, *[1] * (t.ndim - 1))  # noqa: E731
-    alpha = ((torch.arange(steps, device=x0.device) + 0.5) / steps).repeat_interleave(x0.shape[0])
+    b, k = x0.shape[0], T * steps
+    rep = lambda t: t.repeat(k, *[1] * (t.ndim - 1))  # noqa: E731
+    alpha = ((torch.arange(steps, device=x0.device) + 0.5) / steps).repeat_interleave(b).repeat(T)
     alpha = alpha.view(-1, *[1] * (x0.ndim - 1))
     x1 = setup.nodes[up].merge(reference(setup)[up]).expand_as(x0)
     x_up = (rep(x0) * (1 - alpha) + rep(x1) * alpha).requires_grad_()
     with torch.enable_grad():
-        res, act_down = run_direct(setup, up, lambda a: x_up, down, repeat=steps)
-        if down is None:
-            return [_grad(setup, metric_of(setup, res).sum(), x_up).view(steps, *x0.shape).mean(0)]
-        sn = setup.nodes[down]
-        new, old = sn.split(act_down), tuple(rep(p) for p in split_all(setup, clean["acts"])[down])
-        grads = []
-        for j, pos in targets:
-            only_d = torch.ones(x0.shape[1], sn.n_nodes, dtype=torch.bool, device=x0.device)
-            only_d[slice(None) if pos is None else pos, j] = False
-            value = sn.merge(sn.mix(old, new, only_d))
-            logits = run(setup, setup.clean.repeat(steps, 1), {down: lambda a, v=value: v})
-            grads.append(_grad(setup, metric_of(setup, logits).sum(), x_up).view(steps, *x0.shape).mean(0))
-    return grads
+        res, act_down = run_direct(setup, up, lambda a: x_up, down, repeat=k)
+        if down is not None:
+            sn = setup.nodes[down]
+            new, old = sn.split(act_down), tuple(rep(p) for p in split_all(setup, clean["acts"])[down])
+            only_d = torch.ones(T, x0.shape[1], sn.n_nodes, dtype=torch.bool, device=x0.device)
+            for t, (j, pos) in enumerate(targets):
+                only_d[t, slice(None) if pos is None else pos, j] = False
+            value = sn.merge(sn.mix(old, new, only_d.repeat_interleave(steps * b, 0)))
+            res = run(setup, setup.clean.repeat(k, 1), {down: lambda a: value})
+        g = _grad(setup, metric_of(setup, res).sum(), x_up).view(T, steps, *x0.shape).mean(1)
+    return list(g.unbind(0))
 
 
 def _grad(setup: Setup, value: Tensor, x: Tensor) -> Tensor:

@@ -13,6 +13,12 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("which", choices=BENCHES, help="what to benchmark")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run with tiny shapes")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions (medians are reported)")
+    p.add_argument("--shape", choices=["gpt2-small", "tiny"], default=None,
+                   help="attribution: time and peak memory at this model shape (SAEs at every "
+                        "resid_post) instead of the induction comparison")
+    p.add_argument("--prompts", type=int, nargs="+", default=[8, 32], help="attribution --shape: prompt counts")
+    p.add_argument("--seq", type=int, default=64, help="attribution --shape: tokens per prompt")
+    p.add_argument("--chunk", type=int, default=4, help="attribution --shape: prompts per pass")
 
 
 @command("bench", "Benchmarks that print ratios against a baseline measured in the same run.", _bench_options)
@@ -41,6 +47,11 @@ def bench_cmd(args: argparse.Namespace) -> int:
         from mechscope.apps.bench.routes import bench_routes, format_routes_bench
 
         print(format_routes_bench(bench_routes(quick=args.quick)))
+    elif args.shape is not None:
+        from mechscope.apps.bench.attribution_memory import bench_attribution_memory, format_memory
+
+        print(format_memory(bench_attribution_memory(args.shape, args.prompts, args.seq,
+                                                     chunk=args.chunk)))
     else:
         from mechscope.apps.bench.attribution import bench_attribution, format_bench
 

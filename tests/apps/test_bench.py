@@ -22,3 +22,11 @@ def test_pipeline_bench_smoke(tmp_path):
     assert r["speedup_vs_sae_lens"] > 0 and r["multi_site_speedup"] > 0
     assert (tmp_path / "multi" / "results.json").exists() and (tmp_path / "cache" / "manifest.json").exists()
     assert "SAELens runner" in format_pipeline(r)
+
+
+def test_attribution_memory_bench_one_configuration():
+    from mechscope.apps.bench.attribution_memory import format_memory, run_one
+
+    row = run_one("tiny", prompts=3, seq=8, method="ig", d_dict=16, steps=2, chunk=2, step_chunk=1)
+    assert row["peak_rss_mib"] >= row["rss_before_mib"] > 0 and row["nodes"] > 1 and row["edges"] > 0
+    assert "peak RSS" in format_memory([row])

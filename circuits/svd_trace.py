@@ -2,7 +2,8 @@
 
 Start from chosen heads (and optionally chosen destination positions). For every firing of a head
 — destination ``i``, source ``j`` with attention weight ``A[i, j] >= firing_threshold`` (the BOS
-sink excluded by default) — `decompose_firing` splits its sparse signal among the upstream parts
+sink excluded by default; ``j <= i`` under causal attention, any ``j`` under the model's
+bidirectional attention) — `decompose_firing` splits its sparse signal among the upstream parts
 on the destination (query) side at ``i`` and the source (key) side at ``j``. On each side, the
 parts sorted by contribution, the shortest prefix carrying ``share`` (default 70%) of the signal
 is kept; each kept upstream head ``(l, c)`` becomes an edge ``head(l, c) -> head(L, h)`` and is
@@ -72,6 +73,7 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
         raise ValueError(f"need 0 < share <= 1 and 0 <= firing_threshold <= 1, got {share}, {firing_threshold}")
     tokens = tokens.view(-1)
     n_pos = tokens.numel()
+    both_ways = getattr(model.cfg, "attention_dir", "causal") == "bidirectional"  # keys after i too
     acts = activations(model, tokens, max(L for L, _ in heads))
     decs: dict[tuple[int, int], object] = {}
     g = Graph(meta=GraphMeta.traced(
@@ -89,7 +91,8 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
         seen.add((L, h, i))
         target = g.add_node(Node("head", L, None, h, label=head_label(L, h), score=1.0))
         pattern = acts[(L, "pattern")][h, i]
-        srcs = [j for j in range(i + 1) if pattern[j] >= firing_threshold and not (skip_bos and j == 0)]
+        srcs = [j for j in range(n_pos if both_ways else i + 1)
+                if pattern[j] >= firing_threshold and not (skip_bos and j == 0)]
         if not srcs:
             continue
         dec = decs.setdefault((L, h), qk_svd(model, L, h))

@@ -178,3 +178,20 @@ def test_projecting_out_the_signal_subspace_beats_random_subspaces(induction):
     assert check.drop_selected > 0
     assert check.drop_selected > float(check.drop_random.max())
     assert check.beats_random == 1.0
+
+
+def test_bidirectional_attention_traces_later_keys_too():
+    # issue 13: svd_trace looked only at j <= i; a bidirectional model fires on later keys too
+    from mechscope.circuits.svd_trace import trace_prompt
+    from mechscope.interp.capture import capture
+    from mechscope.interp.models import Model
+
+    cfg = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50, attn_only=True,
+               normalization_type="LN", attention_dir="bidirectional")
+    model = Model.from_config(cfg, name="bidirectional", seed=0)
+    tokens = torch.randint(1, 50, (10,), generator=torch.Generator().manual_seed(0))
+    pattern = capture(model, tokens[None], ["L1.pattern"])[model.site("L1.pattern")][0, 2]
+    fires = pattern[:, 1:] >= 0.12
+    assert fires.triu(1).any()  # some firings look forward
+    g = trace_prompt(model, tokens, [(1, 2)], firing_threshold=0.12, max_depth=1)
+    assert sum(g.metadata["firings"].values()) == int(fires.sum())

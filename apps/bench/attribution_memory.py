@@ -40,16 +40,16 @@ def run_one(shape: str, prompts: int, seq: int, method: str, d_dict: int, steps:
     from mechscope.circuits.attribution import Setup, next_token_logprob
     from mechscope.circuits.feature_circuits import feature_circuit
     from mechscope.interp.models import Model
-    from mechscope.sae.config import TrainConfig
+    from mechscope.sae.config import TopKConfig
     from mechscope.sae.factory import build_dictionary
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
     cfg = SHAPES[shape]
     model = Model.from_config(cfg, name=f"random-{shape}", seed=0)
-    sites = {f"L{layer}.resid_post": build_dictionary(TrainConfig(
-        architecture="topk", d_in=cfg["d_model"], d_dict=d_dict, k=min(32, d_dict),
-        site_in=f"L{layer}.resid_post")) for layer in range(cfg["n_layers"])}
+    sites = {f"L{layer}.resid_post": build_dictionary(TopKConfig(
+        d_in=cfg["d_model"], d_dict=d_dict, k=min(32, d_dict), site_in=f"L{layer}.resid_post"))
+        for layer in range(cfg["n_layers"])}
     tokens = torch.randint(0, cfg["d_vocab"], (prompts, seq), generator=torch.Generator().manual_seed(0))
     setup = Setup.build(model, sites, next_token_logprob(tokens), tokens, ablation="mean")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

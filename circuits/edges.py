@@ -222,7 +222,10 @@ def faithfulness(task: EdgeTask, keep: Bool[Tensor, "S R"]) -> float | None:
     return (float(masked_metric(task, keep, ref).mean()) - m_none) / span
 
 
-def _node(g: ComponentGraph, name: str, sender: bool) -> Node:
+def _component(g: ComponentGraph, name: str) -> Node:
+    """The graph node of a sender or receiver. Receivers are nodes of the component they feed (a
+    head's q / k / v inputs are that head), so node ids stay canonical; a key / value head of
+    grouped-query attention is drawn as the first query head it feeds."""
     if name == "embed":
         return Node("embedding", -1, label="embed")
     if name == "logits":
@@ -230,22 +233,37 @@ def _node(g: ComponentGraph, name: str, sender: bool) -> Node:
     parts = name.split(".")
     layer = int(parts[0][1:])
     if parts[1] == "mlp":
-        return Node("mlp", layer, label=name, site=None if sender else f"L{layer}.mlp_in")
+        return Node("mlp", layer, label=f"MLP{layer}")
     h = int(parts[1].lstrip("KVH"))
-    return Node("head", layer, None, h, name, None if sender else f"L{layer}.{parts[2]}")
+    if parts[1].startswith("KV"):
+        h *= g.n_heads // g.n_kv_heads
+    return Node("head", layer, None, h, f"L{layer}H{h}")
+
+
+def _ends(g: ComponentGraph, s: int, r: int) -> tuple[Node, Node, str]:
+    """Sender node, receiver node and the edge's channel: ``q`` / ``k`` / ``v`` (``k:KV0`` for a
+    key / value head), ``in`` for an MLP's input, ``out`` for the logits."""
+    name = g.receivers[r]
+    parts = name.split(".")
+    channel = ("out" if name == "logits" else "in" if parts[1] == "mlp"
+               else parts[2] + (f":{parts[1]}" if parts[1].startswith("KV") else ""))
+    return _component(g, g.senders[s]), _component(g, name), channel
 
 
 def edge_circuit(task: EdgeTask, method: str = "eap-ig", steps: int = 10, top_n: int | None = None,
                  threshold: float | None = 0.1, relative: bool = True) -> Graph:
-    """The edge-level circuit (module doc) as a `Graph`: sender nodes (``embedding``, ``head``,
-    ``mlp``), receiver nodes (a head's ``q`` / ``k`` / ``v`` input: ``head`` nodes with site
-    ``L1.q`` ...; ``mlp`` with site ``L1.mlp_in``; the ``logit``), the kept edges with their
-    scores, and the faithfulness of the kept edge set."""
+    """The edge-level circuit (module doc) as a `Graph` over components (``embedding``, ``head``,
+    ``mlp``, ``logit`` nodes). An edge ``u -> head`` stands for the kept q / k / v input edges
+    between them and weighs their summed scores; ``metadata["channels"]`` keeps each one
+    (``{"u->v": {"q": score, "v": score}}``; ``in`` for an MLP's input, ``out`` for the logits),
+    so `edge_mask` rebuilds the exact edge set. The faithfulness of the kept edge set is in the
+    metadata."""
     if top_n is not None:
         threshold = None
     g = task.graph
     scores = edge_scores(task, method, steps)
     keep = on_complete_paths(g, select_edges(scores, top_n, threshold, relative))
+    channels: dict[str, dict[str, float]] = {}
     out = Graph(metadata={
         "method": f"edges/{method}", "units": "metric",
         "model": getattr(task.model, "name", "?"),
@@ -253,21 +271,31 @@ def edge_circuit(task: EdgeTask, method: str = "eap-ig", steps: int = 10, top_n:
                        "steps": steps if method == "eap-ig" else None, "top_n": top_n,
                        "threshold": threshold, "relative_threshold": relative,
                        "n_prompts": int(task.clean.shape[0]), "seq_len": int(task.clean.shape[1])},
-        "faithfulness": faithfulness(task, keep), "n_edges_total": g.n_edges})
+        "faithfulness": faithfulness(task, keep), "n_edges_total": g.n_edges, "channels": channels})
     for s, r in keep.nonzero().tolist():
-        u = out.add_node(_node(g, g.senders[s], True))
-        v = out.add_node(_node(g, g.receivers[r], False))
-        out.add_edge(u, v, float(scores[s, r]))
+        u, v, channel = _ends(g, s, r)
+        uid, vid = out.add_node(u), out.add_node(v)
+        out.add_edge(uid, vid, float(scores[s, r]), accumulate=True)
+        channels.setdefault(f"{uid}->{vid}", {})[channel] = float(scores[s, r])
     return out
 
 
-def edge_mask(g: ComponentGraph, graph: Graph) -> Bool[Tensor, "S R"]:
-    """The edge set of a `Graph` from `edge_circuit` as a ``[senders, receivers]`` mask."""
-    senders = {_node(g, n, True).id: i for i, n in enumerate(g.senders)}
-    receivers = {_node(g, n, False).id: i for i, n in enumerate(g.receivers)}
+def edge_mask(g: ComponentGraph, graph: Graph, channels: dict[str, dict[str, float]] | None = None
+              ) -> Bool[Tensor, "S R"]:
+    """The edge set of a `Graph` from `edge_circuit` as a ``[senders, receivers]`` mask
+    (``channels``: its ``metadata["channels"]``, read from the graph when not given)."""
+    channels = graph.metadata["channels"] if channels is None else channels
+    where = {}
+    for s in range(len(g.senders)):
+        for r in range(len(g.receivers)):
+            if g.upstream[s, r]:
+                u, v, channel = _ends(g, s, r)
+                where[(u.id, v.id, channel)] = (s, r)
     keep = torch.zeros_like(g.upstream)
     for (u, v) in graph.edges:
-        if u not in senders or v not in receivers:
-            raise ValueError(f"edge {u} -> {v} is not an edge of this model's component graph")
-        keep[senders[u], receivers[v]] = True
+        for channel in channels.get(f"{u}->{v}", {}):
+            if (u, v, channel) not in where:
+                raise ValueError(f"edge {u} -> {v} ({channel}) is not an edge of this model's "
+                                 f"component graph")
+            keep[where[(u, v, channel)]] = True
     return keep

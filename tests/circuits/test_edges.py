@@ -8,6 +8,7 @@ import torch
 
 from mechscope.circuits.edges import (EdgeTask, edge_circuit, edge_mask, edge_scores, faithfulness,
                                       masked_metric, on_complete_paths, reference_outputs)
+from mechscope.circuits.graph import Node
 from mechscope.circuits.known import (PLANTED_INDUCTION, induction_setup, planted_copy_model,
                                       planted_induction_model, planted_setup)
 from mechscope.circuits.verify import score_against
@@ -74,10 +75,15 @@ def test_eap_ig_recovers_the_planted_copy_circuit_edge_for_edge():
     model = planted_copy_model()
     s = planted_setup(model, n_prompts=8)
     task = EdgeTask(model, s.clean, s.metric, "patch", s.patch)
-    truth = {("embedding/L-1", "head/L0.v/1"), ("head/L0/1", "head/L1.v/2"), ("head/L1/2", "logit/L2")}
+    ids = lambda *nodes: tuple(n.id for n in nodes)  # noqa: E731 - whatever the id grammar
+    embed, logit = Node("embedding", -1), Node("logit", 2)
+    h01, h12 = Node("head", 0, None, 1), Node("head", 1, None, 2)
+    truth = {ids(embed, h01): "v", ids(h01, h12): "v", ids(h12, logit): "out"}
     for method in ("eap", "eap-ig"):
         graph = edge_circuit(task, method)
-        assert set(graph.edges) == truth, (method, graph.edges)  # precision = recall = 1
+        assert set(graph.edges) == set(truth), (method, graph.edges)  # precision = recall = 1
+        chans = graph.metadata["channels"]
+        assert {e: list(chans[f"{e[0]}->{e[1]}"]) for e in truth} == {e: [c] for e, c in truth.items()}
         assert graph.metadata["faithfulness"] > 0.99
         assert faithfulness(task, edge_mask(task.graph, graph)) == graph.metadata["faithfulness"]
 

@@ -22,6 +22,7 @@ Scores are in units of the metric (mean over prompts, summed over positions); ne
 removing the edge lowers the metric. `edge_circuit` keeps the strongest edges (top ``n`` or a
 threshold) and then only those on a complete path from the embedding to the logits, and returns
 the one `Graph` type, with the faithfulness of the kept edge set in its metadata.
+Node ids are the canonical component ids (``embed``, ``L1.H2``, ``L1.mlp``, ``logit``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechscope.circuits.graph import Graph, Node
+from mechscope.circuits.graph import Graph, GraphMeta, Node
 from mechscope.interp.components import ComponentGraph, component_hooks
 
 Metric = Callable[[Tensor], Tensor]  # logits [b, pos, vocab] -> [b]
@@ -254,24 +255,23 @@ def edge_circuit(task: EdgeTask, method: str = "eap-ig", steps: int = 10, top_n:
                  threshold: float | None = 0.1, relative: bool = True) -> Graph:
     """The edge-level circuit (module doc) as a `Graph` over components (``embedding``, ``head``,
     ``mlp``, ``logit`` nodes). An edge ``u -> head`` stands for the kept q / k / v input edges
-    between them and weighs their summed scores; ``metadata["channels"]`` keeps each one
+    between them and weighs their summed scores; ``meta.details["channels"]`` keeps each one
     (``{"u->v": {"q": score, "v": score}}``; ``in`` for an MLP's input, ``out`` for the logits),
-    so `edge_mask` rebuilds the exact edge set. The faithfulness of the kept edge set is in the
-    metadata."""
+    so `edge_mask` rebuilds the exact edge set. ``meta.faithfulness`` is that of the kept edge
+    set (edge-masked forwards)."""
     if top_n is not None:
         threshold = None
     g = task.graph
     scores = edge_scores(task, method, steps)
     keep = on_complete_paths(g, select_edges(scores, top_n, threshold, relative))
     channels: dict[str, dict[str, float]] = {}
-    out = Graph(metadata={
-        "method": f"edges/{method}", "units": "metric",
-        "model": getattr(task.model, "name", "?"),
-        "parameters": {"reference": task.reference, "metric": getattr(task.metric, "__name__", "custom"),
-                       "steps": steps if method == "eap-ig" else None, "top_n": top_n,
-                       "threshold": threshold, "relative_threshold": relative,
-                       "n_prompts": int(task.clean.shape[0]), "seq_len": int(task.clean.shape[1])},
-        "faithfulness": faithfulness(task, keep), "n_edges_total": g.n_edges, "channels": channels})
+    out = Graph(meta=GraphMeta.traced(
+        task.model, f"edges/{method}", "metric", task.clean.tolist(),
+        {"reference": task.reference, "metric": getattr(task.metric, "__name__", "custom"),
+         "steps": steps if method == "eap-ig" else None, "top_n": top_n, "threshold": threshold,
+         "relative_threshold": relative, "seq_len": int(task.clean.shape[1])},
+        faithfulness=faithfulness(task, keep),
+        details={"channels": channels, "n_edges_total": g.n_edges, "n_edges_kept": int(keep.sum())}))
     for s, r in keep.nonzero().tolist():
         u, v, channel = _ends(g, s, r)
         uid, vid = out.add_node(u), out.add_node(v)
@@ -283,8 +283,8 @@ def edge_circuit(task: EdgeTask, method: str = "eap-ig", steps: int = 10, top_n:
 def edge_mask(g: ComponentGraph, graph: Graph, channels: dict[str, dict[str, float]] | None = None
               ) -> Bool[Tensor, "S R"]:
     """The edge set of a `Graph` from `edge_circuit` as a ``[senders, receivers]`` mask
-    (``channels``: its ``metadata["channels"]``, read from the graph when not given)."""
-    channels = graph.metadata["channels"] if channels is None else channels
+    (``channels``: its ``meta.details["channels"]``, read from the graph when not given)."""
+    channels = graph.meta.details["channels"] if channels is None else channels
     where = {}
     for s in range(len(g.senders)):
         for r in range(len(g.receivers)):

@@ -74,5 +74,5 @@ def edges_cmd(args: argparse.Namespace) -> int:
     graph = edges_cli(args.model, args.prompts, None, args.metric, args.method, args.reference,
                       args.steps, args.top_n, args.threshold)
     save_graph(graph, args.out, args.html)
-    print(f"faithfulness of the edge set: {graph.metadata['faithfulness']}")
+    print(f"faithfulness of the edge set: {graph.meta.faithfulness}")
     return 0

@@ -194,4 +194,4 @@ def test_bidirectional_attention_traces_later_keys_too():
     fires = pattern[:, 1:] >= 0.12
     assert fires.triu(1).any()  # some firings look forward
     g = trace_prompt(model, tokens, [(1, 2)], firing_threshold=0.12, max_depth=1)
-    assert sum(g.metadata["firings"].values()) == int(fires.sum())
+    assert sum(g.meta.details["firings"].values()) == int(fires.sum())

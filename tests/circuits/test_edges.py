@@ -82,10 +82,10 @@ def test_eap_ig_recovers_the_planted_copy_circuit_edge_for_edge():
     for method in ("eap", "eap-ig"):
         graph = edge_circuit(task, method)
         assert set(graph.edges) == set(truth), (method, graph.edges)  # precision = recall = 1
-        chans = graph.metadata["channels"]
+        chans = graph.meta.details["channels"]
         assert {e: list(chans[f"{e[0]}->{e[1]}"]) for e in truth} == {e: [c] for e, c in truth.items()}
-        assert graph.metadata["faithfulness"] > 0.99
-        assert faithfulness(task, edge_mask(task.graph, graph)) == graph.metadata["faithfulness"]
+        assert graph.meta.faithfulness > 0.99
+        assert faithfulness(task, edge_mask(task.graph, graph)) == graph.meta.faithfulness
 
 
 def test_eap_ig_recovers_planted_induction_where_eap_does_not():

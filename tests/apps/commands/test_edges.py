@@ -16,8 +16,8 @@ def test_edges_cli_from_files(tmp_path, induction_model):
     g = edges_cli(induction_model, tmp_path / "pairs.jsonl", out, metric="jsonl", steps=4, top_n=6)
     back = Graph.load(out)
     assert back.edges == g.edges and 0 < len(g.edges) <= 6
-    assert g.metadata["method"] == "edges/eap-ig" and g.metadata["parameters"]["reference"] == "patch"
-    assert g.metadata["faithfulness"] is not None
+    assert g.meta.method == "edges/eap-ig" and g.meta.parameters["reference"] == "patch"
+    assert g.meta.faithfulness is not None and g.meta.n_prompts == 2
     assert any(n.kind == "logit" for n in g.nodes.values())
 
 

@@ -21,6 +21,9 @@ def test_trace_cli_from_files(tmp_path, induction_model):
                   sites=["L1.z"], metric="next_token", node_threshold=0.0, edge_threshold=None)
     back = Graph.load(out)
     assert back.nodes == g.nodes and len(g.edges) > 0
+    # two prompts of different token lengths: one graph over both (issue 13), not two averaged
+    assert g.meta.n_prompts == 2 and len(set(map(len, g.meta.prompt_tokens))) == 2
+    assert g.meta.aggregated is None and g.meta.faithfulness is not None
     kinds = {n.kind for n in g.nodes.values()}
     assert {"feature", "error", "head", "logit"} <= kinds
     assert g.meta.parameters["dictionaries"]["L0.attn_out"].startswith("TopKSAE")

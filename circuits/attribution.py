@@ -25,7 +25,7 @@ no gradient, so every site's gradient is ``dm/dx`` and node gradients are its ad
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,16 +151,18 @@ class Setup:
             sub._cache["mean"] = mean_parts(self)
         return sub
 
-    def chunks(self, size: int | None) -> "list[tuple[Setup, float]]":
-        """``(sub-setup, its share of the prompts)`` for chunks of at most ``size`` prompts; the
-        setup itself when ``size`` is None or covers the batch."""
+    def chunks(self, size: int | None) -> "Iterator[tuple[Setup, float]]":
+        """``(sub-setup, its share of the prompts)`` for chunks of at most ``size`` prompts, made
+        one at a time (a chunk's cached runs are freed once the caller moves on); the setup itself
+        when ``size`` is None or covers the batch."""
         b = self.clean.shape[0]
-        if size is None or size >= b:
-            return [(self, 1.0)]
-        if size < 1:
+        if size is not None and size < 1:
             raise ValueError(f"chunk size must be >= 1 prompt, got {size}")
-        return [(self.select(slice(i, min(i + size, b))), (min(i + size, b) - i) / b)
-                for i in range(0, b, size)]
+        if size is None or size >= b:
+            yield self, 1.0
+            return
+        for i in range(0, b, size):
+            yield self.select(slice(i, min(i + size, b))), (min(i + size, b) - i) / b
 
     def params(self) -> dict[str, Any]:
         """What a graph records about how it was traced."""
@@ -206,6 +208,18 @@ def metric_of(setup: Setup, logits: Tensor) -> Tensor:
     defined per prompt, e.g. with a target token per prompt)."""
     b = setup.clean.shape[0]
     return torch.cat([setup.metric(chunk) for chunk in logits.split(b)])
+
+
+def clean_metric(setup: Setup, chunk: int | None = None) -> float:
+    """The clean metric, mean over prompts: from the cached clean run if there is one, else by
+    plain forwards of ``chunk`` prompts (nothing kept)."""
+    if "clean" in setup._cache:
+        return float(setup._cache["clean"]["metric"].mean())
+    total = 0.0
+    with torch.no_grad():
+        for sub, share in setup.chunks(chunk):
+            total += share * float(sub.metric(run(sub, sub.clean, {})).mean())
+    return total
 
 
 def clean_run(setup: Setup) -> dict[str, Any]:

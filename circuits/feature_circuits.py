@@ -53,8 +53,9 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from mechscope.circuits.attribution import (Setup, as_groups, clean_run, masked_run, mean_node_scores,
-                                            metric_of, reference, run, run_direct, split_all)
+from mechscope.circuits.attribution import (Setup, as_groups, clean_metric, clean_run, masked_run,
+                                            mean_node_scores, metric_of, reference, run, run_direct,
+                                            split_all)
 from mechscope.circuits.graph import Graph, GraphMeta, Node, parse_node_id
 from mechscope.circuits.splice import SiteNodes, site_rank
 from mechscope.interp.sites import RESID_KINDS, Site
@@ -79,10 +80,10 @@ def select(score: Tensor, threshold: float) -> Kept:
     return [(h[-1], h[0] if score.ndim == 2 else None) for h in hits]
 
 
-def metric_node(setup: "Setup | Sequence[Setup]") -> Node:
+def metric_node(setup: "Setup | Sequence[Setup]", chunk: int | None = None) -> Node:
     """The metric's node, scored with the clean metric (mean over all prompts)."""
     groups = as_groups(setup)
-    m = sum(share * clean_run(g)["metric"].mean().item() for g, share in groups)
+    m = sum(share * clean_metric(g, chunk) for g, share in groups)
     first = groups[0][0]
     return Node("logit", first.model.n_layers, None, None, getattr(first.metric, "__name__", "metric"),
                 None, m)
@@ -128,14 +129,14 @@ def feature_circuit(setup: "Setup | Sequence[Setup]", method: str = "atp", node_
          "edge_threshold": edge_threshold, "per_position": per_position,
          "relative_threshold": relative, "steps": steps if method == "ig" else None,
          "chunk": chunk, "step_chunk": step_chunk}))
-    out = g.add_node(metric_node(setups))
+    out = g.add_node(metric_node(setups, chunk))
     kept = {s: select(scores[s], node_threshold) for s in setup.sites}
     for s, nodes in kept.items():
         for j, p in nodes:
             g.add_node(site_node(setup, s, j, p, float(scores[s][j] if p is None else scores[s][p, j])))
     if edges:
         weights: dict[tuple[str, str | None], float] = {}
-        for sub, share in [(c, sg * sc) for grp, sg in groups for c, sc in grp.chunks(chunk)]:
+        for sub, share in ((c, sg * sc) for grp, sg in groups for c, sc in grp.chunks(chunk)):
             for (u, d, w) in circuit_edges(sub, kept, per_position, method, steps):
                 weights[(u, d)] = weights.get((u, d), 0.0) + share * w  # means over prompts
         for (u, d), w in weights.items():

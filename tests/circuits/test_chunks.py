@@ -41,7 +41,7 @@ def test_chunks_need_a_selectable_metric(tiny_gpt2):
     with pytest.raises(ValueError, match="select"):
         s.select(slice(0, 1))
     with pytest.raises(ValueError, match="chunk size"):
-        s.chunks(0)
+        next(s.chunks(0))
 
 
 def _setups(model, ablation):

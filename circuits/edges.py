@@ -54,6 +54,9 @@ class EdgeTask:
     patch: Int[Tensor, "b p"] | None = None
 
     def __post_init__(self) -> None:
+        from mechscope.interp.models import Model
+
+        object.__setattr__(self, "model", Model.wrap(self.model))  # a HookedTransformer too
         if self.reference not in REFERENCES:
             raise ValueError(f"unknown reference {self.reference!r}; valid: {', '.join(REFERENCES)}")
         if (self.reference == "patch") != (self.patch is not None):

@@ -73,7 +73,7 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
         raise ValueError(f"need 0 < share <= 1 and 0 <= firing_threshold <= 1, got {share}, {firing_threshold}")
     tokens = tokens.view(-1)
     n_pos = tokens.numel()
-    both_ways = getattr(model.cfg, "attention_dir", "causal") == "bidirectional"  # keys after i too
+    both_ways = model.attention_direction == "bidirectional"  # keys after i too
     acts = activations(model, tokens, max(L for L, _ in heads))
     decs: dict[tuple[int, int], object] = {}
     g = Graph(meta=GraphMeta.traced(

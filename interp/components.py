@@ -54,8 +54,11 @@ class ComponentGraph:
 
     @classmethod
     def of(cls, model: "Model") -> "ComponentGraph":
+        from mechscope.interp.models import Model
+
+        model = Model.wrap(model)
         L, H, KV, attn_only = model.n_layers, model.n_heads, model.n_kv_heads, model.attn_only
-        parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
+        parallel = model.parallel_blocks
         senders, s_time = ["embed"], [0]
         receivers, r_time = [], []
         kv_name = (lambda l, h, c: f"L{l}.H{h}.{c}") if KV == H else (lambda l, h, c: f"L{l}.KV{h}.{c}")
@@ -116,7 +119,9 @@ def component_hooks(model: "Model", graph: ComponentGraph, on_send: Send, on_rec
     """Hook every sender output and receiver input of ``graph`` (module doc) for the block.
 
     ``embed``, if given, replaces the embedding first (e.g. an interpolated input, EAP-IG)."""
-    tl, L = model.tl, graph.n_layers
+    from mechscope.interp.models import Model
+
+    model, L = Model.wrap(model), graph.n_layers
 
     def embed_hook(act: Tensor, hook=None) -> Tensor:  # noqa: ARG001 - TL passes the hook point
         act = embed(act) if embed is not None else act
@@ -143,16 +148,6 @@ def component_hooks(model: "Model", graph: ComponentGraph, on_send: Send, on_rec
             fwd.append((f"{b}.hook_mlp_in", receive(graph.inputs(layer, "mlp"), True)))
             fwd.append((f"{b}.hook_mlp_out", send(slice(m, m + 1), True)))
     fwd.append((f"blocks.{L - 1}.hook_resid_post", receive(slice(graph.logits, graph.logits + 1), True)))
-    old = (tl.cfg.use_split_qkv_input, tl.cfg.use_attn_result, tl.cfg.use_hook_mlp_in)
-    try:
-        tl.set_use_split_qkv_input(True)
-        tl.set_use_attn_result(True)
-        if not graph.attn_only:
-            tl.set_use_hook_mlp_in(True)
-        with tl.hooks(fwd_hooks=fwd):
-            yield
-    finally:
-        tl.set_use_split_qkv_input(old[0])
-        tl.set_use_attn_result(old[1])
-        if not graph.attn_only:
-            tl.set_use_hook_mlp_in(old[2])
+    kinds = {"qkv_input", "result"} | (set() if graph.attn_only else {"mlp_in"})
+    with model.optional_hook_points(kinds), model.hooks(fwd):
+        yield

@@ -121,8 +121,7 @@ def _read_time(model: "Model", site: Site) -> int:
         raise ValueError(f"receiver {site}: valid receivers are the inputs of heads (q / k / v, "
                          f"e.g. 'L1.k.H2'), MLPs ('L1.mlp_in'), residual sites "
                          f"({', '.join(k for k in _READS if k.startswith('resid'))}) and 'logits'")
-    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
-    return 2 * site.layer + (0 if site.kind == "mlp_in" and parallel else _READS[site.kind])
+    return 2 * site.layer + (0 if site.kind == "mlp_in" and model.parallel_blocks else _READS[site.kind])
 
 
 def receiver_site(model: "Model", spec: "Site | str") -> Site:
@@ -139,32 +138,14 @@ def write_delta(model: "Model", site: Site, clean: Tensor, ref: Tensor) -> Float
     ``mlp_post``, summed over heads for a whole-layer ``z`` / ``result``, else the identity."""
     _write_time(model, site)
     d = ref - clean
-    tl = model.tl
     if site.kind == "z":
-        W_O = tl.blocks[site.layer].attn.W_O  # [H, d_head, d_model]
+        W_O = model.attn(site.layer).W_O  # [H, d_head, d_model]
         return d @ W_O[site.head] if site.head is not None else torch.einsum("bphe,hed->bpd", d, W_O)
     if site.kind == "result":
         return d if site.head is not None else d.sum(2)
     if site.kind == "mlp_post":
-        return d @ tl.blocks[site.layer].mlp.W_out
+        return d @ model.W_out(site.layer)
     return d
-
-
-@contextmanager
-def _receiver_flags(model: "Model", receivers: Iterable[Site]) -> Iterator[None]:
-    """Turn on TransformerLens' split q/k/v inputs and ``hook_mlp_in`` while routing."""
-    tl, kinds = model.tl, {r.kind for r in receivers}
-    old = (tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in)
-    try:
-        if kinds & {"q", "k", "v"}:
-            tl.set_use_split_qkv_input(True)
-        if "mlp_in" in kinds:
-            tl.set_use_hook_mlp_in(True)
-        yield
-    finally:
-        tl.set_use_split_qkv_input(old[0])
-        if not model.attn_only:
-            tl.set_use_hook_mlp_in(old[1])
 
 
 @contextmanager
@@ -208,7 +189,8 @@ def route(model: "Model", delta: Float[Tensor, "b p d"], receivers: "Iterable[Si
         return hook
 
     fwd = [(name, hook_for(group)) for name, group in by_hook.items()]
-    with _receiver_flags(model, sites), model.tl.hooks(fwd_hooks=fwd):
+    kinds = {"qkv_input" if r.kind in ("q", "k", "v") else r.kind for r in sites}
+    with model.optional_hook_points(kinds), model.hooks(fwd):
         yield
 
 
@@ -246,7 +228,9 @@ def path_patch(model: "Model", tokens: Int[Tensor, "b p"], sender: "Site | str",
     ``receivers``: ``'L1.q.H2'`` / ``'L1.k'`` (all heads) / ``'L1.v.H0'``, ``'L2.mlp_in'``,
     ``'L1.resid_mid'`` ..., ``'logits'`` (the direct path to the unembedding)."""
     from mechscope.interp.capture import capture
+    from mechscope.interp.models import Model
 
+    model = Model.wrap(model)
     site = model.site(sender)
     tokens = tokens[None] if tokens.ndim == 1 else tokens
     tokens = tokens.to(model.device)
@@ -265,4 +249,4 @@ def path_patch(model: "Model", tokens: Int[Tensor, "b p"], sender: "Site | str",
             keep[list(positions)] = True
             delta = delta * keep[None, :, None]
         with route(model, delta, receivers, after=site):
-            return model.tl(tokens)
+            return model(tokens)

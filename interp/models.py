@@ -178,6 +178,12 @@ class Model:
         return AttnWeights(layer, a.W_Q, a.W_K, a.W_V, a.W_O, a.b_Q, a.b_K, a.b_V, a.b_O,
                            float(a.attn_scale), self.n_heads // self.n_kv_heads)
 
+    def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        """The MLP's output weights of ``layer`` (``mlp_out = mlp_post @ W_out + b_out``)."""
+        if self.attn_only:
+            raise ValueError(f"model {self.name!r} is attention-only: its blocks have no MLP")
+        return self.tl.blocks[self._check_layer(layer)].mlp.W_out
+
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         """Token embedding (the parameter itself)."""
@@ -259,20 +265,25 @@ class Model:
     @contextmanager
     def optional_hook_points(self, kinds: Iterable[str]) -> Iterator[None]:
         """Turn on the hook points TransformerLens leaves off by default (``mlp_in``,
-        ``result``) for the site kinds given; restored on exit."""
+        ``result``, and ``qkv_input``: each head's own copy of its q / k / v input,
+        ``blocks.L.hook_{q,k,v}_input``) for the kinds given; restored on exit."""
         kinds, tl = set(kinds), self.tl
-        old = (tl.cfg.use_hook_mlp_in, tl.cfg.use_attn_result)
+        old = (tl.cfg.use_hook_mlp_in, tl.cfg.use_attn_result, tl.cfg.use_split_qkv_input)
         try:
             if "mlp_in" in kinds and not old[0]:
                 tl.set_use_hook_mlp_in(True)
             if "result" in kinds and not old[1]:
                 tl.set_use_attn_result(True)
+            if "qkv_input" in kinds and not old[2]:
+                tl.set_use_split_qkv_input(True)
             yield
         finally:
             if tl.cfg.use_hook_mlp_in != old[0]:
                 tl.set_use_hook_mlp_in(old[0])
             if tl.cfg.use_attn_result != old[1]:
                 tl.set_use_attn_result(old[1])
+            if tl.cfg.use_split_qkv_input != old[2]:
+                tl.set_use_split_qkv_input(old[2])
 
     def run_with_cache(self, tokens: Int[Tensor, "batch pos"],
                        names_filter: "Callable[[str], bool] | Sequence[str] | str | None" = None,

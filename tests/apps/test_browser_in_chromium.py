@@ -24,6 +24,10 @@ VISIBLE_CHARTS = """Array.from(document.querySelectorAll('.js-plotly-plot')).fil
   .map(g => [g.id, g._fullData.reduce((n, t) => n + ((t.x && t.x.length) || 0), 0)])"""
 
 
+RELAID = """Array.from(document.querySelectorAll('.js-plotly-plot')).filter(g => g.offsetParent !== null)
+  .every(g => g._fullLayout && Math.abs(g._fullLayout.width - g.getBoundingClientRect().width) < 2)"""
+
+
 def visible(t: str) -> str:  # what the pages draw for newline / tab
     return t.replace("\n", "\u21b5").replace("\t", "\u2192")
 
@@ -49,6 +53,10 @@ def _screenshot(page, path) -> None:
     shot = page.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
     path.write_bytes(base64.b64decode(shot["data"]))
     assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+    # back to the page's own viewport, and wait until every visible plot has re-laid itself out for
+    # it: a click computed from a plot laid out for the screenshot's viewport would miss its point
+    page.send("Emulation.clearDeviceMetricsOverride", {})
+    page.wait_for(RELAID, timeout=WAIT)
 
 
 @pytest.fixture(scope="module")

@@ -145,10 +145,14 @@ class BatchTopKConfig(TopKConfig):
     """Batch-top-k SAE (Bussmann et al. 2024)."""
 
     architecture: ClassVar[str] = "batchtopk"
-    _non_negative = ("d_out", "aux_k", "aux_coeff", "batchtopk_max_per_row")
+    _non_negative = ("d_out", "aux_k", "aux_coeff", "batchtopk_max_per_row", "batchtopk_threshold_window")
 
     batchtopk_max_per_row: int = _f(0, "batchtopk: cap on latents one row may get; 0 = 4k")
-    batchtopk_threshold_momentum: float = _f(0.99, "batchtopk: EMA momentum of the threshold")
+    batchtopk_threshold_momentum: float = _f(0.99, "batchtopk: EMA momentum of the threshold "
+                                             "before the final window")
+    batchtopk_threshold_window: int = _f(0, "batchtopk: the exported threshold is the mean of the "
+                                            "per-batch thresholds over this many final steps; "
+                                            "0 = max(1, steps // 10)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -169,15 +173,30 @@ class ReluConfig(DictionaryConfig):
 
 @dataclass(frozen=True)
 class JumpReluConfig(DictionaryConfig):
-    """JumpReLU SAE (Rajamanoharan et al. 2024)."""
+    """JumpReLU SAE (Rajamanoharan et al. 2024); defaults are SAELens 6's (inputs normalised to
+    E||x||^2 = d_in, as SAELens' ``expected_average_only_in``)."""
 
     architecture: ClassVar[str] = "jumprelu"
     _positive = ("d_in", "d_dict", "k", "jumprelu_bandwidth", "jumprelu_init_threshold")
-    _non_negative = ("d_out", "l0_coeff")
+    _non_negative = ("d_out", "l0_coeff", "l0_warmup_steps", "jumprelu_target_l0")
 
-    l0_coeff: float = _f(1e-3, "jumprelu: coefficient of the (straight-through) L0 penalty")
-    jumprelu_bandwidth: float = _f(1e-3, "jumprelu: kernel-density bandwidth epsilon")
-    jumprelu_init_threshold: float = _f(1e-3, "jumprelu: initial threshold of every latent")
+    l0_coeff: float = _f(1.0, "jumprelu: coefficient of the (straight-through) L0 penalty; "
+                              "higher = sparser")
+    l0_warmup_steps: int = _f(0, "jumprelu: steps of linear warm-up of l0_coeff from 0")
+    jumprelu_bandwidth: float = _f(0.05, "jumprelu: kernel-density bandwidth epsilon of the "
+                                         "threshold's pseudo-derivative")
+    jumprelu_init_threshold: float = _f(0.01, "jumprelu: initial threshold of every latent")
+    jumprelu_sparsity_loss: str = _f("step", "jumprelu: 'step' (penalty l0_coeff * L0) or "
+                                     "'quadratic' (l0_coeff * 2/T * (L0 - T)^2 around "
+                                     "jumprelu_target_l0 = T; Gemma Scope 2)")
+    jumprelu_target_l0: float = _f(0.0, "jumprelu: target L0 of the quadratic sparsity loss")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.jumprelu_sparsity_loss not in ("step", "quadratic"):
+            raise _bad(self, "jumprelu_sparsity_loss", "one of step, quadratic")
+        if self.jumprelu_sparsity_loss == "quadratic" and not self.jumprelu_target_l0 > 0:
+            raise _bad(self, "jumprelu_target_l0", "must be > 0 when jumprelu_sparsity_loss='quadratic'")
 
 
 @dataclass(frozen=True)

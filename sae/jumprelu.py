@@ -2,7 +2,7 @@
 
 Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU
 Sparse Autoencoders". With pre-activations ``z = (x − b_dec) W_encᵀ + b_enc`` and learned
-per-latent thresholds ``θ = exp(log θ) > 0``:
+per-latent thresholds ``θ ≥ 0``:
 
     f = JumpReLU_θ(z) = z · H(z − θ),    L = ||x − x̂||² + λ Σ_i H(z_i − θ_i)
 
@@ -12,11 +12,19 @@ estimate (rectangle kernel K(u) = 1[|u| < ½], bandwidth ε):
     ∂f/∂θ   := −(θ/ε) K((z − θ)/ε)          ∂H(z − θ)/∂θ := −(1/ε) K((z − θ)/ε)
 
 while ∂f/∂z = H(z − θ) as usual and the L0 term sends no gradient to z.
+
+θ is a parameter in activation units, projected onto θ ≥ 0 after every step, as in SAELens 6
+(not log θ as in the paper's code): Adam moves a parameter by about ``lr`` per step, so under
+a log parametrisation a threshold that starts at 1e-3 moves by a factor of only ``e^(lr·steps)``
+and never reaches the O(1) scale of normalised pre-activations — the SAE stays dense whatever
+λ is. Defaults follow SAELens (θ₀ = 0.01, ε = 0.05, λ = 1 on inputs with E||x||² = d).
+
+Sparsity loss: ``step`` is λ·L0 as above; ``quadratic`` (Gemma Scope 2, SAELens) is
+``λ · (2/T)(L0 − T)²`` per row, which drives the L0 to a target T instead of trading it against
+the reconstruction. λ ramps linearly from 0 over ``l0_warmup_steps``.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor, nn
@@ -73,11 +81,16 @@ class JumpReluSAE(_Encoder):
     def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, train, generator)
-        self.log_threshold = nn.Parameter(torch.full((self.d_dict,), math.log(cfg.jumprelu_init_threshold)))
+        self.threshold = nn.Parameter(torch.full((self.d_dict,), cfg.jumprelu_init_threshold))
 
-    @property
-    def threshold(self) -> Tensor:
-        return self.log_threshold.exp()
+    @torch.no_grad()
+    def after_step(self, x_in: Tensor, x_out: Tensor, generator: torch.Generator) -> None:
+        # projected, not clamped in the graph: a clamp would zero the gradient of a latent at 0
+        self.threshold.clamp_(min=0.0)
+
+    def l0_coeff(self, step: int) -> float:
+        w = self.cfg.l0_warmup_steps
+        return self.cfg.l0_coeff * (min(1.0, step / w) if w else 1.0)
 
     @torch.no_grad()
     def folded_weights(self) -> dict[str, Tensor]:
@@ -89,7 +102,7 @@ class JumpReluSAE(_Encoder):
     @torch.no_grad()
     def load_folded(self, t: dict[str, Tensor]) -> None:
         super().load_folded(t)
-        self.log_threshold.copy_(t["threshold"].clamp_min(1e-30).log())
+        self.threshold.copy_(t["threshold"])
 
     @classmethod
     def from_saelens_tensors(cls, t: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -107,7 +120,12 @@ class JumpReluSAE(_Encoder):
         f = _JumpReLU.apply(z, theta, eps)
         x_hat = f @ self.W_dec + self.b_dec
         rec = mse(x_hat, x_out)
-        l0 = _Step.apply(z, theta, eps).sum(-1).mean()
-        loss = rec + self.cfg.l0_coeff * l0
+        l0_rows = _Step.apply(z, theta, eps).sum(-1)
+        if self.cfg.jumprelu_sparsity_loss == "quadratic":
+            target = self.cfg.jumprelu_target_l0
+            penalty = (2 / target * (l0_rows - target).pow(2)).mean()
+        else:
+            penalty = l0_rows.mean()
+        loss = rec + self.l0_coeff(step) * penalty
         return LossOutput(loss, x_hat, SparseCode.from_dense(f.detach()),
-                          {"mse": rec.detach(), "l0_penalty": l0.detach()})
+                          {"mse": rec.detach(), "l0_penalty": penalty.detach()})

@@ -6,14 +6,21 @@ Top-k (Makhzani & Frey 2013; Gao et al. 2024, "Scaling and evaluating sparse aut
 
 Batch-top-k (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders"): during training the n·k
 largest activations of the whole batch are kept, so sparsity adapts per row with mean L0 = k. At
-inference a row keeps the activations above a threshold θ, estimated during training as an
-exponential moving average of the smallest activation the batch selection kept. Rows are capped
+inference a row keeps the activations above a threshold θ. Each training batch's selection is
+exactly "keep what exceeds θ_b", θ_b = the smallest activation kept (the n·k-th largest of the
+batch), so the inference θ should be the θ_b of the *final* weights. An exponential moving
+average over the whole run lags behind θ_b while it drifts (it falls as the encoder trains), and
+the exported SAE came out sparser than it trained (L0 12 for k = 16). So θ follows an EMA of θ_b
+until the last ``batchtopk_threshold_window`` steps (default a tenth of the run, when the learning
+rate decays to 0 and the weights settle), and is then the plain mean of θ_b over that window
+(the mean of per-batch quantiles of n·k ≫ 1 kept values ≈ the quantile over all those rows). Rows are capped
 at ``batchtopk_max_per_row`` candidates (default 4k) taken with the top-k kernel; the batch
 selection is exact whenever no row would have kept more than the cap.
 
 Aux-k (Gao et al. §A.2): with residual ``e = x − x̂`` (no gradient) and the ``k_aux`` largest
 pre-activations among dead latents, ``ê = f_dead W_dec[dead]``,
-``L_aux = ||e − ê||² / ||e − ē||²``; it revives latents that have not fired for
+``L_aux = ||e − ê||² / ||e − ē||²``, with the raw (un-ReLU'd) pre-activations so that latents
+whose pre-activations are all negative still get a gradient (as sparsify and SAELens do); it revives latents that have not fired for
 ``dead_tokens`` tokens by teaching them to explain what the live ones miss.
 
 Every encoder forward/backward goes through `mechscope.kernels.topk_encode` and every decoder
@@ -72,11 +79,17 @@ class _AuxK:
         if n_dead == 0 or self.cfg.aux_coeff == 0:
             return residual.new_zeros(())
         idx = dead.nonzero().squeeze(1)
-        code = topk_encode(x_c.detach(), self.W_enc[idx], self.b_enc[idx],
-                           min(self.cfg.effective_aux_k, n_dead))
-        e_hat = sparse_decode(code, self.W_dec[idx], residual.new_zeros(self.d_out))
+        k_aux = min(self.cfg.effective_aux_k, n_dead)
+        # raw pre-activations, no ReLU (sparsify, SAELens): a dead latent's pre-activations are
+        # mostly negative, and through a ReLU it would get no gradient and stay dead
+        pre = x_c.detach() @ self.W_enc[idx].T + self.b_enc[idx]
+        top = pre.topk(k_aux, dim=-1)
+        e_hat = sparse_decode(SparseCode(top.values, top.indices), self.W_dec[idx],
+                              residual.new_zeros(self.d_out))
         var = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        return self.cfg.aux_coeff * mse(e_hat, residual) / var
+        # fewer dead latents than k_aux: a proportionally smaller loss (SAELens, sparsify)
+        scale = min(n_dead / self.cfg.effective_aux_k, 1.0)
+        return self.cfg.aux_coeff * scale * mse(e_hat, residual) / var
 
 
 class TopKSAE(_AuxK, _Encoder):
@@ -116,6 +129,9 @@ class BatchTopKSAE(_AuxK, _Encoder):
         super().__init__(cfg, train, generator)
         # < 0 until the first training batch has set it
         self.register_buffer("threshold", torch.full((), -1.0))
+        # sum and count of θ_b over the final window (buffers: a resumed run continues them)
+        self.register_buffer("final_threshold_sum", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("final_threshold_count", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
     def folded_weights(self) -> dict[str, Tensor]:
@@ -151,7 +167,7 @@ class BatchTopKSAE(_AuxK, _Encoder):
         keep = torch.zeros_like(flat, dtype=torch.bool)
         keep[flat.topk(min(x_in.shape[0] * self.cfg.k, flat.numel())).indices] = True
         keep &= flat > 0
-        self._update_threshold(flat[keep])
+        self._update_threshold(flat[keep], step)
         code = SparseCode(cand.values * keep.view_as(cand.values), cand.indices)
         x_hat = sparse_decode(code, self.W_dec, self.b_dec)
         rec = mse(x_hat, x_out)
@@ -159,12 +175,21 @@ class BatchTopKSAE(_AuxK, _Encoder):
         return LossOutput(rec + aux, x_hat, code,
                           {"mse": rec.detach(), "aux": aux.detach(), "threshold": self.threshold.clone()})
 
+    def in_final_window(self, step: int) -> bool:
+        steps = self.training_config.steps
+        window = self.cfg.batchtopk_threshold_window or max(1, steps // 10)
+        return step >= steps - window
+
     @torch.no_grad()
-    def _update_threshold(self, kept: Tensor) -> None:
+    def _update_threshold(self, kept: Tensor, step: int) -> None:
         if kept.numel() == 0:
             return
         lo = kept.min()
-        if self.threshold < 0:
+        if self.train_cfg is not None and self.in_final_window(step):
+            self.final_threshold_sum += lo.double()
+            self.final_threshold_count += 1
+            self.threshold.copy_(self.final_threshold_sum / self.final_threshold_count)
+        elif self.threshold < 0:
             self.threshold.copy_(lo)
         else:
             m = self.cfg.batchtopk_threshold_momentum

@@ -161,6 +161,33 @@ class BatchTopKConfig(TopKConfig):
 
 
 @dataclass(frozen=True)
+class MatryoshkaConfig(BatchTopKConfig):
+    """Matryoshka batch-top-k SAE (Bussmann et al. 2025; Nabeshima 2024)."""
+
+    architecture: ClassVar[str] = "matryoshka"
+
+    matryoshka_widths: str = _f("", "matryoshka: comma-separated nested prefix widths, increasing, "
+                                    "the last = d_dict (e.g. '128,512,2048'); '' = d_dict/16, "
+                                    "d_dict/4, d_dict")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            w = self.widths
+        except ValueError:
+            raise _bad(self, "matryoshka_widths", "comma-separated integers") from None
+        if any(b <= a for a, b in zip((0, *w), w)) or w[-1] != self.d_dict:
+            raise _bad(self, "matryoshka_widths", f"strictly increasing positive widths ending at "
+                       f"d_dict={self.d_dict}")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        if not self.matryoshka_widths.strip():
+            return tuple(sorted({max(1, self.d_dict // 16), max(1, self.d_dict // 4), self.d_dict}))
+        return tuple(int(v) for v in self.matryoshka_widths.split(","))
+
+
+@dataclass(frozen=True)
 class ReluConfig(DictionaryConfig):
     """ReLU + L1 SAE (Anthropic, April 2024)."""
 
@@ -169,6 +196,17 @@ class ReluConfig(DictionaryConfig):
 
     l1_coeff: float = _f(5.0, "relu: L1 coefficient on f_i * ||W_dec_i||")
     l1_warmup_steps: int = _f(0, "relu: steps of linear warm-up of the L1 coefficient from 0")
+
+
+@dataclass(frozen=True)
+class GatedConfig(DictionaryConfig):
+    """Gated SAE (Rajamanoharan et al. 2024, "Improving Dictionary Learning with Gated SAEs")."""
+
+    architecture: ClassVar[str] = "gated"
+    _non_negative = ("d_out", "l1_coeff", "l1_warmup_steps")
+
+    l1_coeff: float = _f(1.0, "gated: L1 coefficient on relu(pi_gate)_i * ||W_dec_i||")
+    l1_warmup_steps: int = _f(0, "gated: steps of linear warm-up of the L1 coefficient from 0")
 
 
 @dataclass(frozen=True)
@@ -223,7 +261,8 @@ class CodebookConfig(DictionaryConfig):
 
 
 CONFIGS: dict[str, type[DictionaryConfig]] = {c.architecture: c for c in (
-    TopKConfig, BatchTopKConfig, ReluConfig, JumpReluConfig, MatchingPursuitConfig, CodebookConfig)}
+    TopKConfig, BatchTopKConfig, MatryoshkaConfig, ReluConfig, GatedConfig, JumpReluConfig,
+    MatchingPursuitConfig, CodebookConfig)}
 ARCHITECTURES = tuple(CONFIGS)
 
 

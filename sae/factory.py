@@ -11,13 +11,15 @@ from mechscope.sae.config import DictionaryConfig, TrainConfig
 def dictionary_classes() -> dict[str, type[SparseDictionary]]:
     """Every architecture's class, by name (the registry `mechscope.sae.io` loads through)."""
     from mechscope.sae.codebook import CodebookDictionary
+    from mechscope.sae.gated import GatedSAE
     from mechscope.sae.jumprelu import JumpReluSAE
+    from mechscope.sae.matryoshka import MatryoshkaSAE
     from mechscope.sae.matching_pursuit import MatchingPursuitSAE
     from mechscope.sae.relu import ReluSAE
     from mechscope.sae.topk import BatchTopKSAE, TopKSAE
 
-    return {c.architecture: c for c in (TopKSAE, BatchTopKSAE, ReluSAE, JumpReluSAE,
-                                        MatchingPursuitSAE, CodebookDictionary)}
+    return {c.architecture: c for c in (TopKSAE, BatchTopKSAE, MatryoshkaSAE, ReluSAE, GatedSAE,
+                                        JumpReluSAE, MatchingPursuitSAE, CodebookDictionary)}
 
 
 def dictionary_class(architecture: str) -> type[SparseDictionary]:

@@ -10,7 +10,8 @@ A saved folder holds
   with ``model_name``, ``hook_name`` (``hook_name_out`` for transcoders), ``context_size`` and
   the installed SAELens version), so ``sae_lens.SAE.load_from_disk(folder)`` gives the SAELens
   class with the same encode/decode as mechscope: ``topk``, ``standard`` (relu), ``jumprelu``
-  (batch-top-k too, as SAELens saves it: one global threshold), ``transcoder`` (relu
+  (batch-top-k and Matryoshka batch-top-k too, as SAELens saves them: one global threshold),
+  ``gated``, ``transcoder`` (relu
   transcoders), ``jumprelu_transcoder`` (jumprelu and batch-top-k transcoders),
   ``matching_pursuit``. Top-k transcoders and codebooks have no SAELens class and get no
   cfg.json (mechscope.json says ``sae_lens_architecture: null``); SAELens' skip transcoders have

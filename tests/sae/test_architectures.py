@@ -8,7 +8,7 @@ from mechscope.sae.factory import build_dictionary
 from mechscope.sae.jumprelu import _JumpReLU, _Step
 from mechscope.sae.trainer import Run, train_step
 
-ARCHS = ["topk", "batchtopk", "relu", "jumprelu", "mp", "codebook"]
+ARCHS = ["topk", "batchtopk", "matryoshka", "relu", "gated", "jumprelu", "mp", "codebook"]
 
 
 def _x(n=64, d=16, seed=0):
@@ -188,3 +188,47 @@ def test_codebook_selects_by_cosine_and_replaces_dead_codes(make_cfg, tmp_path):
     m.after_step(x.detach(), x.detach(), torch.Generator().manual_seed(0))
     assert not torch.equal(m.W_dec[:5], before[:5]) and torch.equal(m.W_dec[5:], before[5:])
     assert int(m.tokens_since_fired[:5].max()) == 0
+
+
+def test_matryoshka_loss_is_the_sum_of_nested_prefix_losses(make_cfg, tmp_path):
+    """L = Σ_l ||x − (f_{<m_l} W_dec + b_dec)||² + aux, with f the batch-top-k code (dense oracle)."""
+    run = _trained_a_bit(make_cfg, "matryoshka", tmp_path, d_dict=48, k=4, matryoshka_widths="6,20,48")
+    m = run.model
+    x = _x(seed=11)
+    out = m.loss(x, x, 5)
+    f = out.code.dense(48)
+    expect = sum(((f[:, :w] @ m.W_dec[:w] + m.b_dec - x) ** 2).sum(-1).mean() for w in (6, 20, 48))
+    assert torch.allclose(out.loss - out.terms["aux"], expect, atol=1e-4)
+    assert set(out.terms) >= {"mse", "mse_6", "mse_20", "aux"}
+
+
+def test_matryoshka_widths_are_validated(make_cfg):
+    with pytest.raises(ValueError, match="matryoshka_widths"):
+        make_cfg(architecture="matryoshka", d_dict=48, matryoshka_widths="8,4,48")
+    with pytest.raises(ValueError, match="matryoshka_widths"):
+        make_cfg(architecture="matryoshka", d_dict=48, matryoshka_widths="8,16")
+    assert make_cfg(architecture="matryoshka", d_dict=64).dictionary.widths == (4, 16, 64)
+
+
+def test_gated_paths_loss_and_gradients(make_cfg, tmp_path):
+    """f = 1[π_gate > 0] relu(π_mag); the L1 and the auxiliary loss act on relu(π_gate) through
+    a frozen decoder: the aux term sends no gradient to W_dec, the step none to the gate."""
+    run = _trained_a_bit(make_cfg, "gated", tmp_path, l1_coeff=0.5)
+    m = run.model
+    x = _x(seed=12)
+    xc = x - m.b_dec
+    gate = xc @ m.W_enc.T + m.b_enc
+    mag = xc @ (m.W_enc * m.r_mag.exp()[:, None]).T + m.b_mag
+    f = (gate > 0) * mag.relu()
+    out = m.loss(x, x, 10)
+    assert torch.allclose(out.code.dense(m.d_dict), f.detach(), atol=1e-5)
+    l1 = (gate.relu() * m.W_dec.norm(dim=-1)).sum(-1).mean()
+    aux = ((gate.relu() @ m.W_dec + m.b_dec - x) ** 2).sum(-1).mean()
+    rec = ((f @ m.W_dec + m.b_dec - x) ** 2).sum(-1).mean()
+    assert torch.allclose(out.loss, rec + 0.5 * l1 + aux, atol=1e-4)
+    run.opt.zero_grad(set_to_none=True)
+    (out.loss - out.loss.detach()).backward()
+    g_total = m.W_dec.grad.clone()
+    m.zero_grad(set_to_none=True)
+    (rec + 0.5 * l1).backward()
+    assert torch.allclose(g_total, m.W_dec.grad, atol=1e-5)  # aux adds nothing to W_dec's gradient

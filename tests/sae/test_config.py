@@ -19,7 +19,7 @@ def test_valid_config_and_defaults():
 
 
 @pytest.mark.parametrize("kw, field", [
-    (dict(architecture="gated"), "architecture"),
+    (dict(architecture="abstopk"), "architecture"),
     (dict(d_in=0), "d_in"),
     (dict(k=100), "k"),
     (dict(lr=0.0), "lr"),
@@ -62,7 +62,7 @@ def test_flat_table_routes_keys_and_refuses_other_architectures_fields():
     assert c.dictionary == ReluConfig(d_in=8, d_dict=32, l1_coeff=2.0)
     assert c.train == TrainConfig(lr=1e-3, dead_tokens=100)
     # a key of another architecture: the error names its owner and this architecture's valid keys
-    with pytest.raises(ValueError, match=r"aux_k belongs to architecture topk, batchtopk, not relu; "
+    with pytest.raises(ValueError, match=r"aux_k belongs to architecture topk, batchtopk, matryoshka, not relu; "
                                          r"valid fields for relu: .*l1_coeff.*lr"):
         RunConfig.from_dict({"architecture": "relu", "d_in": 8, "d_dict": 32, "aux_k": 3})
     with pytest.raises(ValueError, match="valid fields for mp: .*mp_residual_threshold") as e:

@@ -21,7 +21,7 @@ def _trained(make_cfg, arch, tmp_path, **kw):
     return run.model.eval(), torch.randn(32, 16, generator=g) * 5 + 2
 
 
-@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu", "batchtopk"])
+@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu", "batchtopk", "matryoshka", "gated"])
 def test_sae_lens_loads_our_folders_with_identical_outputs(make_cfg, tmp_path, arch):
     # the JumpReLU threshold starts where it matters; other architectures have no such field
     ours, x = _trained(make_cfg, arch, tmp_path, **({"jumprelu_init_threshold": 0.05} if arch == "jumprelu" else {}))
@@ -38,7 +38,7 @@ def test_sae_lens_loads_our_folders_with_identical_outputs(make_cfg, tmp_path, a
     assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu", "mp", "codebook"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu", "gated", "jumprelu", "mp", "codebook"])
 def test_mechscope_round_trip(make_cfg, tmp_path, arch):
     ours, x = _trained(make_cfg, arch, tmp_path)
     back = load_dictionary(save_dictionary(ours, tmp_path / "saved"))
@@ -113,8 +113,8 @@ def test_bad_files_give_clear_errors(make_cfg, tmp_path):
     (p / "cfg.json").write_text(json.dumps({**c, "d_sae": 99}))
     with pytest.raises(DictionaryFileError, match="'W_enc' has shape .16, 48., expected .16, 99."):
         load_dictionary(p)
-    (p / "cfg.json").write_text(json.dumps({**c, "architecture": "gated"}))
-    with pytest.raises(DictionaryFileError, match="'gated' is not supported"):
+    (p / "cfg.json").write_text(json.dumps({**c, "architecture": "temporal"}))
+    with pytest.raises(DictionaryFileError, match="'temporal' is not supported"):
         load_dictionary(p)
     (p / "cfg.json").write_text(json.dumps({**c, "normalize_activations": "layer_norm"}))
     with pytest.raises(DictionaryFileError, match="normalize_activations"):

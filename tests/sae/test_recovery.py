@@ -65,3 +65,16 @@ def test_hierarchical_source_structure():
     assert torch.allclose(cos, torch.full((3, 4), 0.6), atol=1e-5)
     assert torch.allclose(src.children.norm(dim=-1), torch.ones(3, 4), atol=1e-5)
     assert torch.equal(src.batch(7), src.batch(7))  # a pure function of (seed, index)
+
+
+def test_gated_and_matryoshka_recover_planted_directions(tmp_path, make_cfg, mmcs):
+    src = PlantedSource(d=16, n_features=32, batch_size=256, mean_active=3, seed=0)
+    held = PlantedSource(d=16, n_features=32, batch_size=256, mean_active=3, seed=0)
+    held.load_state_dict({"position": 10_000})
+    for arch, kw in (("gated", dict(l1_coeff=3.0, l1_warmup_steps=50)), ("matryoshka", dict(k=3))):
+        r = train(make_cfg(architecture=arch, d_dict=64, steps=300, lr=3e-3, **kw), src, tmp_path / arch)
+        src.load_state_dict({"position": 0})
+        e = evaluate(r.dictionary, held, n_batches=2)
+        held.load_state_dict({"position": 10_000})
+        assert mmcs(r.dictionary.directions.detach(), src.features) >= 0.9, arch
+        assert e.fvu < 0.3 and e.l0 < 64 / 4, (arch, e.fvu, e.l0)

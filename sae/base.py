@@ -115,6 +115,10 @@ class SparseDictionary(nn.Module):
         raise NotImplementedError
 
     # --- training hooks ---
+    def param_groups(self) -> list[dict]:
+        """Adam parameter groups; ``lr_scale`` multiplies the schedule's learning rate."""
+        return [{"params": list(self.parameters()), "lr_scale": 1.0}]
+
     @property
     def training_config(self) -> TrainConfig:
         if self.train_cfg is None:

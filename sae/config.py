@@ -194,7 +194,8 @@ class ReluConfig(DictionaryConfig):
     architecture: ClassVar[str] = "relu"
     _non_negative = ("d_out", "l1_coeff", "l1_warmup_steps")
 
-    l1_coeff: float = _f(5.0, "relu: L1 coefficient on f_i * ||W_dec_i||")
+    l1_coeff: float = _f(5.0, "relu, gated: L1 coefficient on f_i * ||W_dec_i|| (gated: on "
+                              "relu(pi_gate)_i)")
     l1_warmup_steps: int = _f(0, "relu: steps of linear warm-up of the L1 coefficient from 0")
 
 
@@ -215,7 +216,8 @@ class JumpReluConfig(DictionaryConfig):
     E||x||^2 = d_in, as SAELens' ``expected_average_only_in``)."""
 
     architecture: ClassVar[str] = "jumprelu"
-    _positive = ("d_in", "d_dict", "k", "jumprelu_bandwidth", "jumprelu_init_threshold")
+    _positive = ("d_in", "d_dict", "k", "jumprelu_bandwidth", "jumprelu_init_threshold",
+                 "jumprelu_threshold_lr_scale")
     _non_negative = ("d_out", "l0_coeff", "l0_warmup_steps", "jumprelu_target_l0")
 
     l0_coeff: float = _f(1.0, "jumprelu: coefficient of the (straight-through) L0 penalty; "
@@ -224,6 +226,9 @@ class JumpReluConfig(DictionaryConfig):
     jumprelu_bandwidth: float = _f(0.05, "jumprelu: kernel-density bandwidth epsilon of the "
                                          "threshold's pseudo-derivative")
     jumprelu_init_threshold: float = _f(0.01, "jumprelu: initial threshold of every latent")
+    jumprelu_threshold_lr_scale: float = _f(1.0, "jumprelu: the threshold's learning rate is lr times "
+                                                 "this (SAELens: 1; short runs need ~10 so that "
+                                                 "lr * scale * steps >~ 1)")
     jumprelu_sparsity_loss: str = _f("step", "jumprelu: 'step' (penalty l0_coeff * L0) or "
                                      "'quadratic' (l0_coeff * 2/T * (L0 - T)^2 around "
                                      "jumprelu_target_l0 = T; Gemma Scope 2)")

@@ -17,7 +17,10 @@ while ∂f/∂z = H(z − θ) as usual and the L0 term sends no gradient to z.
 (not log θ as in the paper's code): Adam moves a parameter by about ``lr`` per step, so under
 a log parametrisation a threshold that starts at 1e-3 moves by a factor of only ``e^(lr·steps)``
 and never reaches the O(1) scale of normalised pre-activations — the SAE stays dense whatever
-λ is. Defaults follow SAELens (θ₀ = 0.01, ε = 0.05, λ = 1 on inputs with E||x||² = d).
+λ is. Defaults follow SAELens (θ₀ = 0.01, ε = 0.05, λ = 1 on inputs with E||x||² = d). θ has
+its own learning rate, ``jumprelu_threshold_lr_scale`` times the schedule's (1 in SAELens, whose
+runs are 10⁴–10⁵ steps): normalised pre-activations are O(1), so θ needs ``lr·scale·steps ≳ 1``
+to reach them, and a CPU run of a few hundred steps needs a scale of ~10.
 
 Sparsity loss: ``step`` is λ·L0 as above; ``quadratic`` (Gemma Scope 2, SAELens) is
 ``λ · (2/T)(L0 − T)²`` per row, which drives the L0 to a target T instead of trading it against
@@ -82,6 +85,11 @@ class JumpReluSAE(_Encoder):
                  generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, train, generator)
         self.threshold = nn.Parameter(torch.full((self.d_dict,), cfg.jumprelu_init_threshold))
+
+    def param_groups(self) -> list[dict]:
+        rest = [p for n, p in self.named_parameters() if n != "threshold"]
+        return [{"params": rest, "lr_scale": 1.0},
+                {"params": [self.threshold], "lr_scale": self.cfg.jumprelu_threshold_lr_scale}]
 
     @torch.no_grad()
     def after_step(self, x_in: Tensor, x_out: Tensor, generator: torch.Generator) -> None:

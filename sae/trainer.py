@@ -101,7 +101,7 @@ class Run:
         t = cfg.train
         model = build_dictionary(cfg.dictionary, t)
         model.to(device=resolve_device(device), dtype=resolve_dtype(t.dtype))
-        opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), fused=True)
+        opt = torch.optim.Adam(model.param_groups(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), fused=True)
         return cls(cfg, model, opt, torch.Generator().manual_seed(t.seed + 1), Path(out_dir))
 
     @property
@@ -158,7 +158,7 @@ def train_step(run: Run, x_in: Tensor, x_out: Tensor, step: int, dp: "DataParall
     m, cfg = run.model, run.cfg.train
     lr = lr_at(cfg, step)
     for group in run.opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     xi, xo = x_in * m.scale_in, x_out * m.scale_out
     with torch.autocast(run.device.type, dtype=_autocast_dtype(cfg), enabled=bool(cfg.autocast)):
         out = m.loss(xi, xo, step)

@@ -42,21 +42,24 @@ def test_jumprelu_l0_falls_as_l0_coeff_rises(tmp_path, make_cfg):
     assert l0s[2] < 8 and l0s[0] > 1.5 * l0s[2], l0s  # sparse at λ = 1, and λ matters
 
 
-def test_jumprelu_threshold_moves_in_activation_units(make_cfg):
-    """θ is a parameter in activation units (Adam moves it ~lr per step, not a factor e^lr),
-    and is projected back onto θ ≥ 0 after each step."""
-    from mechscope.sae.factory import build_dictionary
+def test_jumprelu_threshold_moves_in_activation_units_at_its_own_rate(make_cfg):
+    """θ is a parameter in activation units with learning rate lr·scale: Adam's first step moves
+    each parameter with a non-zero gradient by exactly its group's lr (bias-corrected g/|g|), so
+    θ moves by lr·scale (not by a factor e^lr, as log θ did) and every other weight by ≤ lr."""
     from mechscope.sae.trainer import Run, train_step
 
-    run = Run.new(make_cfg(architecture="jumprelu", d_dict=64, lr=0.1, jumprelu_init_threshold=0.01,
-                           jumprelu_bandwidth=10.0, l0_coeff=100.0), "unused")
+    lr, scale = 1e-3, 20.0
+    run = Run.new(make_cfg(architecture="jumprelu", d_dict=64, lr=lr, warmup_steps=0, decay_fraction=0.0,
+                           jumprelu_init_threshold=0.5, jumprelu_bandwidth=10.0,
+                           jumprelu_threshold_lr_scale=scale), "unused")
     x = PlantedSource(d=16, n_features=32, batch_size=256, seed=0).batch(0)
     run.model.init_from_data(x, x)
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
     train_step(run, x, x, 0)
-    th = run.model.threshold.detach()
-    assert (th - 0.01).abs().max() > 0.05  # moved by ~lr = 0.1, far more than 0.01·(e^0.1 − 1)
-    assert float(th.min()) >= 0.0
-    assert isinstance(build_dictionary(run.cfg.dictionary, run.cfg.train).threshold, torch.nn.Parameter)
+    moved = (run.model.threshold.detach() - before["threshold"]).abs()
+    assert torch.allclose(moved[moved > 0], torch.full_like(moved[moved > 0], lr * scale), rtol=1e-3)
+    assert (moved > 0).float().mean() > 0.5
+    assert float((run.model.W_enc.detach() - before["W_enc"]).abs().max()) <= lr * 1.001
 
 
 @pytest.mark.parametrize("k, steps", [(3, 200), (8, 120)])

@@ -7,8 +7,11 @@ reconstructions ŷ = decode(encode(x)):
     L0  = mean number of non-zero code entries per row
     density_i = fraction of rows on which latent i is non-zero
     dead = density_i == 0,   dense = density_i > dense_threshold
+    L1  = mean Σ_i |f_i|;   cossim = mean cos(y, ŷ);   l2_ratio = mean ||ŷ|| / ||y||
+    relative reconstruction bias = argmin_γ E||ŷ/γ − y||² = E||ŷ||² / E<ŷ, y>   (< 1: shrinkage)
 
-(the SAEBench / SAELens definitions; Karvonen et al. 2025). Sums are accumulated in float64, so a
+(the SAEBench / SAELens definitions; Karvonen et al. 2025; the bias as in Wright & Sharkey 2024,
+SAEBench's ``relative_reconstruction_bias``). Sums are accumulated in float64, so a
 stream of batches gives the same numbers as one big batch. ``Σ||y − ȳ||²`` is computed as
 ``Σ||y||² − N||ȳ||²``.
 
@@ -43,11 +46,17 @@ class EvalResult:
     dense_fraction: float
     density: Float[Tensor, "d_dict"]
     log10_density_hist: tuple[Tensor, Tensor]  # (counts [bins], edges [bins + 1]) over live latents
+    l1: float = float("nan")
+    cossim: float = float("nan")
+    l2_ratio: float = float("nan")
+    relative_reconstruction_bias: float = float("nan")
+
+    SCALARS = ("n_tokens", "l0", "mse", "fvu", "explained_variance", "dead_fraction", "dense_fraction",
+               "l1", "cossim", "l2_ratio", "relative_reconstruction_bias")
 
     def to_dict(self) -> dict[str, Any]:
         """Scalars only (JSON-able)."""
-        return {k: getattr(self, k) for k in ("n_tokens", "l0", "mse", "fvu", "explained_variance",
-                                              "dead_fraction", "dense_fraction")}
+        return {k: getattr(self, k) for k in self.SCALARS}
 
 
 class ReconstructionStats:
@@ -57,6 +66,8 @@ class ReconstructionStats:
         self.dictionary, self.dense_threshold, self.bins = dictionary, dense_threshold, bins
         self.n, self.sq_err, self.sum_y, self.sum_y2, self.nnz = 0, 0.0, None, 0.0, 0.0
         self.fires = torch.zeros(dictionary.d_dict, dtype=torch.float64)
+        # Σ|f|, Σ cos(y, ŷ), Σ ||ŷ||/||y||, Σ ||ŷ||², Σ <ŷ, y>
+        self.shrink = torch.zeros(5, dtype=torch.float64)
 
     @torch.no_grad()
     def update(self, x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"]) -> None:
@@ -68,6 +79,12 @@ class ReconstructionStats:
         self.sq_err += float((y - y_hat).pow(2).sum())
         self.sum_y = y.sum(0) if self.sum_y is None else self.sum_y + y.sum(0)
         self.sum_y2 += float(y.pow(2).sum())
+        ny, nh = y.norm(dim=-1), y_hat.norm(dim=-1)
+        dot = (y * y_hat).sum(-1)
+        self.shrink += torch.stack([code.values.double().abs().sum().cpu(),
+                                    (dot / (ny * nh).clamp_min(1e-12)).sum().cpu(),
+                                    (nh / ny.clamp_min(1e-12)).sum().cpu(),
+                                    nh.pow(2).sum().cpu(), dot.sum().cpu()])
         nz = code.values != 0
         self.nnz += float(nz.sum())
         dev = code.indices.device
@@ -85,8 +102,10 @@ class ReconstructionStats:
         live = density[density > 0]
         edges = torch.linspace(-float(torch.log10(torch.tensor(float(n)))), 0.0, bins + 1)
         counts = torch.histc(live.log10(), bins, float(edges[0]), float(edges[-1])) if live.numel() else torch.zeros(bins)
+        l1, cos, ratio, hh, hy = self.shrink.tolist()
         return EvalResult(n, self.nnz / n, self.sq_err / n, fvu, 1 - fvu, float((density == 0).float().mean()),
-                          float((density > self.dense_threshold).float().mean()), density, (counts, edges))
+                          float((density > self.dense_threshold).float().mean()), density, (counts, edges),
+                          l1 / n, cos / n, ratio / n, hh / hy if hy else float("nan"))
 
 
 @torch.no_grad()

@@ -43,6 +43,28 @@ def test_metrics_against_direct_computation():
     counts, edges = e.log10_density_hist
     assert int(counts.sum()) == 3 and edges.shape == (51,)
     assert evaluate(Fixed(), batches, n_batches=1).n_tokens == 8
+    code = torch.cat([Fixed().encode(b).dense(4) for b in batches])
+    assert e.l1 == pytest.approx(float(code.abs().sum() / 24), rel=1e-5)
+    assert e.cossim == pytest.approx(float(torch.cosine_similarity(x, x_hat, dim=-1).mean()), rel=1e-5)
+    assert e.l2_ratio == pytest.approx(float((x_hat.norm(dim=-1) / x.norm(dim=-1)).mean()), rel=1e-5)
+    gamma = float(x_hat.pow(2).sum() / (x_hat * x).sum())  # argmin_g ||x_hat / g - x||^2
+    assert e.relative_reconstruction_bias == pytest.approx(gamma, rel=1e-5)
+
+
+def test_relative_reconstruction_bias_measures_shrinkage():
+    """A dictionary whose reconstruction is 0.8 x has bias 0.8 and l2 ratio 0.8 (Wright & Sharkey)."""
+
+    class Shrunk(Fixed):
+        def encode(self, x):
+            return SparseCode(x, torch.arange(4).expand(x.shape[0], 4).clone())
+
+        def decode(self, code):
+            return 0.8 * code.dense(4)
+
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1)).abs() + 0.1
+    e = evaluate(Shrunk(), [x])
+    assert e.relative_reconstruction_bias == pytest.approx(0.8, rel=1e-5)
+    assert e.l2_ratio == pytest.approx(0.8, rel=1e-5) and e.cossim == pytest.approx(1.0, rel=1e-5)
 
 
 def test_ce_loss_recovered():

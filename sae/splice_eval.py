@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 
 class SpliceResult(NamedTuple):
-    """Mean next-token losses (nats) clean / spliced / zero-ablated, KL, CE loss recovered."""
+    """Mean next-token losses (nats) clean / spliced / zero-ablated, KL(clean || spliced), CE loss
+    recovered, and KL(clean || zero-ablated) (the denominator of SAEBench's KL score)."""
 
     loss_clean: float
     loss_spliced: float
@@ -48,6 +49,12 @@ class SpliceResult(NamedTuple):
     kl: float
     ce_loss_recovered: float
     predicted_tokens: float
+    kl_zero: float = float("nan")
+
+    @property
+    def kl_div_score(self) -> float:
+        """``(KL_zero − KL_spliced) / KL_zero`` (SAEBench): 1 = the model's distribution kept."""
+        return (self.kl_zero - self.kl) / self.kl_zero if self.kl_zero > 0 else float("nan")
 
     def to_dict(self) -> dict[str, float]:
         return self._asdict()
@@ -130,7 +137,7 @@ def evaluate_heldout(model: "ModelLike", dictionaries: Sequence[DictionaryLike],
         raise ValueError("evaluate_heldout needs at least one dictionary")
     stats = [ReconstructionStats(d) for d in dictionaries]
     totals = torch.zeros(len(dictionaries), 2, dtype=torch.float64)  # spliced loss, KL
-    clean_loss = zero_loss = 0.0
+    clean_loss = zero_loss = kl_zero = 0.0
     n_pred = 0
     for tokens in window_batches(windows, batch_size):
         tokens = tokens.to(model.device)
@@ -140,6 +147,7 @@ def evaluate_heldout(model: "ModelLike", dictionaries: Sequence[DictionaryLike],
             zero = model(tokens)[:, :-1].float().log_softmax(-1)
         clean_loss -= clean.gather(-1, target).sum().item()
         zero_loss -= zero.gather(-1, target).sum().item()
+        kl_zero += (clean.exp() * (clean - zero)).sum().item()
         n_pred += target.numel()
         keep = (keep_mask(tokens) if keep_mask is not None else torch.ones_like(tokens, dtype=torch.bool)).reshape(-1)
         x_in, x_out = (flatten_site(s, acts[s])[keep].float() for s in (site_in, site_out))
@@ -153,7 +161,8 @@ def evaluate_heldout(model: "ModelLike", dictionaries: Sequence[DictionaryLike],
     out = []
     for s, (spliced_loss, kl) in zip(stats, totals.tolist()):
         lc, ls, lz = clean_loss / n_pred, spliced_loss / n_pred, zero_loss / n_pred
-        splice = SpliceResult(lc, ls, lz, kl / n_pred, ce_loss_recovered(lc, ls, lz), float(n_pred))
+        splice = SpliceResult(lc, ls, lz, kl / n_pred, ce_loss_recovered(lc, ls, lz), float(n_pred),
+                              kl_zero / n_pred)
         out.append(HeldoutEval(s.result(), splice))
     return out
 

@@ -3,5 +3,5 @@
 Library packages take typed values; everything that reads files, prompts and flags lives here.
 """
 
-MODULES = ("demo", "train", "cache", "features", "trace", "edges", "routes", "attention", "verify",
+MODULES = ("demo", "train", "cache", "eval", "features", "trace", "edges", "routes", "attention", "verify",
            "dream", "codebook", "zoo", "bench")

@@ -12,6 +12,9 @@ children. A parent fires with probability p; when it does, exactly one of its ch
 ``child_cosine`` the children of a parent are strongly correlated with it and with each other,
 the regime where one-shot encoders confuse them.
 
+`hierarchy_recovery` measures what a dictionary learned of a hierarchical source (MMCS of parents
+and children, absorption rate).
+
 `PairedSource` turns any source into (x_in, x_out = x_in Mᵀ + c) pairs: two synthetic "sites"
 joined by a known linear map, the ground truth for transcoders.
 
@@ -22,7 +25,7 @@ own generator, so ``state_dict() = {"position": i}`` is all an exact resume need
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -135,3 +138,39 @@ class PairedSource:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.source.load_state_dict(state)
+
+
+class HierarchyRecovery(NamedTuple):
+    """How a dictionary recovers a `HierarchicalSource`: mean max cosine similarity of the parent
+    and child directions with the dictionary's atoms, and the absorption rate."""
+
+    parent_mmcs: float
+    child_mmcs: float
+    absorption_rate: float
+
+
+@torch.no_grad()
+def hierarchy_recovery(dictionary: Any, source: HierarchicalSource, n_batches: int = 4,
+                       start: int = 10_000) -> HierarchyRecovery:
+    """MMCS of parents / children, and absorption (Chanin et al. 2024, "A is for Absorption").
+
+    Each parent's latent is the atom closest (cosine) to its direction. Its absorption rate is the
+    fraction of rows where the parent is active but its latent is silent — the parent direction
+    then rides on the child's latent, which has absorbed it. Averaged over parents, on batches
+    ``start, start + 1, ...`` of the source (held out from training at the default).
+    """
+    atoms = dictionary.directions.detach().float()
+    atoms = atoms / atoms.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cos_p = source.parents @ atoms.T
+    cos_c = source.children.reshape(-1, source.d) @ atoms.T
+    parent_latent = cos_p.argmax(1)
+    missed = active = torch.zeros(source.n_parents)
+    for i in range(start, start + n_batches):
+        coef = source.coefficients(i)
+        on = coef[:, : source.n_parents] > 0
+        fired = dictionary.encode(coef @ source.features).dense(atoms.shape[0])[:, parent_latent] != 0
+        missed = missed + (on & ~fired).sum(0)
+        active = active + on.sum(0)
+    seen = active > 0
+    rate = float((missed[seen] / active[seen]).mean()) if seen.any() else float("nan")
+    return HierarchyRecovery(float(cos_p.max(1).values.mean()), float(cos_c.max(1).values.mean()), rate)

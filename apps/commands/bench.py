@@ -6,7 +6,7 @@ import argparse
 
 from mechscope.apps.cli import command
 
-BENCHES = ("capture", "kernels", "train", "pipeline", "routes", "attribution")
+BENCHES = ("capture", "kernels", "train", "pipeline", "routes", "attribution", "hierarchy")
 
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
@@ -47,6 +47,10 @@ def bench_cmd(args: argparse.Namespace) -> int:
         from mechscope.apps.bench.routes import bench_routes, format_routes_bench
 
         print(format_routes_bench(bench_routes(quick=args.quick)))
+    elif args.which == "hierarchy":
+        from mechscope.apps.bench.hierarchy import bench_hierarchy, format_hierarchy
+
+        print(format_hierarchy(bench_hierarchy(quick=args.quick)))
     elif args.shape is not None:
         from mechscope.apps.bench.attribution_memory import bench_attribution_memory, format_memory
 

@@ -30,3 +30,16 @@ def test_attribution_memory_bench_one_configuration():
     row = run_one("tiny", prompts=3, seq=8, method="ig", d_dict=16, steps=2, chunk=2, step_chunk=1)
     assert row["peak_rss_mib"] >= row["rss_before_mib"] > 0 and row["nodes"] > 1 and row["edges"] > 0
     assert "peak RSS" in format_memory([row])
+
+
+def test_bench_hierarchy_reports_every_architecture():
+    import pytest
+
+    from mechscope.apps.bench.hierarchy import ARCHS, bench_hierarchy, format_hierarchy
+
+    rows = bench_hierarchy(quick=True, archs=("topk", "matryoshka"))
+    assert [r["architecture"] for r in rows] == ["topk", "matryoshka"]
+    for r in rows:
+        assert 0 <= r["absorption_rate"] <= 1 and -1 <= r["child_mmcs"] <= 1
+        assert r["l0"] == pytest.approx(2.0, abs=0.25)  # k = 2 active latents (top-k exactly)
+    assert "matryoshka" in format_hierarchy(rows) and "jumprelu" in ARCHS

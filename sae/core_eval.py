@@ -70,16 +70,17 @@ def density_over_tokens(model: "ModelLike", dictionary: Dictionary, site_in: Any
     from mechscope.interp.capture import capture
     from mechscope.interp.models import Model
     from mechscope.interp.stream import flatten_site
-    from mechscope.sae.splice_eval import _batches
+    from mechscope.interp.tokens import window_batches
+    from mechscope.sae.adapters import as_dictionary
 
     if n_tokens <= 0:
         raise ValueError(f"n_tokens must be > 0, got {n_tokens}")
     model = Model.wrap(model)
     site_in = model.site(site_in)
     site_out = site_in if site_out is None else model.site(site_out)
-    stats = ReconstructionStats(dictionary, dense_threshold)
+    stats = ReconstructionStats(as_dictionary(dictionary), dense_threshold)
     seen = 0
-    for tokens in _batches(windows, batch_size):
+    for tokens in window_batches(windows, batch_size):
         acts = capture(model, tokens, sorted({site_in, site_out}))
         keep = (keep_mask(tokens) if keep_mask is not None else torch.ones_like(tokens, dtype=torch.bool)).reshape(-1)
         x_in, x_out = (flatten_site(s, acts[s])[keep.to(acts[s].device)].float() for s in (site_in, site_out))

@@ -53,7 +53,7 @@ def _sites(dictionary: Any, args: argparse.Namespace) -> tuple[str, str | None]:
 @command("eval", "Core evaluation of a dictionary on its model (SAEBench fields): CE / KL recovered, "
          "L0, FVU, dead / dense fractions, shrinkage.", _eval_options)
 def eval_cmd(args: argparse.Namespace) -> int:
-    from mechscope.apps.commands.train import token_windows
+    from mechscope.interp.tokens import open_token_stream
     from mechscope.files import write_json
     from mechscope.interp.models import load_model
     from mechscope.sae.core_eval import core_eval
@@ -65,8 +65,8 @@ def eval_cmd(args: argparse.Namespace) -> int:
     dictionary = load_dictionary(args.sae_dir)
     site_in, site_out = _sites(dictionary, args)
     model = load_model(args.model)
-    held = token_windows(model, args.text, args.n_ctx, epochs=1)
-    dense = token_windows(model, args.density_text, args.n_ctx, epochs=None)
+    held = open_token_stream(args.text, args.n_ctx, model, epochs=1)
+    dense = open_token_stream(args.density_text, args.n_ctx, model, epochs=None)
     result = core_eval(model, dictionary, site_in, held, dense, n_tokens=args.tokens,
                        splice_windows=args.windows, site_out=site_out, batch_size=args.batch_size,
                        keep_mask=held.keep_mask)

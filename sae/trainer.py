@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
+from mechscope.files import write_text
 from mechscope.sae.base import SparseDictionary, fvu
 from mechscope.sae.batches import as_pair
 from mechscope.sae.checkpoint import load_checkpoint, save_checkpoint
@@ -314,7 +315,7 @@ class _MetricsLog:
         kept = []
         if self.path.exists() and start > 0:
             kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-        self.path.write_text("".join(ln + "\n" for ln in kept))
+        write_text(self.path, "".join(ln + "\n" for ln in kept))  # a crash here keeps the old log
         if kept:  # a run resumed at its end still reports its last metrics
             run.last = TrainStep.from_dict(json.loads(kept[-1]))
         self.wandb = None

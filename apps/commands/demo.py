@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.apps.cli import command
+from mechscope.files import write_text
 from mechscope.apps.commands.common import device_options
 
 DEMO_SAE = dict(architecture="topk", site_in="L2.resid_pre", d_dict=1024, k=16, steps=600, lr=1e-3,
@@ -55,7 +56,7 @@ def run_demo(out_dir: "str | Path" = "runs/demo", quick: bool = False, browser_t
                                   dictionary_name=f"{model.name} {sae['site_in']} top-k")
     result = {"sae_dir": str(sae_dir), "metrics": str(out / "results.json"), "browser": str(index),
               "seconds": round(time.perf_counter() - t0, 1), **row}
-    (out / "demo.json").write_text(json.dumps(result, indent=2))
+    write_text(out / "demo.json", json.dumps(result, indent=2))
     return result
 
 

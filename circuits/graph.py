@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mechscope.records import checked_fields
 from mechscope.circuits.node_ids import (EMBED_PARTS, NODE_KINDS, NodeKey, head_label, mlp_label,
                                          node_id, parse_head, parse_node_id, without_position)
 from mechscope.files import write_json
@@ -136,11 +137,7 @@ class GraphMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GraphMeta":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown graph metadata {sorted(unknown)}; valid: {', '.join(sorted(names))}")
-        d = dict(data)
+        d = checked_fields(cls, data, "graph metadata")
         d["prompts"] = tuple(d.get("prompts", ()))
         d["prompt_tokens"] = tuple(tuple(row) for row in d.get("prompt_tokens", ()))
         if d.get("pruned") is not None:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
+from mechscope.records import checked_fields
 from mechscope.interp.tokens import window_batches
 
 
@@ -78,10 +79,7 @@ class LMTrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LMTrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown training field(s) {unknown}; valid: {', '.join(sorted(names))}")
+        checked_fields(cls, data, "training")
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         values = {k: float(v) if types[k] == "float" and isinstance(v, int) else v for k, v in data.items()}
         if isinstance(values.get("betas"), (list, tuple)):  # TOML gives a list

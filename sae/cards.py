@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mechscope.records import checked_fields
 from mechscope.files import write_json
 
 CARDS_FORMAT = "mechscope.feature_cards"
@@ -74,11 +75,7 @@ class FeatureCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureCard":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown FeatureCard fields {sorted(unknown)}; valid: {sorted(names)}")
-        d = dict(data)
+        d = checked_fields(cls, data, "FeatureCard")
         for key in ("top_contexts", "quantile_contexts"):
             d[key] = tuple(Context(tuple(c["tokens"]), tuple(float(a) for a in c["activations"]),
                                    int(c["max_index"]), c.get("quantile"), tuple(c.get("ids", ())))

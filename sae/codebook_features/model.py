@@ -48,6 +48,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from mechscope.records import checked_fields
 from mechscope.interp.capture import hooks_for
 from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
@@ -99,10 +100,7 @@ class CodebookSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CodebookSpec":
-        names = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown codebook field(s) {unknown}; valid: {', '.join(sorted(names))}")
+        data = checked_fields(cls, data, "codebook")
         return cls(**{k: (tuple(v) if k == "sites" else v) for k, v in data.items()})
 
 

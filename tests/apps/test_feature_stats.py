@@ -147,7 +147,7 @@ def test_cards_from_model_match_capture(tiny_gpt2, tmp_path):
             assert [f"<{t}>" for t in ctx.ids] == list(ctx.tokens)  # ids travel with the strings
     back = load_cards(save_cards(cards, tmp_path / "cards.json"))
     assert back == cards
-    with pytest.raises(ValueError, match="unknown FeatureCard fields"):
+    with pytest.raises(ValueError, match="unknown FeatureCard field"):
         FeatureCard.from_dict({**cards[0].to_dict(), "bogus": 1})
 
 

@@ -33,54 +33,17 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechscope.circuits.metrics import (Metric, logit_diff, logprob,  # noqa: F401 - re-exported
+                                        next_token_logprob)
+from mechscope.circuits.metrics import named as _named  # noqa: F401
 from mechscope.circuits.splice import Parts, SiteNodes, site_rank
 from mechscope.interp.capture import hooks_for, stop_layer
 from mechscope.interp.models import Model
 from mechscope.interp.sites import Site
 from mechscope.sae.adapters import as_dictionary
 
-Metric = Callable[[Tensor], Tensor]  # logits [b, pos, vocab] -> one value per prompt [b]
 ABLATIONS = ("patch", "zero", "mean", "resample")
 METHODS = ("grad_x_act", "atp", "ig")
-
-
-# -- metrics ------------------------------------------------------------------------------------
-def _named(fn: Metric, name: str, select: Callable[[Tensor], Metric] | None = None) -> Metric:
-    """Name a metric; ``select(rows)`` gives the same metric for a subset of the prompts (what
-    chunked attribution needs: a metric defined per prompt, e.g. with a target per prompt)."""
-    fn.__name__ = name  # type: ignore[attr-defined]
-    if select is not None:
-        fn.select = select  # type: ignore[attr-defined]
-    return fn
-
-
-def logit_diff(correct: Int[Tensor, "b"], incorrect: Int[Tensor, "b"], position: int = -1) -> Metric:
-    """``logit[correct] - logit[incorrect]`` at ``position`` of each prompt."""
-    def metric(logits: Tensor) -> Tensor:
-        last = logits[:, position]
-        rows = torch.arange(last.shape[0], device=last.device)
-        return last[rows, correct.to(last.device)] - last[rows, incorrect.to(last.device)]
-    return _named(metric, "logit_diff", lambda r: logit_diff(correct[r], incorrect[r], position))
-
-
-def logprob(target: Int[Tensor, "b"], position: int = -1) -> Metric:
-    """``log p(target)`` at ``position`` of each prompt."""
-    def metric(logits: Tensor) -> Tensor:
-        lp = logits[:, position].log_softmax(-1)
-        return lp[torch.arange(lp.shape[0], device=lp.device), target.to(lp.device)]
-    return _named(metric, "logprob", lambda r: logprob(target[r], position))
-
-
-def next_token_logprob(tokens: Int[Tensor, "b p"], mask: Tensor | None = None) -> Metric:
-    """Mean ``log p(tokens[t+1])`` over positions ``t`` where ``mask[:, t + 1]`` (all if None);
-    for induction, the mask of the repeated half."""
-    def metric(logits: Tensor) -> Tensor:
-        toks = tokens.to(logits.device)
-        lp = logits[:, :-1].log_softmax(-1).gather(-1, toks[:, 1:, None])[..., 0]
-        m = torch.ones_like(lp) if mask is None else mask[:, 1:].to(lp)
-        return (lp * m).sum(1) / m.sum(1).clamp_min(1)
-    return _named(metric, "next_token_logprob",
-                  lambda r: next_token_logprob(tokens[r], None if mask is None else mask[r]))
 
 
 # -- the traced problem -------------------------------------------------------------------------
@@ -139,7 +102,8 @@ class Setup:
         if not hasattr(self.metric, "select"):
             raise ValueError(f"metric {getattr(self.metric, '__name__', self.metric)!r} has no "
                              f"`select(rows)`: chunking over prompts needs a metric that can be "
-                             f"restricted to a subset of prompts (see attribution.logit_diff)")
+                             f"restricted to a subset of prompts (see circuits.metrics; wrap a function "
+                             f"with metrics.custom)")
         rows = torch.arange(self.clean.shape[0])[rows]
         metric, clean = self.metric.select(rows), self.clean[rows]
         if self.ablation == "resample":  # prompt i's reference is prompt i-1's clean run

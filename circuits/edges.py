@@ -27,6 +27,7 @@ Node ids are the canonical component ids (``embed``, ``L1.H2``, ``L1.mlp``, ``lo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -222,6 +223,8 @@ def faithfulness(task: EdgeTask, keep: Bool[Tensor, "S R"]) -> float | None:
     m_none = float(masked_metric(task, torch.zeros_like(g.upstream), ref).mean())
     span = m_all - m_none
     if abs(span) < 1e-12:
+        warnings.warn(f"the metric does not change when every edge is removed ({task.reference}): "
+                      f"m(all) = m(none) = {m_all:.6g}; faithfulness is undefined (None)", stacklevel=2)
         return None
     return (float(masked_metric(task, keep, ref).mean()) - m_none) / span
 

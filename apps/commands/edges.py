@@ -19,7 +19,8 @@ import torch
 
 from mechscope.apps.cli import command
 from mechscope.apps.commands.common import save_graph
-from mechscope.apps.commands.trace import make_metric, read_prompt_records
+from mechscope.apps.commands.metric_spec import make_metric
+from mechscope.apps.commands.trace import metric_options, read_prompt_records
 from mechscope.circuits.edges import EdgeTask, edge_circuit
 from mechscope.circuits.graph import Graph
 
@@ -27,7 +28,7 @@ from mechscope.circuits.graph import Graph
 def edges_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None" = None,
               metric: str = "next_token", method: str = "eap-ig", reference: str | None = None,
               steps: int = 10, top_n: int | None = None, threshold: float = 0.1,
-              relative: bool = True) -> Graph:
+              relative: bool = True, position: "str | int | None" = None) -> Graph:
     """Trace an edge-level circuit from files and write ``out`` (JSON)."""
     from mechscope.interp.models import load_model
 
@@ -44,7 +45,7 @@ def edges_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None
                          f"`mechscope edges` needs one length per call")
     clean = torch.cat(toks)
     reference = reference or ("patch" if patch is not None else "mean")
-    task = EdgeTask(model, clean, make_metric(model, metric, clean, recs), reference,
+    task = EdgeTask(model, clean, make_metric(model, metric, clean, recs, position), reference,
                     torch.cat(patch) if patch is not None and reference == "patch" else None)
     graph = edge_circuit(task, method, steps, top_n, threshold, relative)
     if out is not None:
@@ -57,7 +58,7 @@ def _edges_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", required=True,
                    help="text file (one prompt per line) or JSON lines with prompt / patch / target / foil")
     p.add_argument("--out", required=True, help="output graph JSON")
-    p.add_argument("--metric", default="next_token", help="next_token | logprob:TOKEN | logit_diff:A,B | jsonl")
+    metric_options(p)
     p.add_argument("--method", choices=["eap", "eap-ig"], default="eap-ig",
                    help="edge scores: attribution patching, or with integrated gradients over the input")
     p.add_argument("--reference", choices=["patch", "mean", "zero"], default=None,
@@ -72,7 +73,7 @@ def _edges_options(p: argparse.ArgumentParser) -> None:
 @command("edges", "Edge-level circuit (EAP / EAP-IG) with the faithfulness of its edge set.", _edges_options)
 def edges_cmd(args: argparse.Namespace) -> int:
     graph = edges_cli(args.model, args.prompts, None, args.metric, args.method, args.reference,
-                      args.steps, args.top_n, args.threshold)
+                      args.steps, args.top_n, args.threshold, position=args.position)
     save_graph(graph, args.out, args.html)
     print(f"faithfulness of the edge set: {graph.meta.faithfulness}")
     return 0

@@ -6,10 +6,10 @@
   written by `mechscope.sae.io.save_dictionary` (SAELens-compatible folders load too).
 * ``FILE``: plain text, one prompt per line; or JSON lines ``{"prompt": ..., "patch": ...,
   "target": ..., "foil": ...}`` (``patch``: the contrastive prompt; ``target``/``foil``: tokens).
-* metric ``SPEC``: ``next_token`` (mean log-prob of each next token of the prompt),
-  ``logprob:TOK`` (log-prob of TOK at the last position), ``logit_diff:TOK,TOK``, or ``jsonl``
-  (per prompt: ``logit_diff(target, foil)`` with a foil, else ``logprob(target)``). A token is
-  written as text (it must be one token) or as ``#id``.
+* metric ``SPEC`` and ``--position``: see `mechscope.apps.commands.metric_spec` (``next_token``,
+  ``logprob:TOK``, ``logit_diff:A,B``, ``prob:..``, ``expected:..`` for numerical answers,
+  ``jsonl``, ``py:FILE.py:FUNC`` for a user function; at the last position, chosen positions,
+  ``all``, or each record's ``position``).
 
 Prompts of any lengths are traced in one call: grouped by token length, one batch per length
 (``--chunk`` prompts per pass at most), node scores and edges averaged over all prompts before the
@@ -29,7 +29,8 @@ import torch
 
 from mechscope.apps.cli import command
 from mechscope.apps.commands.common import beside, device_options, load_model_from, save_graph
-from mechscope.circuits.attribution import Metric, Setup, logit_diff, logprob, next_token_logprob
+from mechscope.apps.commands.metric_spec import SPECS, make_metric
+from mechscope.circuits.attribution import Setup
 from mechscope.circuits.feature_circuits import trace
 from mechscope.circuits.graph import Graph
 
@@ -74,42 +75,12 @@ def read_prompt_records(path: "str | Path") -> list[dict[str, Any]]:
     return [{"prompt": ln} for ln in lines]
 
 
-def _token(model: Any, text: str) -> int:
-    if text.startswith("#") and text[1:].isdigit():
-        return int(text[1:])
-    ids = model.to_tokens(text, prepend_bos=False)[0].tolist()
-    if len(ids) != 1:
-        raise ValueError(f"{text!r} is {len(ids)} tokens {ids}; give one token (or '#id')")
-    return ids[0]
-
-
-def make_metric(model: Any, spec: str, tokens: torch.Tensor, recs: Sequence[dict[str, Any]]) -> Metric:
-    """A metric from a CLI spec (see module doc)."""
-    b = tokens.shape[0]
-    kind, _, arg = spec.partition(":")
-    if kind == "next_token":
-        return next_token_logprob(tokens)
-    if kind == "logprob" and arg:
-        return logprob(torch.full((b,), _token(model, arg)))
-    if kind == "logit_diff" and arg.count(",") == 1:
-        a, c = arg.split(",")
-        return logit_diff(torch.full((b,), _token(model, a)), torch.full((b,), _token(model, c)))
-    if kind == "jsonl":
-        if any("target" not in r for r in recs):
-            raise ValueError("metric 'jsonl' needs a 'target' in every prompt record")
-        target = torch.tensor([_token(model, r["target"]) for r in recs])
-        if all("foil" in r for r in recs):
-            return logit_diff(target, torch.tensor([_token(model, r["foil"]) for r in recs]))
-        return logprob(target)
-    raise ValueError(f"unknown metric {spec!r}; valid: next_token, logprob:TOK, logit_diff:TOK,TOK, jsonl")
-
-
 def trace_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None" = None,
               dictionaries: "str | Path | None" = None, sites: Sequence[str] | None = None,
               metric: str = "next_token", method: str = "atp", ablation: str | None = None,
               node_threshold: float = 0.1, edge_threshold: float | None = None,
               relative: bool = False, per_position: bool = False, steps: int = 10,
-              chunk: int | None = None) -> Graph:
+              chunk: int | None = None, position: "str | int | None" = None) -> Graph:
     """Trace from files and write ``out`` (JSON). ``sites`` adds sites without dictionaries (e.g.
     ``L0.z`` for head nodes); with neither dictionaries nor sites, every layer's ``z`` (and
     ``mlp_out``) is traced."""
@@ -136,7 +107,7 @@ def trace_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None
     for group in _by_length(model, recs):
         clean = torch.cat([model.to_tokens(r["prompt"]) for r in group])
         patch = torch.cat([model.to_tokens(r["patch"]) for r in group]) if all(has_patch) else None
-        setups.append(Setup.build(model, site_map, make_metric(model, metric, clean, group), clean,
+        setups.append(Setup.build(model, site_map, make_metric(model, metric, clean, group, position), clean,
                                   ablation=ablation, patch=patch))
     graph, _ = trace(setups, method=method, node_threshold=node_threshold, relative=relative,
                      edge_threshold=edge_threshold, per_position=per_position, steps=steps,
@@ -154,6 +125,14 @@ def _by_length(model: Any, recs: list[dict[str, Any]]) -> list[list[dict[str, An
     return list(groups.values())
 
 
+def metric_options(p: argparse.ArgumentParser) -> None:
+    """``--metric`` and ``--position`` (`metric_spec`)."""
+    p.add_argument("--metric", default="next_token", help=SPECS)
+    p.add_argument("--position", default=None,
+                   help="where the metric is read: -1 (last, default), an index, a comma list (averaged) "
+                        "or 'all'; JSON records may give each prompt's 'position'")
+
+
 def _trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gpt2-shakespeare", help="model spec (zoo name, HF folder, hub name)")
     device_options(p)
@@ -162,7 +141,7 @@ def _trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output graph JSON")
     p.add_argument("--dictionaries", default=None, help="folder of dictionary folders named by site (DIR/L1.resid_post/)")
     p.add_argument("--sites", nargs="*", default=None, help="extra sites without dictionaries (e.g. L0.z: one node per head)")
-    p.add_argument("--metric", default="next_token", help="next_token | logprob:TOKEN | logit_diff:A,B | jsonl")
+    metric_options(p)
     p.add_argument("--method", choices=["atp", "ig", "grad_x_act"], default="atp",
                    help="node scores: attribution patching, integrated gradients, gradient x activation")
     p.add_argument("--ablation", choices=["zero", "mean", "resample"], default=None,
@@ -184,6 +163,6 @@ def trace_cmd(args: argparse.Namespace) -> int:
     writable_parent(args.out)
     graph = trace_cli(load_model_from(args), args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
                       args.ablation, args.node_threshold, args.edge_threshold, per_position=args.per_position,
-                      steps=args.steps, chunk=args.chunk)
+                      steps=args.steps, chunk=args.chunk, position=args.position)
     save_graph(graph, args.out, args.html, args.browser)
     return 0

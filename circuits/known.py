@@ -108,10 +108,12 @@ PLANTED = KnownCircuit("planted-copy", (("head", 0, 1), ("head", 1, 2)), "plante
 _V, _CTX = 16, 16  # vocabulary and context; residual = tokens | positions | stash | spare
 
 
-def planted_copy_model(seed: int = 0, distractor: float = 0.05, sharpness: float = 10.0) -> Any:
-    """The ``planted-copy`` model (see module doc); token 0 is BOS."""
-    cfg = dict(n_layers=2, d_model=64, d_head=16, n_heads=4, n_ctx=_CTX, d_vocab=_V, attn_only=True,
-               normalization_type=None, act_fn=None, positional_embedding_type="standard")
+def planted_copy_model(seed: int = 0, distractor: float = 0.05, sharpness: float = 10.0,
+                       **config: Any) -> Any:
+    """The ``planted-copy`` model (see module doc); token 0 is BOS. ``config``: overrides of the
+    TransformerLens config (e.g. ``attention_dir``, or MLPs for `mechscope.circuits.planted`)."""
+    cfg = {**dict(n_layers=2, d_model=64, d_head=16, n_heads=4, n_ctx=_CTX, d_vocab=_V, attn_only=True,
+                  normalization_type=None, act_fn=None, positional_embedding_type="standard"), **config}
     model = Model.from_config(cfg, name="planted-copy", seed=seed)
     model.bos = 0
     gen = torch.Generator().manual_seed(seed)

@@ -4,10 +4,11 @@ Interpreting Language Models at Scale", arXiv:2403.00824).
 One forward pass decomposes every residual update into its parts. With ``x^L_i`` the residual
 stream entering block ``L`` at position ``i`` and ``m^L_i`` the stream after its attention:
 
-    m^L_i     = x^L_i + sum_h sum_{j<=i} A^{L,h}[i, j] (v^{L,h}_j W_O^{L,h}) + b_O^L
+    m^L_i     = x^L_i + sum_h sum_j A^{L,h}[i, j] (v^{L,h}_j W_O^{L,h}) + b_O^L
     x^{L+1}_i = m^L_i + MLP^L(m^L_i)
 
-(attention-only models have no MLP: ``x^{L+1}_i = m^L_i``). The parts of ``y = m^L_i`` are the
+(attention-only models have no MLP: ``x^{L+1}_i = m^L_i``; ``j <= i`` under causal attention,
+every ``j`` under bidirectional attention, `Model.attention_direction`). The parts of ``y = m^L_i`` are the
 residual ``x^L_i``, one term per (head ``h``, source ``j``) and the output bias; the parts of
 ``y = x^{L+1}_i`` are ``m^L_i`` and the MLP output. The parts re-sum to ``y`` exactly.
 
@@ -32,6 +33,13 @@ Routes. Parts with ``|w| < tau`` (default 0.04) are dropped and the kept shares 
 renormalised to sum to 1 (in absolute value); the route is the subgraph reached top-down from the
 final residual of the prediction position. Node scores are the flow from the prediction: 1 at the
 top, ``flow(parent) += flow(child) * w'`` down each kept edge.
+
+Limitation: inert writers. The shares measure how much of a residual update a part makes up, not
+what it does downstream. A component that is active but writes only to directions nothing later
+reads (an inert writer: its ablation changes nothing) still makes up a large share and is kept;
+in a model with inert writers the routes contain all of them (the LM Transparency Tool's routes
+too). `mechscope.circuits.routes_causal.causal_filter` (``mechscope routes --causal-filter TOL``)
+keeps a route edge only if removing it by path patching moves the metric by more than TOL.
 
 Graph. Node ids are canonical (`mechscope.circuits.graph`): ``x^0_i`` is ``embed@i``, ``x^L_i``
 is ``L{L}.resid_pre@i`` (``L{n-1}.resid_post@i`` on top), ``m^L_i`` is ``L{L}.resid_mid@i``, heads are
@@ -101,11 +109,12 @@ class FlowContributions:
 
 # -- the decomposition ------------------------------------------------------------------------------
 def head_terms(pattern: Float[Tensor, "head dst src"], v: Float[Tensor, "src head d_head"],
-               W_O: Float[Tensor, "head d_head d_model"], dst: slice, heads: slice
+               W_O: Float[Tensor, "head d_head d_model"], dst: slice, heads: slice, causal: bool = True
                ) -> Float[Tensor, "head_chunk dst_chunk src_upto_dst d_model"]:
     """The terms ``A[h, i, j] (v_j W_O^h)`` for a chunk of heads and destinations (sources up
-    to the last destination of the chunk: the rest are causally masked)."""
-    stop = dst.stop
+    to the last destination of the chunk under causal attention: the rest are masked; every
+    source under bidirectional attention)."""
+    stop = dst.stop if causal else pattern.shape[-1]
     vo = torch.einsum("jhe,hed->hjd", v[:stop, heads], W_O[heads])
     return pattern[heads, dst, :stop, None] * vo[:, None]
 
@@ -115,7 +124,7 @@ def _proximity(y: Tensor, z: Tensor, y_norm: Tensor) -> Tensor:
 
 
 def _attn_head_scores(y: Tensor, pattern: Tensor, v: Tensor, W_O: Tensor, u: Tensor | None,
-                      chunk_elems: int) -> Float[Tensor, "pos head src"]:
+                      chunk_elems: int, causal: bool = True) -> Float[Tensor, "pos head src"]:
     """Unnormalised proximity (or signed projection) of every (head, source) term of ``y``."""
     n_pos, d = y.shape
     n_heads = pattern.shape[0]
@@ -130,9 +139,9 @@ def _attn_head_scores(y: Tensor, pattern: Tensor, v: Tensor, W_O: Tensor, u: Ten
         ic = max(1, chunk_elems // max(1, (hs.stop - h0) * n_pos * d))
         for i0 in range(0, n_pos, ic):
             ds = slice(i0, min(n_pos, i0 + ic))
-            z = head_terms(pattern, v, W_O, ds, hs)
+            z = head_terms(pattern, v, W_O, ds, hs, causal)
             prox = _proximity(y[ds][None, :, None], z, y_norm[ds][None, :, None])
-            out[ds, hs, : ds.stop] = prox.permute(1, 0, 2)
+            out[ds, hs, : z.shape[2]] = prox.permute(1, 0, 2)
     return out
 
 
@@ -212,7 +221,8 @@ def _layer_shares(model: "Model", get: dict, L: int, b: int, u: Tensor | None,
         v = v.repeat_interleave(model.n_heads // v.shape[1], dim=1)
     attn = model.attn(L)
     W_O, b_O = attn.W_O, attn.b_O
-    heads = _attn_head_scores(m, get[(L, "pattern")][b], v, W_O, u, chunk_elems)
+    causal = model.attention_direction == "causal"
+    heads = _attn_head_scores(m, get[(L, "pattern")][b], v, W_O, u, chunk_elems, causal)
     resid, bias = _score(m, x, u), _score(m, b_O.expand_as(m), u)
     heads, resid, bias = _normalise([heads, resid, bias], u is not None)
     if attn_only:

@@ -184,6 +184,16 @@ class Model:
             raise ValueError(f"model {self.name!r} is attention-only: its blocks have no MLP")
         return self.tl.blocks[self._check_layer(layer)].mlp.W_out
 
+    def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+        """The MLP's input weights of ``layer`` (``pre = mlp_in @ W_in + b_in``; the parameter)."""
+        self.W_out(layer)  # the same checks
+        return self.tl.blocks[layer].mlp.W_in
+
+    def b_in(self, layer: int) -> Float[Tensor, "d_mlp"]:
+        """The MLP's input bias of ``layer`` (the parameter)."""
+        self.W_out(layer)
+        return self.tl.blocks[layer].mlp.b_in
+
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         """Token embedding (the parameter itself)."""

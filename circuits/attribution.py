@@ -15,6 +15,12 @@ whole components at chosen sites, see `mechscope.circuits.splice`):
   batch of ``N x batch`` rows. IG satisfies completeness: summed over the nodes of a site it
   approaches ``m(x_S = x_ref) - m(clean)`` as N grows.
 
+Failure mode of the first-order scores (gradient x activation, AtP): where the metric saturates
+at the clean run its gradient vanishes, and every node scores ~0 however large its real effect.
+Known truth (`mechscope.circuits.planted`, ``planted-saturated``): with ``p(a) ~ 1`` the AtP
+scores are < 1e-4 and no node reaches the default threshold, while patching moves ``log p(a)``
+by ~-20; integrated gradients recovers the circuit exactly (tests/circuits/test_known_truth.py).
+
 The reference ``a_ref`` is explicit and recorded: ``"patch"`` (contrastive pairs: the nodes'
 values on the corrupted prompts), ``"zero"``, ``"mean"`` (mean over the prompts and positions),
 or ``"resample"`` (the values of another prompt of the batch, rolled by one).

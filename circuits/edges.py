@@ -18,6 +18,11 @@ is ``x_r = sum_{u -> r} o_u + const``, so an edge is one term of that sum.
   the clean one (midpoints ``alpha_k = (k + 1/2)/steps``; the paper's "EAP-IG-inputs"), which
   stays informative where attention saturates and the clean gradient vanishes.
 
+EAP is first order: where the metric saturates at the clean run (``planted-saturated`` in
+`mechscope.circuits.planted`: ``p(a) ~ 1``) every score is ~0 (< 1e-4 while the real effects are
+~-20). The default threshold is relative to the largest score, so the ranking can survive (it
+does there: P = R = 1), but the scores explain none of the effect; EAP-IG's do.
+
 Scores are in units of the metric (mean over prompts, summed over positions); negative means
 removing the edge lowers the metric. `edge_circuit` keeps the strongest edges (top ``n`` or a
 threshold) and then only those on a complete path from the embedding to the logits, and returns

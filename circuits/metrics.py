@@ -132,6 +132,7 @@ def logit_diff(correct: "Int[Tensor, 'b'] | int", incorrect: "Int[Tensor, 'b'] |
     def metric(logits: Tensor) -> Tensor:
         x = at(logits, position)
         return (_pick(x, correct) - _pick(x, incorrect)).mean(1)
+    metric.position = position  # type: ignore[attr-defined]
     return named(metric, "logit_diff", lambda r: logit_diff(_sel(correct, r), _sel(incorrect, r),
                                                             _rows_of(position, r)))
 
@@ -142,6 +143,7 @@ def logprob(target: "Int[Tensor, 'b'] | int", position: Positions = -1) -> Metri
 
     def metric(logits: Tensor) -> Tensor:
         return _pick(at(logits, position).log_softmax(-1), target).mean(1)
+    metric.position = position  # type: ignore[attr-defined]
     return named(metric, "logprob", lambda r: logprob(_sel(target, r), _rows_of(position, r)))
 
 

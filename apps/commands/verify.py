@@ -41,11 +41,33 @@ def format_verify(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def planted_table(tasks: Iterable[str] = ("copy", "inert", "saturated", "bidirectional", "mlp"),
+                  methods: Iterable[str] | None = None, n_prompts: int = 4) -> str:
+    """Method x planted model: precision, recall and sign agreement with path patching at each
+    method's defaults (`circuits.known_truth`)."""
+    from mechscope.circuits import planted
+    from mechscope.circuits.known_truth import METHODS, evaluate
+
+    rows = [("model", "method", "precision", "recall", "sign_agreement", "found")]
+    for name in tasks:
+        t = planted.task(name, n_prompts=n_prompts)
+        for m in methods or METHODS:
+            r = evaluate(name, t, m)
+            sign = "n/a" if r.sign_agreement is None else f"{r.sign_agreement:.2f}"
+            rows.append((name, m, f"{r.precision:.2f}", f"{r.recall:.2f}", sign, " ".join(r.found) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
 def _verify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer prompts (seconds)")
+    p.add_argument("--planted", action="store_true",
+                   help="instead: every method at its defaults on the planted models (inert writer, "
+                        "saturated readout, bidirectional attention, MLP path): precision, recall and "
+                        "sign agreement with path patching")
 
 
 @command("verify", "Trace toy models with known circuits and print precision / recall and causal agreement.", _verify_options)
 def verify_cmd(args: argparse.Namespace) -> int:
-    print(format_verify(verify_all(quick=args.quick)))
+    print(planted_table() if args.planted else format_verify(verify_all(quick=args.quick)))
     return 0

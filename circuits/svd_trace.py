@@ -1,21 +1,36 @@
-"""Recursive attention-SVD tracing: the head-communication graph (Franco & Crovella 2024, §4).
+"""Recursive attention-SVD tracing: the head-communication graph (Franco & Crovella 2024, §4), on
+the query, key and value sides.
 
-Start from chosen heads (and optionally chosen destination positions). For every firing of a head
+Start from chosen heads and destination positions (all by default). For every firing of a head
 — destination ``i``, source ``j`` with attention weight ``A[i, j] >= firing_threshold`` (the BOS
 sink excluded by default; ``j <= i`` under causal attention, any ``j`` under the model's
-bidirectional attention) — `decompose_firing` splits its sparse signal among the upstream parts
-on the destination (query) side at ``i`` and the source (key) side at ``j``. On each side, the
-parts sorted by contribution, the shortest prefix carrying ``share`` (default 70%) of the signal
-is kept; each kept upstream head ``(l, c)`` becomes an edge ``head(l, c) -> head(L, h)`` and is
-traced in turn at the position it was read from (``i`` or ``j``), up to ``max_depth`` levels.
-Each (head, destination) is traced once per prompt.
+bidirectional attention) — `decompose_firing` splits it among the upstream parts on three
+channels:
 
-Edge weight: the mean over the target head's traced firings of the part's share of the signal
-(0 for firings where it was not kept), per prompt; `Graph.aggregate` then averages over prompts.
-``meta.details["sides"]`` splits each edge's weight (keyed ``"source->target"``) into its query- and
-key-side shares; ``meta.details["firings"]`` counts the traced firings of each head (a list, one
-per prompt, after `trace_attention`). Embeddings (token ``embed.tok`` and position ``embed.pos``
-apart) and MLPs that carry the signal appear as source nodes (they are not traced further).
+* ``q``: the destination side of the sparse QK signal (parts of the residual at ``i``),
+* ``k``: the source side of the signal (parts at ``j``),
+* ``v``: the head's output at ``i`` sent through source ``j``, read through its OV circuit
+  (parts at ``j``, weighted by ``A[i, j]``).
+
+On each channel the candidates, sorted by contribution, are kept up to the shortest prefix that
+carries ``share`` (default 70%) of the total. ``candidates="heads"`` (the default, as the
+reference code): only attention heads compete, and the total is the heads' sum; ``"all"``: the
+token and position embeddings (``embed.tok``, ``embed.pos``) and MLPs compete too, against the
+whole side (biases included). Each kept upstream head is traced in turn at the position it was
+read from (``i`` for q, ``j`` for k and v), up to ``max_depth`` levels; embeddings and MLPs are
+not traced further. Each (head, destination) is traced once per prompt.
+
+Units (`UNITS`; also in ``meta.details["units"]``). A channel's weight is a signed,
+dimensionless share, the mean over the target head's traced firings (0 where the part was not
+kept): ``q`` / ``k`` — the part's contribution to the firing's sparse signal divided by the signal
+(per firing, all parts and the head's bias sum to 1 on each side); ``v`` — the part's projection
+on the head's output at ``i`` over ``|o_i|^2`` through source ``j`` (over all parts and sources
+the shares of one destination sum to 1). A share above 1 means other parts write against it.
+``meta.details["channels"]`` keeps every edge's channels (``{"src->dst": {"q": w, "k": w, "v": w}}``,
+the keys of `mechscope.circuits.edges`); the graph edge's weight is its strongest channel (the
+channel share of largest magnitude), never a sum of channels. ``meta.details["firings"]`` counts
+the traced firings of each head and ``meta.details["check"]`` is the `ReconstructionCheck` over
+them (a list per prompt of firings, one check over all, after `trace_attention`).
 """
 
 from __future__ import annotations
@@ -26,13 +41,25 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from mechscope.circuits.attention_svd import (Part, activations, check_supported, decompose_firing,
-                                              qk_svd)
+from mechscope.circuits.attention_svd import (FiringDecomposition, Part, activations, check_supported,
+                                              decompose_firing, qk_svd, value_read)
+from mechscope.circuits.attention_svd_checks import ReconstructionCheck
 from mechscope.circuits.graph import Graph, GraphMeta, Node, head_label, mlp_label, node_id
 from mechscope.interp.models import Model
 
 if TYPE_CHECKING:
     from mechscope.interp.models import ModelLike
+
+CHANNELS = ("q", "k", "v")
+CANDIDATES = ("heads", "all")
+UNITS = {
+    "q": "share of the firing's sparse QK signal carried on the destination (query) side",
+    "k": "share of the firing's sparse QK signal carried on the source (key) side",
+    "v": "share of the head's output at the destination (projection over |o|^2) sent through the "
+         "firing's source via the OV circuit",
+}
+GRAPH_UNITS = ("signed share per channel (q, k, v; meta.details['units']), mean over the target "
+               "head's traced firings; edge weight = the channel of largest |share|")
 
 
 def kept_parts(contrib: Tensor, total: float, share: float) -> list[int]:
@@ -62,28 +89,65 @@ def _node(part: Part) -> Node | None:
     return None  # biases carry signal but are not components
 
 
-def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, int]],
-                 positions: Sequence[int] | None = None, firing_threshold: float = 0.3,
-                 share: float = 0.7, signal_share: float = 1.0, max_depth: int | None = None,
-                 skip_bos: bool = True) -> Graph:
-    """Head-communication graph of one prompt (module doc)."""
-    model = Model.wrap(model)
-    check_supported(model)
+def _selected(fd: FiringDecomposition, candidates: str, share: float) -> dict[str, list[tuple[int, float]]]:
+    """Per channel, the kept parts of one firing and their shares (module doc)."""
+    heads_only = candidates == "heads"
+    cand = [k for k, p in enumerate(fd.parts) if _node(p) is not None and (p[0] == "head" or not heads_only)]
+    sig = fd.signal_total
+    out = {}
+    for ch, contrib, norm in (("q", fd.query, sig), ("k", fd.key, sig), ("v", fd.value, 1.0)):
+        sub = contrib[cand]
+        total = float(sub.sum()) if heads_only else float(contrib.sum())
+        out[ch] = [(cand[k], float(sub[k]) / norm) for k in kept_parts(sub, total, share)] if norm > 0 else []
+    return out
+
+
+def _check_args(model: Model, n_pos: int, heads: Sequence[tuple[int, int]], positions: Sequence[int] | None,
+                firing_threshold: float, share: float, candidates: str) -> list[int]:
     if not 0 < share <= 1 or not 0 <= firing_threshold <= 1:
         raise ValueError(f"need 0 < share <= 1 and 0 <= firing_threshold <= 1, got {share}, {firing_threshold}")
+    if candidates not in CANDIDATES:
+        raise ValueError(f"candidates {candidates!r}; valid: {', '.join(CANDIDATES)}")
+    if not heads:
+        raise ValueError("no heads to trace")
+    for L, h in heads:
+        if not (0 <= L < model.n_layers and 0 <= h < model.n_heads):
+            raise ValueError(f"no head {head_label(L, h)}: valid layers 0..{model.n_layers - 1}, "
+                             f"heads 0..{model.n_heads - 1}")
+    if positions is None:
+        return list(range(n_pos))
+    bad = [p for p in positions if not -n_pos <= p < n_pos]
+    if bad:
+        raise ValueError(f"positions {bad} are outside this prompt of {n_pos} tokens: valid "
+                         f"0..{n_pos - 1} (or -{n_pos}..-1 from the end)")
+    return sorted({p % n_pos for p in positions})
+
+
+def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, int]],
+                 positions: Sequence[int] | None = None, firing_threshold: float = 0.3,
+                 share: float = 0.7, signal_share: float | None = 1.0, max_depth: int | None = None,
+                 skip_bos: bool = True, candidates: str = "heads", tolerance: float = 1e-3) -> Graph:
+    """Head-communication graph of one prompt (module doc). ``positions``: the destinations to
+    trace the starting heads at (negative counts from the end; default all); ``tolerance``: of
+    the `ReconstructionCheck` recorded in ``meta.details["check"]`` (not enforced here: call
+    ``ReconstructionCheck(**g.meta.details["check"]).require()``)."""
+    model = Model.wrap(model)
+    check_supported(model)
     tokens = tokens.view(-1)
     n_pos = tokens.numel()
+    starts = _check_args(model, n_pos, heads, positions, firing_threshold, share, candidates)
     both_ways = model.attention_direction == "bidirectional"  # keys after i too
     acts = activations(model, tokens, max(L for L, _ in heads))
-    decs: dict[tuple[int, int], object] = {}
     g = Graph(meta=GraphMeta.traced(
-        model, "attention_svd", "mean share of the firing's sparse signal", [tokens.tolist()],
+        model, "attention_svd", GRAPH_UNITS, [tokens.tolist()],
         {"firing_threshold": firing_threshold, "share": share, "signal_share": signal_share,
-         "max_depth": max_depth, "skip_bos": skip_bos, "heads": [head_label(L, h) for L, h in heads]}))
-    sides: dict[str, dict[str, float]] = {}
+         "max_depth": max_depth, "skip_bos": skip_bos, "candidates": candidates,
+         "heads": [head_label(L, h) for L, h in heads], "positions": starts,
+         "attention_direction": model.attention_direction, "tolerance": tolerance}))
+    channels: dict[str, dict[str, float]] = {}
     n_firings: dict[str, int] = {}
-    queue = [(L, h, i, 0) for L, h in heads for i in (positions if positions is not None else range(n_pos))]
-    seen = set()
+    decs, firings, seen = {}, [], set()
+    queue = [(L, h, i, 0) for L, h in heads for i in starts]
     while queue:
         L, h, i, depth = queue.pop(0)
         if (L, h, i) in seen:
@@ -96,61 +160,79 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
         if not srcs:
             continue
         dec = decs.setdefault((L, h), qk_svd(model, L, h))
+        vread = value_read(model, acts, L, h, i)
         for j in srcs:
-            fd = decompose_firing(model, acts, dec, i, j, signal_share)
-            total = fd.signal_total
+            fd = decompose_firing(model, acts, dec, i, j, signal_share, vread)
+            firings.append(fd)
             n_firings[target] = n_firings.get(target, 0) + 1
-            for side, pos, contrib in (("query", i, fd.query), ("key", j, fd.key)):
-                for k in kept_parts(contrib, total, share):
+            for ch, kept in _selected(fd, candidates, share).items():
+                for k, w in kept:
                     src = _node(fd.parts[k])
-                    if src is None:
-                        continue
                     if src.id not in g.nodes:
                         g.add_node(replace(src, score=1.0))
-                    w = float(contrib[k]) / total
-                    g.add_edge(src.id, target, w, accumulate=True)
-                    key = f"{src.id}->{target}"
-                    sides.setdefault(key, {"query": 0.0, "key": 0.0})[side] += w
+                    acc = channels.setdefault(f"{src.id}->{target}", dict.fromkeys(CHANNELS, 0.0))
+                    acc[ch] += w
                     if src.kind == "head" and (max_depth is None or depth + 1 < max_depth):
-                        queue.append((src.layer, src.index, pos, depth + 1))
-    for (s, t), w in list(g.edges.items()):
-        g.edges[(s, t)] = w / n_firings[t]
-        for side in sides[f"{s}->{t}"]:
-            sides[f"{s}->{t}"][side] /= n_firings[t]
-    g.meta = replace(g.meta, details={"sides": sides, "firings": n_firings})
+                        queue.append((src.layer, src.index, i if ch == "q" else j, depth + 1))
+    for key, acc in channels.items():
+        n = n_firings[key.split("->")[1]]
+        for ch in CHANNELS:
+            acc[ch] /= n
+    _set_edges(g, channels)
+    g.meta = replace(g.meta, details={"channels": channels, "firings": n_firings, "units": dict(UNITS),
+                                      "check": ReconstructionCheck.of(firings, tolerance).to_dict()})
     return g
+
+
+def _set_edges(g: Graph, channels: dict[str, dict[str, float]]) -> None:
+    """Graph edges from channels: each edge weighs its strongest channel (module doc)."""
+    g.edges = {}
+    for key, acc in channels.items():
+        s, t = key.split("->")
+        g.add_edge(s, t, max(acc.values(), key=abs))
 
 
 def trace_attention(model: "ModelLike", prompts: Sequence[Tensor], heads: Sequence[tuple[int, int]],
                     **kwargs) -> Graph:
-    """`trace_prompt` on every prompt, averaged with `Graph.aggregate` (sides averaged too)."""
+    """`trace_prompt` on every prompt, averaged with `Graph.aggregate`: channels averaged over
+    prompts (0 where an edge is absent), edge weights re-derived from them, the check combined."""
     model = Model.wrap(model)
     graphs = [trace_prompt(model, p, heads, **kwargs) for p in prompts]
     if not graphs:
         raise ValueError("no prompts given")
     agg = Graph.aggregate(graphs, reduce="mean")
-    sides: dict[str, dict[str, float]] = {}
+    channels: dict[str, dict[str, float]] = {}
     for g in graphs:
-        for e, sw in g.meta.details["sides"].items():
-            acc = sides.setdefault(e, {"query": 0.0, "key": 0.0})
-            for side, w in sw.items():
-                acc[side] += w / len(graphs)
-    agg.meta = replace(agg.meta, details={"sides": sides,
-                                          "firings": [g.meta.details["firings"] for g in graphs]})
+        for e, cw in g.meta.details["channels"].items():
+            acc = channels.setdefault(e, dict.fromkeys(CHANNELS, 0.0))
+            for ch, w in cw.items():
+                acc[ch] += w / len(graphs)
+    _set_edges(agg, channels)
+    check = ReconstructionCheck.combine([ReconstructionCheck(**g.meta.details["check"]) for g in graphs])
+    agg.meta = replace(agg.meta, details={"channels": channels, "units": dict(UNITS),
+                                          "firings": [g.meta.details["firings"] for g in graphs],
+                                          "check": check.to_dict()})
     return agg
+
+
+def sources(g: Graph, head: tuple[int, int], channel: str, min_share: float = 0.0,
+            heads_only: bool = True) -> dict[str, float]:
+    """Upstream nodes whose ``channel`` share into ``head`` exceeds ``min_share``, by id."""
+    if channel not in CHANNELS:
+        raise ValueError(f"channel {channel!r}; valid: {', '.join(CHANNELS)}")
+    tid = node_id("head", head[0], head[1])
+    out = {}
+    for e, cw in g.meta.details["channels"].items():
+        s, t = e.split("->")
+        if t == tid and cw[channel] > min_share and (g.nodes[s].kind == "head" or not heads_only):
+            out[s] = cw[channel]
+    return out
 
 
 def key_sources(g: Graph, head: tuple[int, int], min_share: float = 0.0) -> set[tuple[int, int]]:
     """Upstream heads whose key-side share into ``head`` exceeds ``min_share``."""
-    tid = node_id("head", head[0], head[1])
-    out = set()
-    for e, sw in g.meta.details["sides"].items():
-        s, t = e.split("->")
-        if t == tid and sw["key"] > min_share and g.nodes[s].kind == "head":
-            out.add((g.nodes[s].layer, g.nodes[s].index))
-    return out
+    return {(g.nodes[s].layer, g.nodes[s].index) for s in sources(g, head, "k", min_share)}
 
 
-
-
-__all__ = ["trace_prompt", "trace_attention", "key_sources", "kept_parts"]
+__all__ = ["CANDIDATES", "CHANNELS", "UNITS", "trace_prompt", "trace_attention", "sources", "key_sources",
+           "kept_parts"]

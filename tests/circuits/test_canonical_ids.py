@@ -30,7 +30,8 @@ def traced():
     graphs = {
         "feature_circuit": fc, "full": full_graph(setup), "route": routes[0],
         "routes_aggregated": aggregate_routes(routes, model.n_layers),
-        "attention_svd": trace_prompt(model, tokens[0], heads, firing_threshold=0.05, skip_bos=False),
+        "attention_svd": trace_prompt(model, tokens[0], heads, firing_threshold=0.05, skip_bos=False,
+                                      candidates="all"),
         "attention_svd_aggregated": trace_attention(model, list(tokens), heads, firing_threshold=0.05,
                                                     skip_bos=False),
     }

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
 # the order of `mechscope --help`: the main job, training, browsing, tracing, the rest
-ORDER = ("demo", "train", "cache", "eval", "features", "trace", "edges", "routes", "trace-attention",
+ORDER = ("demo", "train", "cache", "eval", "features", "trace", "edges", "routes", "attention", "trace-attention",
          "verify", "dream", "codebook", "zoo", "bench")
 
 

@@ -193,21 +193,39 @@ def activations(model: "ModelLike", tokens: Int[Tensor, "pos"], up_to: int) -> d
 def upstream_parts(model: "ModelLike", acts: dict, layer: int, pos: int
                    ) -> tuple[list[Part], Float[Tensor, "n d_model"]]:
     """The parts that sum to the residual entering block ``layer`` at ``pos``."""
-    model = Model.wrap(model)
+    names, table = _parts_table(Model.wrap(model), acts, layer)
+    return names, table[pos]
+
+
+def _parts_table(model: "Model", acts: dict, layer: int) -> tuple[list[Part], Float[Tensor, "pos n d_model"]]:
+    """Every position's parts at once, kept in ``acts`` (a trace decomposes many firings of one
+    prompt: one batched computation instead of one per firing)."""
+    if ("parts", layer) in acts:
+        return acts[("parts", layer)]
     check_supported(model)
+    tokens = acts["tokens"]
     names: list[Part] = [("embed",), ("pos_embed",)]
-    vecs = [model.W_E[acts["tokens"][pos]], model.W_pos[pos]]
+    vecs = [model.W_E[tokens], model.W_pos[: tokens.numel()]]
     for l in range(layer):
         attn = model.attn(l)
         for h in range(model.n_heads):
             names.append(("head", l, h))
-            vecs.append(acts[(l, "z")][pos, h] @ attn.W_O[h])
+            vecs.append(acts[(l, "z")][:, h] @ attn.W_O[h])
         names.append(("attn_bias", l))
-        vecs.append(attn.b_O)
+        vecs.append(attn.b_O.expand_as(vecs[0]))
         if not model.attn_only:
             names.append(("mlp", l))
-            vecs.append(acts[(l, "mlp_out")][pos])
-    return names, torch.stack(vecs).detach()
+            vecs.append(acts[(l, "mlp_out")])
+    acts[("parts", layer)] = names, torch.stack(vecs, 1).detach()
+    return acts[("parts", layer)]
+
+
+def _inputs(model: "Model", acts: dict, layer: int) -> tuple[Float[Tensor, "pos d_aug"], Float[Tensor, "pos"]]:
+    """``(a, sigma)`` of every position of block ``layer``'s attention input, kept in ``acts``."""
+    if ("inputs", layer) not in acts:
+        xt, sigma = normalised(model, acts[(layer, "resid_pre")], layer)
+        acts[("inputs", layer)] = augment(xt), sigma
+    return acts[("inputs", layer)]
 
 
 # -- value side ---------------------------------------------------------------------------------
@@ -247,12 +265,10 @@ def value_contributions(model: "ModelLike", acts: dict, layer: int, head: int, d
     the whole table sums to 1 (module doc). Rank parts by a row (one source) or a column sum."""
     model = Model.wrap(model)
     vr = value_read(model, acts, layer, head, dst)
-    _, sigma = normalised(model, acts[(layer, "resid_pre")], layer)
-    rows, names = [], None
-    for j in range(vr.pattern.numel()):
-        names, P = upstream_parts(model, acts, layer, j)
-        rows.append(torch.cat([P @ vr.w / sigma[j], torch.tensor([vr.bias], dtype=P.dtype)]) * vr.pattern[j])
-    return list(names) + [BIAS], torch.stack(rows)
+    _, sigma = _inputs(model, acts, layer)
+    names, P = _parts_table(model, acts, layer)
+    table = torch.cat([P @ vr.w / sigma[:, None], torch.full_like(P[:, :1, 0], vr.bias)], 1)
+    return list(names) + [BIAS], table * vr.pattern[:, None]
 
 
 # -- one firing ---------------------------------------------------------------------------------
@@ -300,20 +316,19 @@ def decompose_firing(model: "ModelLike", acts: dict, dec: QKDecomposition, dst: 
     (module doc); ``vread``: the head's `value_read` at ``dst`` when already computed."""
     model = Model.wrap(model)
     L, h = dec.layer, dec.head
-    x = acts[(L, "resid_pre")]
-    xt_i, sig_i = normalised(model, x[dst], L)
-    xt_j, sig_j = normalised(model, x[src], L)
-    a_i, a_j = augment(xt_i), augment(xt_j)
+    a, sigma = _inputs(model, acts, L)
+    a_i, a_j, sig_i, sig_j = a[dst], a[src], sigma[dst], sigma[src]
     proj_i, proj_j = a_i @ dec.U, a_j @ dec.V
     terms = dec.S * proj_i * proj_j
     score = float(acts[(L, "scores")][h, dst, src])
     signal = sparse_signal(terms, score, share)
     sq = dec.S * proj_j * signal  # weight of each component's destination-side reading
     sk = dec.S * proj_i * signal
-    names, P_i = upstream_parts(model, acts, L, dst)
-    _, P_j = upstream_parts(model, acts, L, src)
-    query = torch.cat([P_i @ dec.directions("query").T @ sq / sig_i, (dec.U[-1] * sq).sum()[None]])
-    key = torch.cat([P_j @ dec.directions("key").T @ sk / sig_j, (dec.V[-1] * sk).sum()[None]])
+    names, P = _parts_table(model, acts, L)
+    P_i, P_j = P[dst], P[src]
+    # matrix-vector products only: tiny matrix products stall on busy intra-op threads
+    query = torch.cat([P_i @ (dec.directions("query").T @ sq) / sig_i, (dec.U[-1] * sq).sum()[None]])
+    key = torch.cat([P_j @ (dec.directions("key").T @ sk) / sig_j, (dec.V[-1] * sk).sum()[None]])
     U_s, V_s = dec.U[:, signal], dec.V[:, signal]
     sparse = float(dec.score(U_s @ (U_s.T @ a_i), V_s @ (V_s.T @ a_j)))
     vr = vread if vread is not None else value_read(model, acts, L, h, dst)

@@ -159,7 +159,9 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
                 if pattern[j] >= firing_threshold and not (skip_bos and j == 0)]
         if not srcs:
             continue
-        dec = decs.setdefault((L, h), qk_svd(model, L, h))
+        if (L, h) not in decs:
+            decs[(L, h)] = qk_svd(model, L, h)
+        dec = decs[(L, h)]
         vread = value_read(model, acts, L, h, i)
         for j in srcs:
             fd = decompose_firing(model, acts, dec, i, j, signal_share, vread)

@@ -29,7 +29,8 @@ from mechscope.apps.graph_viewer import graph_figure, write_graph_html
 from mechscope.circuits.feature_circuits import trace
 from mechscope.circuits.known import induction_circuit, induction_setup
 from mechscope.circuits.routes_aggregate import prompt_routes
-from mechscope.circuits.svd_trace import trace_attention
+from mechscope.circuits.attention_svd_checks import ReconstructionCheck
+from mechscope.circuits.svd_trace import sources, trace_attention
 from mechscope.circuits.verify import score_against
 from mechscope.interp import zoo
 from mechscope.interp.models import load_model
@@ -71,13 +72,18 @@ graph_figure(routes[0])
 # %% [markdown]
 # ## 3. Attention-SVD: which upstream heads write what an induction head reads
 # Franco & Crovella: decompose the induction head's query-key matrix by SVD and attribute its
-# attention score to the upstream heads whose outputs feed the query and key sides. The
-# previous-token head should appear on the key side.
+# attention score to the upstream heads whose outputs feed the query and key sides; the value
+# side splits the head's output among the upstream writes it reads through its OV circuit. The
+# previous-token head should appear on the key (k) side; with `candidates="all"` the token
+# embedding shows on the query and value sides.
 
 # %%
 ind_layer, ind_head = next((c[1], c[2]) for c in known.components if c[1] == 1)
 svd = trace_attention(model, list(tokens), [(ind_layer, ind_head)])
 print(svd)
+print(ReconstructionCheck(**svd.meta.details["check"]).summary())
+for channel in ("q", "k", "v"):
+    print(channel, sources(svd, (ind_layer, ind_head), channel))
 write_graph_html(svd, out / "attention_svd.html")
 print("viewers written to", out)
 graph_figure(svd)

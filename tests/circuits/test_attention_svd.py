@@ -174,8 +174,12 @@ def test_svd_trace_finds_the_previous_token_head_on_the_key_side(induction, know
         assert sum(key.get(f"L0.H{j}", 0.0) for _, j in prev_heads) > 0.5
         assert sum(w for s, w in key.items() if parse_node_id(s).kind == "head" and
                    parse_node_id(s)[1:3] not in prev_heads) < 0.1
-        # K-composition on the key side, the current token on the query side
+        value = {e.split("->")[0]: cw["v"] for e, cw in g.meta.details["channels"].items()
+                 if e.endswith(f"->L{L}.H{h}")}
+        # K-composition on the key side, the current token on the query side, and the value
+        # side copies the attended token (the one after the earlier copy)
         assert max(query, key=query.get) == "embed.tok"  # token, not position
+        assert max(value, key=value.get) == "embed.tok" and value["embed.tok"] > 0.3
 
 
 def test_projecting_out_the_signal_subspace_beats_random_subspaces(induction):

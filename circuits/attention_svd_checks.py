@@ -24,6 +24,7 @@ from mechscope.circuits.attention_svd import (FiringDecomposition, activations, 
 from mechscope.circuits.node_ids import head_label
 from mechscope.interp.capture import hooks_for
 from mechscope.interp.models import Model
+from mechscope.records import checked_fields
 
 if TYPE_CHECKING:
     from mechscope.interp.models import ModelLike
@@ -96,6 +97,11 @@ class ReconstructionCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: "dict[str, Any]") -> "ReconstructionCheck":
+        """The check from `to_dict` (a graph's ``meta.details["check"]``)."""
+        return cls(**checked_fields(cls, data, "attention-SVD check"))
 
     def summary(self) -> str:
         return (f"projection check over {self.n_firings} firings: SVD terms reproduce the model's "

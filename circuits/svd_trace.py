@@ -130,7 +130,7 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
     """Head-communication graph of one prompt (module doc). ``positions``: the destinations to
     trace the starting heads at (negative counts from the end; default all); ``tolerance``: of
     the `ReconstructionCheck` recorded in ``meta.details["check"]`` (not enforced here: call
-    ``ReconstructionCheck(**g.meta.details["check"]).require()``)."""
+    ``ReconstructionCheck.from_dict(g.meta.details["check"]).require()``)."""
     model = Model.wrap(model)
     check_supported(model)
     tokens = tokens.view(-1)
@@ -210,7 +210,7 @@ def trace_attention(model: "ModelLike", prompts: Sequence[Tensor], heads: Sequen
             for ch, w in cw.items():
                 acc[ch] += w / len(graphs)
     _set_edges(agg, channels)
-    check = ReconstructionCheck.combine([ReconstructionCheck(**g.meta.details["check"]) for g in graphs])
+    check = ReconstructionCheck.combine([ReconstructionCheck.from_dict(g.meta.details["check"]) for g in graphs])
     agg.meta = replace(agg.meta, details={"channels": channels, "units": dict(UNITS),
                                           "firings": [g.meta.details["firings"] for g in graphs],
                                           "check": check.to_dict()})

@@ -81,7 +81,7 @@ graph_figure(routes[0])
 ind_layer, ind_head = next((c[1], c[2]) for c in known.components if c[1] == 1)
 svd = trace_attention(model, list(tokens), [(ind_layer, ind_head)])
 print(svd)
-print(ReconstructionCheck(**svd.meta.details["check"]).summary())
+print(ReconstructionCheck.from_dict(svd.meta.details["check"]).summary())
 for channel in ("q", "k", "v"):
     print(channel, sources(svd, (ind_layer, ind_head), channel))
 write_graph_html(svd, out / "attention_svd.html")

@@ -84,14 +84,14 @@ def trace_attention_cli(model: "Model", prompts: Sequence[str], heads: Sequence[
                              f"included): valid 0..{row.numel() - 1} or -{row.numel()}..-1")
     g = trace_attention(model, rows, parsed, firing_threshold=firing_threshold, share=share,
                         max_depth=max_depth, positions=positions, candidates=candidates, tolerance=tolerance)
-    ReconstructionCheck(**g.meta.details["check"]).require()
+    ReconstructionCheck.from_dict(g.meta.details["check"]).require()
     g.meta = replace(g.meta, prompts=tuple(prompts))
     return g
 
 
 def report(g: Graph, top: int = 4) -> str:
     """What each traced head reads on each channel (strongest sources first) and the check."""
-    check = ReconstructionCheck(**g.meta.details["check"])
+    check = ReconstructionCheck.from_dict(g.meta.details["check"])
     p = g.meta.parameters
     lines = [f"attention-SVD of {g.meta.model}: {g.meta.n_prompts} prompt(s), heads {' '.join(p['heads'])}, "
              f"candidates {p['candidates']}, firing threshold {p['firing_threshold']}, share {p['share']}",

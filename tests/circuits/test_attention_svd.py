@@ -294,7 +294,7 @@ def test_planted_query_key_and_value_sources_are_found_separately():
     assert sources(every, (1, 0), "v", heads_only=False) == pytest.approx({"embed.tok": 1.0}, abs=1e-6)
     assert sources(every, (1, 1), "q", heads_only=False) == pytest.approx({"embed.pos": 1.0}, abs=1e-6)
     assert g.meta.details["firings"]["L1.H0"] == g.meta.details["firings"]["L1.H1"] == 6  # one per position
-    assert ReconstructionCheck(**g.meta.details["check"]).ok
+    assert ReconstructionCheck.from_dict(g.meta.details["check"]).ok
 
 
 def test_planted_value_edge_has_the_right_sign_and_size():
@@ -360,10 +360,13 @@ def test_positions_pick_the_destinations(tiny_attn_only, tokens):
 # -- the reconstruction ("projection") check ----------------------------------------------------
 def test_reconstruction_check_passes_where_the_decomposition_is_exact(tiny_gpt2, tokens):
     g = trace_prompt(tiny_gpt2, tokens[0], [(1, 0), (1, 3)], firing_threshold=0.1)
-    check = ReconstructionCheck(**g.meta.details["check"])
+    check = ReconstructionCheck.from_dict(g.meta.details["check"])
     assert check.n_firings == sum(g.meta.details["firings"].values()) > 0
     assert check.ok and check.max_error < 1e-4 and 1 <= check.components <= check.rank == 8
     assert check.require() is check and "ok" in check.summary()
+    assert ReconstructionCheck.from_dict(check.to_dict()) == check
+    with pytest.raises(ValueError, match="unknown attention-SVD check field"):
+        ReconstructionCheck.from_dict({**check.to_dict(), "max_eror": 0.0})
 
 
 def test_reconstruction_check_fails_on_soft_capped_scores(tokens):
@@ -372,7 +375,7 @@ def test_reconstruction_check_fails_on_soft_capped_scores(tokens):
                normalization_type="LN", attn_scores_soft_cap=1.0)
     model = Model.from_config(cfg, name="soft-capped", seed=0)
     g = trace_prompt(model, tokens[0], [(1, 0)], firing_threshold=0.05, max_depth=1)
-    check = ReconstructionCheck(**g.meta.details["check"])
+    check = ReconstructionCheck.from_dict(g.meta.details["check"])
     assert check.n_firings > 0 and not check.ok and check.score_error > 0.01
     with pytest.raises(ValueError, match="projection check failed at L1H0 .*attention score"):
         check.require()

@@ -187,7 +187,7 @@ def activations(model: "ModelLike", tokens: Int[Tensor, "pos"], up_to: int) -> d
     kinds = ["resid_pre", "z", "v", "pattern", "scores"] + ([] if model.attn_only else ["mlp_out"])
     with torch.no_grad():
         acts = capture(model, tokens.view(1, -1), [f"L{L}.{k}" for L in range(up_to + 1) for k in kinds])
-    return {(s.layer, s.kind): a[0] for s, a in acts.items()} | {"tokens": tokens.view(-1)}
+    return {(s.layer, s.kind): a[0] for s, a in acts.items()} | {"tokens": tokens.view(-1).to(model.device)}
 
 
 def upstream_parts(model: "ModelLike", acts: dict, layer: int, pos: int
@@ -252,7 +252,7 @@ def value_read(model: "ModelLike", acts: dict, layer: int, head: int, dst: int) 
     out = acts[(layer, "z")][dst, head].double() @ W_O
     norm2 = float(out @ out)
     va = _folded(model, layer, attn.W_V[head], attn.b_V[head])  # [d+1, d_head]
-    read = va @ (W_O @ out) / norm2 if norm2 > 0 else torch.zeros(va.shape[0], dtype=torch.float64)
+    read = va @ (W_O @ out) / norm2 if norm2 > 0 else va.new_zeros(va.shape[0])
     w = read[:-1] - read[:-1].mean() if model.ln(layer).centred else read[:-1]
     dtype = attn.W_V.dtype
     return ValueRead(layer, head, dst, out.to(dtype), w.to(dtype), float(read[-1]),
@@ -333,7 +333,7 @@ def decompose_firing(model: "ModelLike", acts: dict, dec: QKDecomposition, dst: 
     sparse = float(dec.score(U_s @ (U_s.T @ a_i), V_s @ (V_s.T @ a_j)))
     vr = vread if vread is not None else value_read(model, acts, L, h, dst)
     A = float(vr.pattern[src])
-    value = torch.cat([P_j @ vr.w / sig_j, torch.tensor([vr.bias], dtype=P_j.dtype)]) * A
+    value = torch.cat([P_j @ vr.w / sig_j, P_j.new_tensor([vr.bias])]) * A
     v = acts[(L, "v")][src]
     v = v[h if v.shape[0] == model.n_heads else model.attn(L).kv_head(h)]
     out = vr.output.double()

@@ -144,7 +144,7 @@ def projection_check(model: "ModelLike", tokens: Int[Tensor, "pos"], layer: int,
     at = src if side == "key" else dst
     run = lambda b: _score_with_projection(model, tokens, layer, head, dst, src, l_up, h_up, at, b)  # noqa: E731
     base = run(None)
-    rand = [run(torch.linalg.qr(torch.randn(basis.shape, generator=gen, dtype=basis.dtype))[0])
+    rand = [run(torch.linalg.qr(torch.randn(basis.shape, generator=gen, dtype=basis.dtype).to(basis.device))[0])
             for _ in range(n_random)]
     return ProjectionCheck(base, basis.shape[1], base - run(basis), base - torch.tensor(rand))
 

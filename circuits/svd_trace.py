@@ -161,19 +161,14 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
             continue
         if (L, h) not in decs:
             decs[(L, h)] = qk_svd(model, L, h)
-        dec = decs[(L, h)]
         vread = value_read(model, acts, L, h, i)
         for j in srcs:
-            fd = decompose_firing(model, acts, dec, i, j, signal_share, vread)
+            fd = decompose_firing(model, acts, decs[(L, h)], i, j, signal_share, vread)
             firings.append(fd)
             n_firings[target] = n_firings.get(target, 0) + 1
             for ch, kept in _selected(fd, candidates, share).items():
                 for k, w in kept:
-                    src = _node(fd.parts[k])
-                    if src.id not in g.nodes:
-                        g.add_node(replace(src, score=1.0))
-                    acc = channels.setdefault(f"{src.id}->{target}", dict.fromkeys(CHANNELS, 0.0))
-                    acc[ch] += w
+                    src = _add_channel(g, channels, _node(fd.parts[k]), target, ch, w)
                     if src.kind == "head" and (max_depth is None or depth + 1 < max_depth):
                         queue.append((src.layer, src.index, i if ch == "q" else j, depth + 1))
     for key, acc in channels.items():
@@ -184,6 +179,15 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
     g.meta = replace(g.meta, details={"channels": channels, "firings": n_firings, "units": dict(UNITS),
                                       "check": ReconstructionCheck.of(firings, tolerance).to_dict()})
     return g
+
+
+def _add_channel(g: Graph, channels: dict[str, dict[str, float]], src: Node, target: str, channel: str,
+                 w: float) -> Node:
+    """Add ``w`` to the ``channel`` of edge ``src -> target`` (adding the node)."""
+    if src.id not in g.nodes:
+        g.add_node(replace(src, score=1.0))
+    channels.setdefault(f"{src.id}->{target}", dict.fromkeys(CHANNELS, 0.0))[channel] += w
+    return src
 
 
 def _set_edges(g: Graph, channels: dict[str, dict[str, float]]) -> None:

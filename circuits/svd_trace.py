@@ -28,7 +28,11 @@ on the head's output at ``i`` over ``|o_i|^2`` through source ``j`` (over all pa
 the shares of one destination sum to 1). A share above 1 means other parts write against it.
 ``meta.details["channels"]`` keeps every edge's channels (``{"src->dst": {"q": w, "k": w, "v": w}}``,
 the keys of `mechscope.circuits.edges`); the graph edge's weight is its strongest channel (the
-channel share of largest magnitude), never a sum of channels. ``meta.details["firings"]`` counts
+channel share of largest magnitude), never a sum of channels. The per-firing 70% rule keeps small
+tails (with heads-only candidates, when embeddings carry a side, the heads left compete for a
+small remainder), so edges whose strongest mean share is below ``min_share`` (default 0.05) are
+dropped, and with them every node no longer upstream of a starting head; `trace_attention`
+applies it once, to the shares averaged over prompts. ``meta.details["firings"]`` counts
 the traced firings of each head and ``meta.details["check"]`` is the `ReconstructionCheck` over
 them (a list per prompt of firings, one check over all, after `trace_attention`).
 """
@@ -103,9 +107,11 @@ def _selected(fd: FiringDecomposition, candidates: str, share: float) -> dict[st
 
 
 def _check_args(model: Model, n_pos: int, heads: Sequence[tuple[int, int]], positions: Sequence[int] | None,
-                firing_threshold: float, share: float, candidates: str) -> list[int]:
+                firing_threshold: float, share: float, candidates: str, min_share: float) -> list[int]:
     if not 0 < share <= 1 or not 0 <= firing_threshold <= 1:
         raise ValueError(f"need 0 < share <= 1 and 0 <= firing_threshold <= 1, got {share}, {firing_threshold}")
+    if not min_share >= 0:
+        raise ValueError(f"min_share must be >= 0, got {min_share}")
     if candidates not in CANDIDATES:
         raise ValueError(f"candidates {candidates!r}; valid: {', '.join(CANDIDATES)}")
     if not heads:
@@ -126,22 +132,24 @@ def _check_args(model: Model, n_pos: int, heads: Sequence[tuple[int, int]], posi
 def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, int]],
                  positions: Sequence[int] | None = None, firing_threshold: float = 0.3,
                  share: float = 0.7, signal_share: float | None = 1.0, max_depth: int | None = None,
-                 skip_bos: bool = True, candidates: str = "heads", tolerance: float = 1e-3) -> Graph:
+                 skip_bos: bool = True, candidates: str = "heads", min_share: float = 0.05,
+                 tolerance: float = 1e-3) -> Graph:
     """Head-communication graph of one prompt (module doc). ``positions``: the destinations to
-    trace the starting heads at (negative counts from the end; default all); ``tolerance``: of
+    trace the starting heads at (negative counts from the end; default all); ``min_share``: the
+    smallest mean channel share an edge needs to stay in the graph; ``tolerance``: of
     the `ReconstructionCheck` recorded in ``meta.details["check"]`` (not enforced here: call
     ``ReconstructionCheck.from_dict(g.meta.details["check"]).require()``)."""
     model = Model.wrap(model)
     check_supported(model)
     tokens = tokens.view(-1)
     n_pos = tokens.numel()
-    starts = _check_args(model, n_pos, heads, positions, firing_threshold, share, candidates)
+    starts = _check_args(model, n_pos, heads, positions, firing_threshold, share, candidates, min_share)
     both_ways = model.attention_direction == "bidirectional"  # keys after i too
     acts = activations(model, tokens, max(L for L, _ in heads))
     g = Graph(meta=GraphMeta.traced(
         model, "attention_svd", GRAPH_UNITS, [tokens.tolist()],
         {"firing_threshold": firing_threshold, "share": share, "signal_share": signal_share,
-         "max_depth": max_depth, "skip_bos": skip_bos, "candidates": candidates,
+         "max_depth": max_depth, "skip_bos": skip_bos, "candidates": candidates, "min_share": min_share,
          "heads": [head_label(L, h) for L, h in heads], "positions": starts,
          "attention_direction": model.attention_direction, "tolerance": tolerance}))
     channels: dict[str, dict[str, float]] = {}
@@ -175,7 +183,7 @@ def trace_prompt(model: "ModelLike", tokens: Tensor, heads: Sequence[tuple[int, 
         n = n_firings[key.split("->")[1]]
         for ch in CHANNELS:
             acc[ch] /= n
-    _set_edges(g, channels)
+    channels = _set_edges(g, channels, min_share, heads)
     g.meta = replace(g.meta, details={"channels": channels, "firings": n_firings, "units": dict(UNITS),
                                       "check": ReconstructionCheck.of(firings, tolerance).to_dict()})
     return g
@@ -190,12 +198,27 @@ def _add_channel(g: Graph, channels: dict[str, dict[str, float]], src: Node, tar
     return src
 
 
-def _set_edges(g: Graph, channels: dict[str, dict[str, float]]) -> None:
-    """Graph edges from channels: each edge weighs its strongest channel (module doc)."""
+def _set_edges(g: Graph, channels: dict[str, dict[str, float]], min_share: float,
+               starts: Sequence[tuple[int, int]]) -> dict[str, dict[str, float]]:
+    """Graph edges from channels, each weighing its strongest channel; edges below ``min_share``
+    dropped, then every node not upstream of a starting head by kept edges (module doc).
+    Returns the kept edges' channels."""
+    strongest = {tuple(k.split("->")): max(acc.values(), key=abs) for k, acc in channels.items()}
+    live = {(s, t): w for (s, t), w in strongest.items() if abs(w) >= min_share}
+    keep = {node_id("head", L, h) for L, h in starts}
+    grew = True
+    while grew:
+        grew = False
+        for s, t in live:
+            if t in keep and s not in keep:
+                keep.add(s)
+                grew = True
+    g.nodes = {i: n for i, n in g.nodes.items() if i in keep}
     g.edges = {}
-    for key, acc in channels.items():
-        s, t = key.split("->")
-        g.add_edge(s, t, max(acc.values(), key=abs))
+    for (s, t), w in live.items():
+        if t in keep:
+            g.add_edge(s, t, w)
+    return {f"{s}->{t}": channels[f"{s}->{t}"] for s, t in g.edges}
 
 
 def trace_attention(model: "ModelLike", prompts: Sequence[Tensor], heads: Sequence[tuple[int, int]],
@@ -203,7 +226,8 @@ def trace_attention(model: "ModelLike", prompts: Sequence[Tensor], heads: Sequen
     """`trace_prompt` on every prompt, averaged with `Graph.aggregate`: channels averaged over
     prompts (0 where an edge is absent), edge weights re-derived from them, the check combined."""
     model = Model.wrap(model)
-    graphs = [trace_prompt(model, p, heads, **kwargs) for p in prompts]
+    min_share = kwargs.pop("min_share", 0.05)
+    graphs = [trace_prompt(model, p, heads, min_share=0.0, **kwargs) for p in prompts]  # pruned once, below
     if not graphs:
         raise ValueError("no prompts given")
     agg = Graph.aggregate(graphs, reduce="mean")
@@ -213,9 +237,10 @@ def trace_attention(model: "ModelLike", prompts: Sequence[Tensor], heads: Sequen
             acc = channels.setdefault(e, dict.fromkeys(CHANNELS, 0.0))
             for ch, w in cw.items():
                 acc[ch] += w / len(graphs)
-    _set_edges(agg, channels)
+    channels = _set_edges(agg, channels, min_share, heads)
     check = ReconstructionCheck.combine([ReconstructionCheck.from_dict(g.meta.details["check"]) for g in graphs])
-    agg.meta = replace(agg.meta, details={"channels": channels, "units": dict(UNITS),
+    agg.meta = replace(agg.meta, parameters={**agg.meta.parameters, "min_share": min_share},
+                       details={"channels": channels, "units": dict(UNITS),
                                           "firings": [g.meta.details["firings"] for g in graphs],
                                           "check": check.to_dict()})
     return agg

@@ -67,7 +67,7 @@ def parse_positions(specs: Sequence[str] | None) -> list[int] | None:
 def trace_attention_cli(model: "Model", prompts: Sequence[str], heads: Sequence[str],
                         firing_threshold: float = 0.3, share: float = 0.7, max_depth: int | None = None,
                         positions: Sequence[int] | None = None, candidates: str = "heads",
-                        tolerance: float = 1e-3) -> Graph:
+                        tolerance: float = 1e-3, min_share: float = 0.05) -> Graph:
     """``mechscope attention``: text prompts and ``L<l>H<h>`` heads -> aggregated graph whose
     projection check holds (else a ValueError naming the failure)."""
     prompts = [p for p in prompts if p.strip()]
@@ -83,7 +83,8 @@ def trace_attention_cli(model: "Model", prompts: Sequence[str], heads: Sequence[
             raise ValueError(f"--positions {bad}: prompt {k + 1} has {row.numel()} tokens (BOS "
                              f"included): valid 0..{row.numel() - 1} or -{row.numel()}..-1")
     g = trace_attention(model, rows, parsed, firing_threshold=firing_threshold, share=share,
-                        max_depth=max_depth, positions=positions, candidates=candidates, tolerance=tolerance)
+                        max_depth=max_depth, positions=positions, candidates=candidates, tolerance=tolerance,
+                        min_share=min_share)
     ReconstructionCheck.from_dict(g.meta.details["check"]).require()
     g.meta = replace(g.meta, prompts=tuple(prompts))
     return g
@@ -94,7 +95,8 @@ def report(g: Graph, top: int = 4) -> str:
     check = ReconstructionCheck.from_dict(g.meta.details["check"])
     p = g.meta.parameters
     lines = [f"attention-SVD of {g.meta.model}: {g.meta.n_prompts} prompt(s), heads {' '.join(p['heads'])}, "
-             f"candidates {p['candidates']}, firing threshold {p['firing_threshold']}, share {p['share']}",
+             f"candidates {p['candidates']}, firing threshold {p['firing_threshold']}, share {p['share']}, "
+             f"min share {p['min_share']}",
              check.summary(),
              f"channel weights: signed shares, mean over the head's traced firings (units in the graph's "
              f"meta.details['units'])"]
@@ -126,6 +128,8 @@ def _svd_options(p: argparse.ArgumentParser) -> None:
                         "or embeddings and MLPs too")
     p.add_argument("--firing-threshold", type=float, default=0.3, help="attention weight that counts as a firing")
     p.add_argument("--share", type=float, default=0.7, help="share of a channel's total the kept sources must reach")
+    p.add_argument("--min-share", type=float, default=0.05,
+                   help="smallest mean channel share an edge needs to stay in the graph")
     p.add_argument("--max-depth", type=int, default=None, help="recursion depth (default: down to the embedding)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="projection check: largest relative error of the SVD reconstruction of the scores")
@@ -139,7 +143,7 @@ def attention_cmd(args: argparse.Namespace) -> int:
     check_prompt_lengths(model, prompts, args.prompts)
     start = time.perf_counter()
     graph = trace_attention_cli(model, prompts, args.heads, args.firing_threshold, args.share, args.max_depth,
-                                positions, args.candidates, args.tolerance)
+                                positions, args.candidates, args.tolerance, args.min_share)
     print(report(graph))
     print(f"traced in {time.perf_counter() - start:.2f} s")
     save_graph(graph, args.out, args.html, args.browser)

@@ -383,3 +383,19 @@ def test_reconstruction_check_fails_on_soft_capped_scores(tokens):
     acts = activations(model, tokens[0], 1)
     fd = decompose_firing(model, acts, qk_svd(model, 1, 0), 5, 2)
     assert fd.errors[0] == pytest.approx(abs(float(fd.terms.sum()) - fd.score) / (1 + abs(fd.score)))
+
+
+def test_min_share_drops_small_edges_and_what_only_they_reached():
+    from mechscope.circuits import known as kn
+
+    model = kn.planted_induction_model()  # distractor heads of scale 0.05 beside the planted pair
+    rows = list(kn.induction_setup(model, n_prompts=2, period=7).clean)
+    every = trace_attention(model, rows, [(1, 1)], min_share=0.0)
+    kept = trace_attention(model, rows, [(1, 1)])
+    assert kept.meta.parameters["min_share"] == 0.05
+    small = {e for e, w in every.edges.items() if abs(w) < 0.05}
+    assert small and set(kept.edges) == set(every.edges) - small  # the planted edge and nothing else
+    assert set(kept.edges) == {("L0.H0", "L1.H1")} and set(kept.nodes) == {"L0.H0", "L1.H1"}
+    assert set(kept.meta.details["channels"]) == {"L0.H0->L1.H1"}
+    one = trace_prompt(model, rows[0], [(1, 1)], min_share=0.5)
+    assert all(abs(w) >= 0.5 for w in one.edges.values()) and "L1.H1" in one.nodes

@@ -81,18 +81,15 @@ def test_routes_recall_and_the_inert_writer_limitation(name):
 
 
 @pytest.mark.parametrize("name", ("copy", "inert", "bidirectional"))
-@pytest.mark.xfail(strict=True, reason="attention-SVD traces the query-key side only: the planted "
-                   "path is V-composition (L0.H1's output is read by L1.H2's values), so L0.H1 is "
-                   "missed (recall 0.5) until the value side is traced (issue 13 item 6, svd)")
 def test_attention_svd_value_composition(name):
+    """The planted path is V-composition (L0.H1's output is read by L1.H2's values): found on the
+    value channel; distractor heads (mean shares <= 0.03) stay below min_share."""
     _exact(evaluate(name, _task(name), "attention-svd"))
 
 
-@pytest.mark.xfail(strict=True, reason="attention-SVD keeps distractor heads: L0.H1-3 enter L1.H1 "
-                   "with mean shares 0.005-0.02 (kept by the per-firing 70% rule, no threshold on the "
-                   "averaged share) and are traced further: precision 0.4 on planted-induction "
-                   "(issue 13 item 6, svd)")
 def test_attention_svd_planted_induction():
+    """Distractor heads enter L1.H1 with mean shares 0.005-0.03 (kept by the per-firing 70% rule);
+    the averaged-share threshold (min_share) drops them, the K-composition head has 0.88."""
     from mechscope.circuits import known as kn
     from mechscope.circuits.svd_trace import trace_attention
     from mechscope.circuits.verify import score_against

@@ -60,14 +60,18 @@ def _train_cfg(table: Mapping[str, Any]):
 
 
 def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path",
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run a job (a parsed config) and save the codebook model and ``report.json`` in ``out_dir``."""
+                     log: Callable[[str], None] = print, device: str = "auto") -> dict[str, Any]:
+    """Run a job (a parsed config) on ``device`` and save the codebook model and ``report.json``
+    in ``out_dir``."""
+    from mechscope.devices import resolve_device
+
     from mechscope.sae.codebook_features import fsm as F
     from mechscope.sae.codebook_features.model import CodebookModel, CodebookSpec
     from mechscope.interp.lm_train import train_lm
     from mechscope.sae.codebook_features.train import finetune, loss_increase
     from mechscope.interp.tokfsm import TokFSM
 
+    dev = resolve_device(device)
     cb_table = dict(cfg["codebook"])
     kmeans_iters = int(cb_table.pop("kmeans_iters", 10))
     spec = CodebookSpec.from_dict(cb_table)
@@ -79,22 +83,22 @@ def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path"
         f = dict(cfg["fsm"])
         n_steps = int(f.pop("n_steps", 16))
         fsm = TokFSM(**f)
-        model = F.fsm_model(fsm, n_steps, **cfg.get("model", {}))
+        model = F.fsm_model(fsm, n_steps, **cfg.get("model", {}), device=dev)
         pre_cfg, pre_batch = _train_cfg(cfg.get("pretrain", {}))
         log(f"pre-training {model.name} ({pre_cfg.steps} steps)")
-        train_lm(model, F.fsm_sampler(fsm, pre_batch, n_steps), pre_cfg,
+        train_lm(model, F.fsm_sampler(fsm, pre_batch, n_steps, dev), pre_cfg,
                  log=lambda r: log(f"  pretrain {r['step']}: loss {r['lm_loss']:.4f}"))
         report["base_transitions"] = F.transition_report(model, fsm, n_steps, n_eval)._asdict()
-        sample = F.fsm_sampler(fsm, ft_batch, n_steps)
-        init_tokens = fsm.sample(max(ft_batch, 64), n_steps, torch.Generator().manual_seed(7)).tokens
-        heldout = fsm.sample(n_eval, n_steps, torch.Generator().manual_seed(8)).tokens
+        sample = F.fsm_sampler(fsm, ft_batch, n_steps, dev)
+        init_tokens = fsm.sample(max(ft_batch, 64), n_steps, torch.Generator().manual_seed(7)).tokens.to(dev)
+        heldout = fsm.sample(n_eval, n_steps, torch.Generator().manual_seed(8)).tokens.to(dev)
     else:
         from mechscope.interp.lm_train import random_windows
         from mechscope.interp.models import load_model
         from mechscope.interp.tokens import token_ids
 
         t = dict(cfg["text"])
-        model = load_model(t.get("model", "gpt2-shakespeare"))
+        model = load_model(t.get("model", "gpt2-shakespeare"), device=str(dev))
         if model.tokenizer is None:
             raise ValueError(f"model {model.name!r} has no tokenizer; a [text] job needs one")
         n_ctx = int(t.get("n_ctx", 64))
@@ -103,10 +107,10 @@ def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path"
         held = token_ids(t.get("heldout_text", "zoo:heldout"), model)
 
         def sample(gen: torch.Generator) -> torch.Tensor:
-            return random_windows(train, ft_batch, n_ctx, bos, gen)
+            return random_windows(train, ft_batch, n_ctx, bos, gen).to(dev)
 
         init_tokens = sample(torch.Generator().manual_seed(7))
-        heldout = random_windows(held, n_eval, n_ctx, bos, torch.Generator().manual_seed(8))
+        heldout = random_windows(held, n_eval, n_ctx, bos, torch.Generator().manual_seed(8)).to(dev)
     base = copy.deepcopy(model)
     cbm = CodebookModel(model, spec)
     cbm.init_codebooks(init_tokens, kmeans_iters=kmeans_iters)
@@ -120,7 +124,9 @@ def run_codebook_job(cfg: Mapping[str, Mapping[str, Any]], out_dir: "str | Path"
         report["state_identification"] = {
             n: {"mean_precision": sc.mean_precision(), "mean_recall": sc.mean_recall(),
                 "chance_precision": sc.chance_precision, "codes": sc.codes.tolist()} for n, sc in ids.items()}
-        report["steering"] = F.steering_report(cbm, fsm, list(ids.values()), n_steps,
+        # the paper's intervention: the target state's codes forced at every codebook at once
+        codes = F.state_codes(cbm, fsm, n_eval, n_steps)
+        report["steering"] = F.steering_report(cbm, fsm, codes, n_steps,
                                                int(ev.get("steer_prompts_per_state", 8)))._asdict()
     out = Path(out_dir)
     cbm.save(out, extra={"config": {k: dict(v) for k, v in cfg.items()}})
@@ -144,6 +150,7 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-generated", action="store_true", help="steer: also force the codes at every generated token")
     p.add_argument("--new-tokens", type=int, default=8, help="steer: tokens to generate")
     p.add_argument("--top", type=int, default=5, help="find: how many codes to list")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
 
 
 def _tokens(cbm, args: argparse.Namespace):
@@ -167,16 +174,23 @@ def codebook_cmd(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.target)
         with folder_lock(args.out, "--out", "mechscope codebook train"):
-            report = run_codebook_job(cfg, args.out)
+            report = run_codebook_job(cfg, args.out, device=args.device)
         print(json.dumps({k: v for k, v in report.items() if k != "state_identification"}, indent=2))
         for site, row in report.get("state_identification", {}).items():
             print(f"state codes at {site}: precision {row['mean_precision']:.3f} recall {row['mean_recall']:.3f} "
                   f"(chance precision {row['chance_precision']:.3f})")
+        st = report.get("steering")
+        if st:
+            print(f"steering (the target state's codes forced at all {st['n_codebooks']} codebooks, last prompt "
+                  f"token): generated next state follows the target {st['follow_rate']:.3f} of the time "
+                  f"(unsteered {st['follow_rate_unsteered']:.3f}, chance {st['chance']:.3f}; {st['n_prompts']} prompts)")
         print(f"saved: {args.out}")
         return 0
     from mechscope.sae.codebook_features.model import CodebookModel
 
-    cbm = CodebookModel.load(args.target)
+    from mechscope.devices import resolve_device
+
+    cbm = CodebookModel.load(args.target, device=str(resolve_device(args.device)))
     tokens = _tokens(cbm, args)
     if args.action == "find":
         from mechscope.sae.codebook_features.steer import find_codes, regex_mask, token_mask

@@ -30,8 +30,8 @@ both sites moves the mass on the target's successors 0.20 → 0.38 and on the or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 
 
 def fsm_model(fsm: TokFSM, n_steps: int, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
-              d_mlp: int = 256, seed: int = 0) -> "Model":
-    """A small GPT-2-style TransformerLens model sized for walks of ``n_steps`` states."""
+              d_mlp: int = 256, seed: int = 0, device: "torch.device | str" = "cpu") -> "Model":
+    """A small GPT-2-style TransformerLens model sized for walks of ``n_steps`` states (weights
+    drawn on the CPU from ``seed``, then placed on ``device``)."""
     from mechscope.interp.models import Model
 
     if d_model % n_heads:
@@ -55,27 +56,35 @@ def fsm_model(fsm: TokFSM, n_steps: int, n_layers: int = 2, d_model: int = 64, n
     cfg = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
                d_mlp=d_mlp, d_vocab=fsm.d_vocab, n_ctx=fsm.seq_len(n_steps), act_fn="gelu_new",
                normalization_type="LN", seed=seed)
-    return Model.from_config(cfg, name=f"tokfsm-{fsm.n_states}x{fsm.out_degree}", seed=seed)
+    model = Model.from_config(cfg, name=f"tokfsm-{fsm.n_states}x{fsm.out_degree}", seed=seed)
+    model.module.to(device)
+    return model
 
 
-def fsm_sampler(fsm: TokFSM, batch: int, n_steps: int):
-    """A sampler ``gen -> tokens [batch, 1 + n_steps * n_digits]`` of fresh walks."""
-    return lambda gen: fsm.sample(batch, n_steps, gen).tokens
+def fsm_sampler(fsm: TokFSM, batch: int, n_steps: int, device: "torch.device | str" = "cpu"):
+    """A sampler ``gen -> tokens [batch, 1 + n_steps * n_digits]`` of fresh walks (drawn on the
+    CPU, so the same walks on every device, then moved to ``device``)."""
+    return lambda gen: fsm.sample(batch, n_steps, gen).tokens.to(device)
+
+
+def _device(net: Any) -> torch.device:
+    dev = getattr(net, "device", None)
+    return torch.device(dev) if dev is not None else torch.device("cpu")
 
 
 @torch.no_grad()
 def next_state_probs(net: Callable[[Tensor], Tensor], fsm: TokFSM, prompts: Int[Tensor, "n pos"],
                      chunk: int = 4096) -> Float[Tensor, "n S"]:
-    """``p(s' | prompt)`` for every state, from the digits' chained probabilities."""
+    """``p(s' | prompt)`` for every state, from the digits' chained probabilities (on the CPU)."""
     n, L, S, nd = len(prompts), prompts.shape[1], fsm.n_states, fsm.n_digits
     cand = fsm.digits(torch.arange(S))
-    seqs = torch.cat([prompts.repeat_interleave(S, 0), cand.repeat(n, 1)], 1)
+    seqs = torch.cat([prompts.cpu().repeat_interleave(S, 0), cand.repeat(n, 1)], 1).to(_device(net))
     logps = []
     for i in range(0, len(seqs), chunk):
         rows = seqs[i: i + chunk]
         lp = net(rows)[:, L - 1: L - 1 + nd].log_softmax(-1)
         logps.append(lp.gather(-1, rows[:, L:, None]).squeeze(-1).sum(-1))
-    return torch.cat(logps).view(n, S).softmax(-1)
+    return torch.cat(logps).view(n, S).softmax(-1).cpu()
 
 
 class TransitionReport(NamedTuple):
@@ -151,10 +160,73 @@ def best_site(ids: dict[str, StateCodes]) -> StateCodes:
     return max(ids.values(), key=f1)
 
 
+@torch.no_grad()
+def state_codes(cbm: "CodebookModel", fsm: TokFSM, n_seqs: int, n_steps: int,
+                seed: int = 2) -> dict[str, Int[Tensor, "S G k"]]:
+    """Each state's codes at every codebook: per site and head group, the ``k`` codes selected
+    most often at the last digit of that state on ``n_seqs`` fresh walks (the paper reads them
+    off one run of the state; the mode over many runs is the same code when the codebook
+    carries the state, and the best guess when it carries it imperfectly)."""
+    s = fsm.sample(n_seqs, n_steps, torch.Generator().manual_seed(seed))
+    at = s.digit_at == fsm.n_digits - 1
+    labels = s.state_at[at]
+    unseen = sorted(set(range(fsm.n_states)) - set(labels.tolist()))
+    if unseen:
+        raise ValueError(f"states {unseen} never occur in {n_seqs} walks of {n_steps} states; "
+                         "use more walks to find their codes")
+    k, C = cbm.spec.k, cbm.spec.n_codes
+    out = {}
+    for name, codes in cbm.codes(s.tokens).items():
+        sel = codes[at].cpu()  # [n, G, k]
+        counts = torch.zeros(fsm.n_states, sel.shape[1], C)
+        for g in range(sel.shape[1]):
+            rows = labels.repeat_interleave(k)
+            counts[:, g].index_put_((rows, sel[:, g].reshape(-1)), torch.ones(len(rows)), accumulate=True)
+        out[name] = counts.topk(k, dim=-1).indices
+    return out
+
+
+def codes_of(codes: "StateCodes | Sequence[StateCodes] | Mapping[str, Tensor]") -> dict[str, Tensor]:
+    """``{site: [S, G, f]}`` from `state_codes`' mapping or from `StateCodes` (best detector codes)."""
+    if isinstance(codes, StateCodes):
+        codes = [codes]
+    if isinstance(codes, Mapping):
+        return {str(k): torch.as_tensor(v).reshape(*torch.as_tensor(v).shape[:2], -1) for k, v in codes.items()}
+    return {sc.site: sc.codes[:, :, None] for sc in codes}
+
+
+def _jsd(p: Tensor, q: Tensor) -> Tensor:
+    """Jensen-Shannon divergence in bits (0 .. 1) between rows of ``p`` and ``q``."""
+    m = (p + q) / 2
+
+    def kl(a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(a > 0, a * (a.clamp_min(1e-30).log2() - b.clamp_min(1e-30).log2()), 0.0).sum(-1)
+
+    return (kl(p, m) + kl(q, m)) / 2
+
+
+@torch.no_grad()
+def generated_states(cbm: "CodebookModel", fsm: TokFSM, prompts: Int[Tensor, "n pos"],
+                     force: Mapping[str, Any] | None = None,
+                     positions: Sequence[int] = (-1,)) -> Int[Tensor, " n"]:
+    """The next state the model writes greedily (``n_digits`` tokens) after each prompt, with
+    ``force`` codes on at the prompt ``positions``; a digit string that names no state gives a
+    value ``>= n_states``."""
+    from mechscope.sae.codebook_features.steer import generate
+
+    out = generate(cbm, prompts, fsm.n_digits, dict(force) if force else None, positions=positions)
+    return fsm.undigits(out[:, -fsm.n_digits:].cpu())
+
+
 class SteerReport(NamedTuple):
-    """Mean next-state mass on the target's successors (steered vs unsteered), on the original
-    state's successors (steered vs unsteered), the rate at which the top next state is a
-    successor of the target, and the chance mass ``D / S``."""
+    """Steering by forcing a target state's codes (see module doc). Masses are mean next-state
+    probability on the target's successors and on the original state's, forced and not;
+    ``follow_rate``: fraction of greedily generated next states that are successors of the target
+    (``follow_rate_unsteered``: the same count without forcing, the empirical chance level);
+    ``chance = D / S``; ``js_target`` / ``js_target_unsteered``: mean Jensen-Shannon divergence
+    (bits) between the model's next-state distribution and the target's true one (uniform on its
+    successors), the measure of the paper's released TokFSM tutorial; ``n_prompts`` steered
+    prompts; ``n_codebooks`` codebooks forced at once."""
 
     target_mass: float
     target_mass_unsteered: float
@@ -162,30 +234,45 @@ class SteerReport(NamedTuple):
     original_mass_unsteered: float
     follow_rate: float
     chance: float
+    follow_rate_unsteered: float
+    js_target: float
+    js_target_unsteered: float
+    n_prompts: int
+    n_codebooks: int
 
 
 @torch.no_grad()
-def steering_report(cbm: "CodebookModel", fsm: TokFSM, codes: "StateCodes | Sequence[StateCodes]", n_steps: int,
+def steering_report(cbm: "CodebookModel", fsm: TokFSM,
+                    codes: "StateCodes | Sequence[StateCodes] | Mapping[str, Tensor]", n_steps: int,
                     prompts_per_state: int = 8, positions: Sequence[int] = (-1,),
                     seed: int = 3) -> SteerReport:
-    """Force each target state's code (at one site, or at several at once) on prompts that end
-    in other states (see module doc)."""
-    codes = [codes] if isinstance(codes, StateCodes) else list(codes)
+    """Force each target state's codes, at every codebook in ``codes`` at once (`state_codes`
+    for all of them; `StateCodes` for one site's detector codes), at the prompt ``positions`` of
+    prompts that end in other states (see module doc)."""
+    table = codes_of(codes)
     adj = fsm.adjacency()
+    padded = torch.cat([adj, torch.zeros(fsm.n_states, 1, dtype=torch.bool)], 1)  # column S: no state
     prompts, last, _ = fsm_prompts(fsm, prompts_per_state * fsm.n_states, n_steps, seed)
     g = torch.Generator().manual_seed(seed)
     targets = (last + torch.randint(1, fsm.n_states, last.shape, generator=g)) % fsm.n_states
     at = [p % prompts.shape[1] for p in positions]  # prompt positions, not the candidates'
     base = next_state_probs(cbm, fsm, prompts)
+    free = generated_states(cbm, fsm, prompts).clamp_max(fsm.n_states)
     steered = torch.empty_like(base)
+    nxt = torch.empty_like(free)
     for t in targets.unique().tolist():
         rows = targets == t
-        force = {sc.site: [[int(c)] for c in sc.codes[t]] for sc in codes}
+        force = {site: [[int(c) for c in grp] for grp in tab[t]] for site, tab in table.items()}
         with cbm.forcing(force, positions=at):
             steered[rows] = next_state_probs(cbm, fsm, prompts[rows])
+        nxt[rows] = generated_states(cbm, fsm, prompts[rows], force, at).clamp_max(fsm.n_states)
     tgt, orig = adj[targets].float(), adj[last].float()
+    truth = tgt / tgt.sum(1, keepdim=True)
     return SteerReport(
         float((steered * tgt).sum(1).mean()), float((base * tgt).sum(1).mean()),
         float((steered * orig).sum(1).mean()), float((base * orig).sum(1).mean()),
-        float(adj[targets, steered.argmax(1)].float().mean()), fsm.out_degree / fsm.n_states,
+        float(padded[targets, nxt].float().mean()), fsm.out_degree / fsm.n_states,
+        float(padded[targets, free].float().mean()),
+        float(_jsd(steered, truth).mean()), float(_jsd(base, truth).mean()),
+        len(targets), sum(t.shape[1] for t in table.values()),
     )

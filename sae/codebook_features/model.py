@@ -11,6 +11,16 @@ from a codebook ``C = {c_1 .. c_C}``. Each codebook is a `mechscope.sae.codebook
 ``x = s a`` with ``s`` fixed at initialisation, and it *is* a `Dictionary` on raw activations:
 `CodebookModel.dictionaries` hands it to the feature browser and the circuit tools.
 
+Placement. The paper (released code, taufeeque9/codebook-features, ``config/fsm_main.yaml``)
+puts a codebook on every attention head's output before the output projection (``z``, one
+codebook per head: ``head_groups = n_heads``) and one on every MLP output, in every layer, with
+``k = 1`` code active in each (TokFSM; 1000 codes each), and trains the whole model with them in
+place. ``sites = ("L*.z", "L*.mlp_out")`` (`PAPER_SITES`) asks for that placement: then every
+attention and MLP contribution to the residual stream is a code, and the only write into the
+residual stream that a forced code cannot replace is the token and position embedding. Their
+codebook ranks codes by ``<LN(a), c_j> / ||c_j||``, the cosine up to LN's centring; the sum of
+codes is divided by ``k`` (equal to ours at ``k = 1``).
+
 Training the network through the bottleneck (the paper's main method). Selection has no
 gradient; the forward value is ``x̂`` and the backward is straight-through (van den Oord et al.
 2017, "Neural Discrete Representation Learning"):
@@ -61,6 +71,8 @@ if TYPE_CHECKING:
     from mechscope.sae.codebook import CodebookDictionary
 
 SITE_KINDS = ("attn_out", "mlp_out", "resid_pre", "resid_mid", "resid_post", "z")
+EVERY_LAYER = "L*."  # ``L*.z`` / ``L*.mlp_out``: that kind in every layer (the paper's placement)
+PAPER_SITES = ("L*.z", "L*.mlp_out")  # every attention head group and every MLP output, every layer
 WEIGHTS, CODEBOOKS, CONFIG = "model.safetensors", "codebooks.safetensors", "codebook_model.json"
 
 
@@ -82,10 +94,11 @@ class CodebookSpec:
         if not self.sites:
             raise ValueError("CodebookSpec.sites is empty; give sites like 'L0.attn_out', 'L1.mlp_out', 'L0.z'")
         for s in self.sites:
-            site = Site.parse(s)
+            site = Site.parse(s.replace(EVERY_LAYER, "L0.", 1) if s.startswith(EVERY_LAYER) else s)
             if site.kind not in SITE_KINDS or site.head is not None:
                 raise ValueError(f"codebook site {s!r} is not supported; kinds: {', '.join(SITE_KINDS)} "
-                                 "(no head suffix: use head_groups for per-head codebooks on 'z')")
+                                 "(no head suffix: use head_groups for per-head codebooks on 'z'; "
+                                 f"'{EVERY_LAYER}KIND' puts one in every layer)")
         if len(set(self.sites)) != len(self.sites):
             raise ValueError(f"CodebookSpec.sites has duplicates: {list(self.sites)}")
         for name in ("n_codes", "k", "head_groups", "dead_tokens"):
@@ -102,6 +115,27 @@ class CodebookSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> "CodebookSpec":
         data = checked_fields(cls, data, "codebook")
         return cls(**{k: (tuple(v) if k == "sites" else v) for k, v in data.items()})
+
+
+def expand_sites(sites: Sequence[str], n_layers: int) -> list[str]:
+    """Sites with every ``L*.KIND`` replaced by ``L0.KIND .. L{n-1}.KIND``, ordered by layer then
+    by the order given (so ``("L*.z", "L*.mlp_out")`` reads L0.z, L0.mlp_out, L1.z, ...)."""
+    out: list[str] = []
+    for layer in range(n_layers):
+        out += [f"L{layer}.{s[len(EVERY_LAYER):]}" for s in sites if s.startswith(EVERY_LAYER)]
+    fixed = [s for s in sites if not s.startswith(EVERY_LAYER)]
+    dup = sorted(set(fixed) & set(out))
+    if dup:
+        raise ValueError(f"codebook sites {dup} are given twice (once through '{EVERY_LAYER}')")
+    return sorted(out + fixed, key=lambda s: _forward_order(Site.parse(s)))
+
+
+_FORWARD = ("resid_pre", "z", "attn_out", "resid_mid", "mlp_out", "resid_post")
+
+
+def _forward_order(site: Site) -> tuple[int, int]:
+    """Where a site's hook runs in the forward pass (layer, then position inside the block)."""
+    return site.layer, _FORWARD.index(site.kind)
 
 
 def _key(site: str) -> str:
@@ -180,7 +214,7 @@ class CodebookModel(nn.Module):
         self.enabled = True
         self.extra: dict[str, Any] = {}
         self.bottlenecks = nn.ModuleDict()
-        for i, name in enumerate(spec.sites):
+        for i, name in enumerate(expand_sites(spec.sites, model.n_layers)):
             site = model.site(name)
             if site.kind in ("resid_mid", "mlp_out") and model.attn_only:
                 raise ValueError(f"{name}: an attention-only model has no MLP sites")
@@ -189,6 +223,10 @@ class CodebookModel(nn.Module):
                 raise ValueError(f"head_groups={groups} must divide n_heads={model.n_heads}")
             width = site_dims(model, [site])[site]
             self.bottlenecks[_key(name)] = SiteBottleneck(site, width, groups, spec, spec.seed + 1000 * i)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     def named_bottlenecks(self) -> list[tuple[str, SiteBottleneck]]:
         return [(str(b.site), b) for b in self.bottlenecks.values()]
@@ -253,10 +291,10 @@ class CodebookModel(nn.Module):
         was = self.training
         self.eval()
         try:
-            self(tokens)
+            self(tokens.to(self.device))
         finally:
             self.train(was)
-        return {n: torch.stack(b.last_codes, 2) for n, b in self.named_bottlenecks()}
+        return {n: torch.stack(b.last_codes, 2).cpu() for n, b in self.named_bottlenecks()}
 
     # -- training helpers -----------------------------------------------------------------------
     def aux_loss(self) -> Tensor:
@@ -288,7 +326,7 @@ class CodebookModel(nn.Module):
         was = self.training
         self.eval()
         done: dict[Site, SiteBottleneck] = {}
-        for _, b in sorted(self.named_bottlenecks(), key=lambda nb: nb[1].site):
+        for _, b in sorted(self.named_bottlenecks(), key=lambda nb: _forward_order(nb[1].site)):
             with hooks_for(self.model, dict(done)):
                 act = capture(self.model, tokens, b.site)[b.site]
             rows = b._rows(act[:, 1:] if skip_first else act)
@@ -365,4 +403,5 @@ def base_model_copy(model: "ModelLike") -> "Model":
     return copy.deepcopy(Model.wrap(model))
 
 
-__all__ = ["CodebookModel", "CodebookSpec", "SiteBottleneck", "base_model_copy"]
+__all__ = ["EVERY_LAYER", "PAPER_SITES", "CodebookModel", "CodebookSpec", "SiteBottleneck", "base_model_copy",
+           "expand_sites"]

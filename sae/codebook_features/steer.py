@@ -136,7 +136,7 @@ def generate(cbm: "CodebookModel", prompt: Int[Tensor, "b pos"], new_tokens: int
         raise ValueError(f"new_tokens must be >= 0, got {new_tokens}")
     n = prompt.shape[1]
     pos = [p % n for p in (positions if positions is not None else range(n))]
-    tokens = prompt
+    tokens = prompt.to(cbm.device)
     cbm.eval()
     for _ in range(new_tokens):
         at = pos + (list(range(n, tokens.shape[1])) if force_generated else [])

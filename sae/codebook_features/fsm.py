@@ -16,9 +16,18 @@ Measures (all on fresh walks):
 * State identification: per state, the code with the best F1 as a detector of "the token is the
   last digit of state s" (`mechscope.sae.codebook_features.steer.detector_stats`): its precision and recall.
   Chance precision of a code that fires at random is the state's frequency, about ``1 / S``.
-* Steering: force the best code of a target state ``t`` at the prompt's last position and
-  compare the mass on ``succ(t)`` with that of the unsteered run; mass on ``succ(s)`` should
-  fall. ``follow_rate`` is how often the most probable next state is a successor of ``t``.
+* Steering (the paper's intervention, released code ``tutorials/tokfsm.ipynb``): a target
+  state ``t``'s codes are, per codebook, the code(s) selected most often at ``t``'s last digit
+  (`state_codes`; the paper reads them off one run of ``t``). They are forced at *every*
+  codebook at once on the prompt's last token, the prompt ending in another state ``s``. With
+  codebooks on every head and every MLP (`~mechscope.sae.codebook_features.model.PAPER_SITES`)
+  everything attention and MLPs write into the residual stream there is then ``t``'s; with
+  codebooks on a few sites, the rest of the residual stream still carries ``s``.
+  ``follow_rate`` is the fraction of greedily generated next states that are successors of
+  ``t``; its chance level is ``D / S``, and ``follow_rate_unsteered`` (the same count without
+  forcing) is the empirical one. The masses on ``succ(t)`` / ``succ(s)`` and the Jensen-Shannon
+  divergence to ``t``'s true next-state distribution (uniform on ``succ(t)``) say how far the
+  distribution moved; the paper's tutorial reports that divergence, normalised.
 
 Reference levels (CPU, measured here). Tiny run of tests/sae/codebook_features/test_steer.py: 12 states, 2
 out-edges, base 4; 2 layers, d_model 32; 200 pre-training + 60 fine-tuning steps of 32 walks;
@@ -31,6 +40,7 @@ both sites moves the mass on the target's successors 0.20 → 0.38 and on the or
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -162,13 +172,15 @@ def best_site(ids: dict[str, StateCodes]) -> StateCodes:
 
 @torch.no_grad()
 def state_codes(cbm: "CodebookModel", fsm: TokFSM, n_seqs: int, n_steps: int,
-                seed: int = 2) -> dict[str, Int[Tensor, "S G k"]]:
+                seed: int = 2, digit: int = -1) -> dict[str, Int[Tensor, "S G k"]]:
     """Each state's codes at every codebook: per site and head group, the ``k`` codes selected
-    most often at the last digit of that state on ``n_seqs`` fresh walks (the paper reads them
-    off one run of the state; the mode over many runs is the same code when the codebook
-    carries the state, and the best guess when it carries it imperfectly)."""
+    most often at ``digit`` (default the last) of that state on ``n_seqs`` fresh walks (the
+    paper reads them off one run of the state; the mode over many runs is the same code when
+    the codebook carries the state, and the best guess when it carries it imperfectly)."""
+    if not -fsm.n_digits <= digit < fsm.n_digits:
+        raise ValueError(f"digit {digit} out of range for {fsm.n_digits}-digit states")
     s = fsm.sample(n_seqs, n_steps, torch.Generator().manual_seed(seed))
-    at = s.digit_at == fsm.n_digits - 1
+    at = s.digit_at == digit % fsm.n_digits
     labels = s.state_at[at]
     unseen = sorted(set(range(fsm.n_states)) - set(labels.tolist()))
     if unseen:
@@ -248,24 +260,30 @@ def steering_report(cbm: "CodebookModel", fsm: TokFSM,
                     seed: int = 3) -> SteerReport:
     """Force each target state's codes, at every codebook in ``codes`` at once (`state_codes`
     for all of them; `StateCodes` for one site's detector codes), at the prompt ``positions`` of
-    prompts that end in other states (see module doc)."""
-    table = codes_of(codes)
+    prompts that end in other states (see module doc). ``codes`` may instead map prompt
+    positions to tables, e.g. ``{-2: state_codes(.., digit=0), -1: state_codes(.., digit=1)}``
+    to force the codes of each of the target's digits on the prompt's last state."""
+    if isinstance(codes, Mapping) and codes and all(isinstance(k, int) for k in codes):
+        tables = {int(p): codes_of(c) for p, c in codes.items()}  # {prompt position: table}
+    else:
+        tables = {int(p): codes_of(codes) for p in positions}
     adj = fsm.adjacency()
     padded = torch.cat([adj, torch.zeros(fsm.n_states, 1, dtype=torch.bool)], 1)  # column S: no state
     prompts, last, _ = fsm_prompts(fsm, prompts_per_state * fsm.n_states, n_steps, seed)
     g = torch.Generator().manual_seed(seed)
     targets = (last + torch.randint(1, fsm.n_states, last.shape, generator=g)) % fsm.n_states
-    at = [p % prompts.shape[1] for p in positions]  # prompt positions, not the candidates'
     base = next_state_probs(cbm, fsm, prompts)
     free = generated_states(cbm, fsm, prompts).clamp_max(fsm.n_states)
     steered = torch.empty_like(base)
     nxt = torch.empty_like(free)
     for t in targets.unique().tolist():
         rows = targets == t
-        force = {site: [[int(c) for c in grp] for grp in tab[t]] for site, tab in table.items()}
-        with cbm.forcing(force, positions=at):
+        with ExitStack() as stack:
+            for p, table in tables.items():  # prompt positions, not the candidates'
+                force = {site: [[int(c) for c in grp] for grp in tab[t]] for site, tab in table.items()}
+                stack.enter_context(cbm.forcing(force, positions=[p % prompts.shape[1]]))
             steered[rows] = next_state_probs(cbm, fsm, prompts[rows])
-        nxt[rows] = generated_states(cbm, fsm, prompts[rows], force, at).clamp_max(fsm.n_states)
+            nxt[rows] = generated_states(cbm, fsm, prompts[rows]).clamp_max(fsm.n_states)
     tgt, orig = adj[targets].float(), adj[last].float()
     truth = tgt / tgt.sum(1, keepdim=True)
     return SteerReport(
@@ -274,5 +292,5 @@ def steering_report(cbm: "CodebookModel", fsm: TokFSM,
         float(padded[targets, nxt].float().mean()), fsm.out_degree / fsm.n_states,
         float(padded[targets, free].float().mean()),
         float(_jsd(steered, truth).mean()), float(_jsd(base, truth).mean()),
-        len(targets), sum(t.shape[1] for t in table.values()),
+        len(targets), sum(t.shape[1] for t in next(iter(tables.values())).values()),
     )

@@ -163,7 +163,8 @@ class SiteBottleneck(nn.Module):
         self.last_codes: list[Tensor] = []
         self.last_inputs: list[Tensor] = []
         self.aux_terms: dict[str, Tensor] = {}
-        self.forced: tuple[Tensor, tuple[int, ...] | None] | None = None  # (codes [G, f], positions)
+        # (codes [G, f], positions) entries; nested `CodebookModel.forcing` blocks add entries
+        self.forced: tuple[tuple[Tensor, tuple[int, ...] | None], ...] = ()
 
     def _rows(self, act: Tensor) -> Tensor:
         return act.reshape(*act.shape[:2], self.groups, -1)
@@ -189,17 +190,17 @@ class SiteBottleneck(nn.Module):
         return torch.stack(outs, 1).view(b, pos, self.groups, -1).reshape(act.shape)
 
     def _select(self, cb: "CodebookDictionary", x: Tensor, g: int, b: int, pos: int) -> Tensor:
-        if self.forced is None:
+        if not self.forced:
             return cb._encode(x).indices
-        codes, positions = self.forced
-        at = torch.zeros(pos, dtype=torch.bool, device=x.device)
-        at[list(positions) if positions is not None else slice(None)] = True
         with torch.no_grad():
             idx = cb._encode(x).indices.view(b, pos, -1)
-            if at.any():
-                f = codes[g].to(x.device).expand(b * int(at.sum()), -1)
-                picked = nearest_codes(x.view(b, pos, -1)[:, at].reshape(-1, x.shape[-1]), cb.W_dec, cb.cfg.k, f)
-                idx[:, at] = picked.view(b, int(at.sum()), -1)
+            for codes, positions in self.forced:  # later (inner) entries win where they overlap
+                at = torch.zeros(pos, dtype=torch.bool, device=x.device)
+                at[list(positions) if positions is not None else slice(None)] = True
+                if at.any():
+                    f = codes[g].to(x.device).expand(b * int(at.sum()), -1)
+                    rows = x.view(b, pos, -1)[:, at].reshape(-1, x.shape[-1])
+                    idx[:, at] = nearest_codes(rows, cb.W_dec, cb.cfg.k, f).view(b, int(at.sum()), -1)
         return idx.reshape(b * pos, -1)
 
 
@@ -262,13 +263,15 @@ class CodebookModel(nn.Module):
     def forcing(self, forced: Mapping[str, Sequence[int] | Sequence[Sequence[int]]],
                 positions: Sequence[int] | None = None) -> Iterator[None]:
         """Force codes on: ``{site: codes}`` (one list per head group for 'z' sites) at the given
-        positions (negative counts from the end of the current input; None = every position)."""
+        positions (negative counts from the end of the current input; None = every position).
+        Blocks nest: an inner block forces its codes at its positions on top of the outer ones."""
         for name in forced:
             self.bottleneck(name)
         saved = {n: b.forced for n, b in self.named_bottlenecks()}
         try:
             for name, codes in forced.items():
-                self.bottleneck(name).forced = self._force_spec(name, codes, positions)
+                b = self.bottleneck(name)
+                b.forced = b.forced + (self._force_spec(name, codes, positions),)
             yield
         finally:
             for n, b in self.named_bottlenecks():

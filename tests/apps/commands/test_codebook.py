@@ -34,9 +34,11 @@ def test_codebook_job_and_cli(tmp_path, capsys):
 
     cfg = tmp_path / "job.toml"
     cfg.write_text(QUICK_JOB)
-    assert main(["codebook", "train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert main(["codebook", "train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
     report = __import__("json").loads((tmp_path / "run" / "report.json").read_text())
     assert set(report) == {"base_transitions", "loss", "transitions", "state_identification", "steering"}
+    assert report["steering"]["n_codebooks"] == 1 and 0 <= report["steering"]["follow_rate"] <= 1
+    assert "follows the target" in capsys.readouterr().out
     back = CodebookModel.load(tmp_path / "run")
     assert back.spec.sites == ("L0.mlp_out",) and back.extra["config"]["fsm"]["n_states"] == 12
     assert main(["codebook", "steer", str(tmp_path / "run"), "--tokens", "4 0 1 2 3", "--site", "L0.mlp_out",
@@ -46,6 +48,11 @@ def test_codebook_job_and_cli(tmp_path, capsys):
     assert main(["codebook", "steer", str(tmp_path / "run"), "--tokens", "4 0", "--site", "L3.mlp_out",
                  "--code", "1"]) == 2
     assert "codebook sites: L0.mlp_out" in capsys.readouterr().err
+    assert main(["codebook", "steer", str(tmp_path / "run"), "--tokens", "4 0", "--site", "L0.mlp_out",
+                 "--code", "1", "--device", "cpu"]) == 0
+    assert main(["codebook", "steer", str(tmp_path / "run"), "--tokens", "4 0", "--site", "L0.mlp_out",
+                 "--code", "1", "--device", "cuda:7"]) == 2
+    assert "cuda:7" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     bad.write_text("[codebook]\nsites = ['L0.mlp_out']\n")
     with pytest.raises(ValueError, match="exactly one of \\[fsm\\]"):

@@ -74,6 +74,14 @@ def test_exact_codes_reproduce_the_models_own_predictions():
     assert torch.equal(cbm.codes(tokens)["L1.mlp_out"][..., 0, 0].flatten(), torch.arange(12))
     with cbm.disabled():  # and the bypass is the network itself
         torch.testing.assert_close(cbm(tokens), want)
+    # nested forcing: each block's codes at its own positions, the natural codes elsewhere
+    free = cbm.codes(tokens)["L0.mlp_out"][..., 0, 0]
+    with cbm.forcing({"L0.mlp_out": [3]}, positions=[1]), cbm.forcing({"L0.mlp_out": [5]}, positions=[-1]):
+        both = cbm.codes(tokens)["L0.mlp_out"][..., 0, 0]
+    want_codes = free.clone()
+    want_codes[:, 1], want_codes[:, -1] = 3, 5
+    assert torch.equal(both, want_codes)
+    assert torch.equal(cbm.codes(tokens)["L0.mlp_out"][..., 0, 0], free)  # and nothing stays forced
 
 
 def bigram_model(fsm: TokFSM, n_steps: int) -> Model:

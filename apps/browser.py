@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.apps.html import (asset, escape, plotly_text, script_json, shared_plotly, standalone_page,
-                                 write_text)
+                                 visible_token, write_text)
+from mechscope.apps.graph_index import INDEX_JS, prepare_index
 from mechscope.sae.cards import FeatureCard
 
 COLOUR_BY = {"max_activation": "max activation", "mean_activation": "mean activation",
@@ -141,7 +142,7 @@ def logits_figure(card: FeatureCard) -> Any:
 
     rows = list(reversed(card.top_logits)) + list(reversed(card.bottom_logits))
     ids = list(reversed(card.top_logit_ids)) + list(reversed(card.bottom_logit_ids))
-    labels = [plotly_text(t) for t, _ in rows]
+    labels = [plotly_text(visible_token(t)) for t, _ in rows]
     hover = [plotly_text(repr(t) + (f" · id {ids[j]}" if ids else "")) for j, (t, _) in enumerate(rows)]
     ys = list(range(len(rows)))
     fig = go.Figure(go.Bar(x=[v for _, v in rows], y=ys, orientation="h", customdata=hover,
@@ -264,6 +265,7 @@ _BODY = """
     <div id="f-logit-hist-box"><h3>Logit effect over the whole vocabulary</h3><div id="f-logit-hist" class="plot-small"></div></div>
   </div>
   <div id="f-neighbour-section"><h3>Neighbours by decoder cosine</h3><ul id="neighbours"></ul></div>
+  <div id="f-graph-section" class="hidden"><h3>Graphs containing this feature</h3><ul id="f-graphs"></ul></div>
 </section>
 """
 
@@ -290,14 +292,16 @@ def write_feature_browser(cards: Sequence[FeatureCard], out_dir: "str | Path", t
     meta = f"{first.model} · {len(cards)} features ({n_dead} dead) · {first.n_tokens} tokens"
     data = {
         "meta": {"dictionary": first.dictionary, "site": first.site, "model": first.model,
-                 "n_tokens": first.n_tokens, "chunk_size": chunk_size, "chunk_dir": CHUNK_DIR},
+                 "n_tokens": first.n_tokens, "chunk_size": chunk_size, "chunk_dir": CHUNK_DIR,
+                 "graphs": INDEX_JS},
         "index": {**{key: [getattr(c, key) for c in cards] for key in ("density", "mean_activation", "max_activation")},
                   "summary": [token_summary(c) for c in cards],
                   "promotes": [[t for t, _ in c.top_logits[:3]] for c in cards]},
     }
+    prepare_index(out, first.site, len(cards))  # graphs.js: graph pages linked from feature pages
     options = "".join(f'<option value="{k}">{escape(v)}</option>' for k, v in COLOUR_BY.items())
     body = _BODY.format(title=escape(title), meta=escape(meta), options=options)
-    page = standalone_page(f"mechscope features: {title}", body, data, [asset("browser.js")],
+    page = standalone_page(f"mechscope features: {title}", body, data, [asset("tokens.js"), asset("browser.js")],
                            css=asset("common.css"), plotly_src=shared_plotly(out))
     return write_text(out / "index.html", page)
 

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mechscope.apps.html import asset, plotly_text, shared_plotly, standalone_page, write_text
+from mechscope.apps.html import asset, plotly_text, shared_plotly, standalone_page, visible_token, write_text
 from mechscope.circuits.graph import Graph, Node
 from mechscope.interp.sites import Site
 
@@ -72,11 +72,25 @@ def _url_fn(feature_url: Any) -> Callable[[Node], str | None]:
                      f"got {type(feature_url).__name__}")
 
 
+def browser_folder(browser: "str | Path", n: Node) -> Path | None:
+    """The feature browser folder under ``browser`` that holds feature node ``n``'s page:
+    ``browser/<site>/`` (one browser per dictionary, named like the dictionaries folder) or else
+    ``browser/`` itself, when its recorded site and size admit the node (`graph_index.belongs`)."""
+    from mechscope.apps.graph_index import belongs, read_index
+
+    if n.kind != "feature":
+        return None
+    root = Path(browser)
+    for folder in (root / str(n.site), root):
+        if (folder / "index.html").is_file():
+            return folder if belongs(n, read_index(folder)) else None
+    return None
+
+
 def browser_links(browser: "str | Path", page: "str | Path") -> Callable[[Node], str | None]:
     """``feature_url`` for a page at ``page`` linking feature nodes into the feature browser(s)
-    under ``browser`` (``mechscope features --out``): ``browser/<site>/index.html`` for a node's
-    site (one browser per dictionary, named like the dictionaries folder) or else
-    ``browser/index.html``; links are relative, so the two folders can move together."""
+    under ``browser`` (``mechscope features --out``), see `browser_folder`; links are relative,
+    so the two folders can move together."""
     root = Path(browser)
     if not (root / "index.html").is_file() and not any(root.glob("*/index.html")):
         raise ValueError(f"--browser {root}: no feature browser there (expected {root}/index.html or "
@@ -84,13 +98,26 @@ def browser_links(browser: "str | Path", page: "str | Path") -> Callable[[Node],
     here = Path(page).resolve().parent
 
     def url(n: Node) -> str | None:
-        if n.kind != "feature":
+        folder = browser_folder(root, n)
+        if folder is None:
             return None
-        for index in (root / str(n.site) / "index.html", root / "index.html"):
-            if index.is_file():
-                return f"{Path(os.path.relpath(index.resolve(), here)).as_posix()}#f{n.index}"
-        return None
+        return f"{Path(os.path.relpath((folder / 'index.html').resolve(), here)).as_posix()}#f{n.index}"
     return url
+
+
+def record_in_browsers(browser: "str | Path", page: "str | Path", graph: Graph) -> list[Path]:
+    """After writing ``page`` with `browser_links`: add it to the graph index of every browser
+    folder its feature nodes link into (`graph_index.record_graph`); returns those folders."""
+    from mechscope.apps.graph_index import record_graph
+
+    folders: dict[Path, list[Node]] = defaultdict(list)
+    for n in graph.nodes.values():
+        folder = browser_folder(browser, n)
+        if folder is not None:
+            folders[folder].append(n)
+    for folder, nodes in folders.items():
+        record_graph(folder, page, graph, nodes)
+    return list(folders)
 
 
 def node_dy(n: Node) -> float:
@@ -123,11 +150,6 @@ def layout_positions(graph: Graph) -> dict[str, tuple[float, float]]:
 MAX_EDGES, N_LABELS, MAX_PROMPTS = 200, 12, 32
 
 
-def shown(token: str) -> str:
-    """A token as the strip shows it: newline and tab drawn as ↵ and →, nothing else changed."""
-    return token.replace("\n", "\u21b5").replace("\t", "\u2192")
-
-
 def _levels(weights: list[float], threshold: float | int | None, n_levels: int,
             max_edges: int | None) -> tuple[list[float], int]:
     """Geometric ``|w|`` levels from the threshold (or smallest ``|w|``) to the largest, plus the
@@ -147,10 +169,12 @@ def _levels(weights: list[float], threshold: float | int | None, n_levels: int,
     return levels, levels.index(cut)
 
 
-def _hover(n: Node) -> str:
+def _hover(n: Node, tokens: tuple[str, ...] = ()) -> str:
     parts = [f"<b>{plotly_text(n.label or n.id)}</b>", f"id: {plotly_text(n.id)}", f"kind: {n.kind}",
              f"layer: {n.layer}"]
-    parts += [f"position: {n.position}"] if n.position is not None else []
+    if n.position is not None:
+        tok = f" {plotly_text(repr(tokens[n.position]))}" if n.position < len(tokens) else ""
+        parts.append(f"position: {n.position}{tok}")
     parts += [f"site: {plotly_text(n.site)}"] if n.site else []
     return "<br>".join(parts + [f"score: {n.score:.4g}", "click for details"])
 
@@ -242,6 +266,8 @@ def graph_figure(graph: Graph, threshold: float | int | None = None, n_levels: i
         fig.add_traces(_edge_traces(graph, xy, bucket, j, 1 + 5 * j / max(len(levels) - 1, 1), j >= active, go))
     fig.add_trace(go.Scatter(x=[], y=[], mode="lines", hoverinfo="skip", showlegend=False, name="neighbourhood",
                              line=dict(width=3, color="rgba(230,126,34,0.9)")))
+    fig.add_trace(go.Scatter(x=[], y=[], mode="markers", hoverinfo="skip", showlegend=False, name="selected",
+                             marker=dict(size=28, symbol="circle-open", color="#111", line=dict(width=3))))
 
     by_kind: dict[str, list[str]] = defaultdict(list)
     for i, n in graph.nodes.items():
@@ -256,12 +282,27 @@ def graph_figure(graph: Graph, threshold: float | int | None = None, n_levels: i
             marker=dict(size=[8 + 14 * power[i] / top for i in ids], color=KIND_COLOURS[kind],
                         line=dict(width=1, color="white")),
             text=[plotly_text(_short(n)) if n.id in labelled else "" for n in nodes], textposition="top center",
-            textfont=dict(size=10), cliponaxis=False, hovertext=[_hover(n) for n in nodes], hoverinfo="text",
+            textfont=dict(size=10), cliponaxis=False, hovertext=[_hover(n, _tokens(graph)) for n in nodes], hoverinfo="text",
             customdata=[[n.id, url(n) or ""] for n in nodes]))
 
+    _token_hover(fig, graph)
     _controls(fig, graph, levels, active, n_route, sinks)
     _axes(fig, graph, title)
     return fig
+
+
+def _token_hover(fig: Any, graph: Graph) -> None:
+    """Invisible markers along the token strip: hovering a token shows its raw string (the tick
+    shows `visible_token`, e.g. ``␣the`` for ``" the"``)."""
+    import plotly.graph_objects as go
+
+    tokens = _tokens(graph)
+    if not tokens or all(n.position is None for n in graph.nodes.values()):
+        return
+    bottom = _layers(graph)[0][0] - 0.25
+    fig.add_trace(go.Scatter(x=list(range(len(tokens))), y=[bottom] * len(tokens), mode="markers", name="tokens",
+                             marker=dict(size=10, opacity=0), showlegend=False, hoverinfo="text",
+                             hovertext=[f"token {p}: {plotly_text(repr(t))}" for p, t in enumerate(tokens)]))
 
 
 def _labelled(graph: Graph, power: dict[str, float], n_labels: int) -> set[str]:
@@ -328,6 +369,16 @@ def _layer_name(l: int, n_layers: int | None) -> str:
     return "embed" if l == -1 else "logits" if l == n_layers else f"L{l}"
 
 
+def _layers(graph: Graph) -> tuple[list[int], int | None]:
+    """The layers on the y axis (every block, embed and logits where the depth is known) and the
+    depth (``meta.n_layers``, or for hand-built graphs the logits' layer)."""
+    n_layers = graph.meta.n_layers
+    if n_layers is None:  # hand-built graphs: logits, if any, mark the top
+        n_layers = max((n.layer for n in graph.nodes.values() if n.kind == "logit"), default=None)
+    used = {n.layer for n in graph.nodes.values()}
+    return sorted(used | (set(range(-1, n_layers + 1)) if n_layers is not None else set())), n_layers
+
+
 def _axes(fig: Any, graph: Graph, title: str | None) -> None:
     tokens, meta = _tokens(graph), graph.meta
     positions = sorted({n.position for n in graph.nodes.values() if n.position is not None} | set(range(len(tokens))))
@@ -338,15 +389,11 @@ def _axes(fig: Any, graph: Graph, title: str | None) -> None:
     else:
         tickvals = ([-1.5] if summed else []) + positions
         ticktext = (["Σ pos"] if summed else []) + [
-            plotly_text(shown(tokens[p])) if p < len(tokens) else str(p) for p in positions]
+            plotly_text(visible_token(tokens[p])) if p < len(tokens) else str(p) for p in positions]
         xaxis = dict(tickmode="array", tickvals=tickvals, ticktext=ticktext, title="token", zeroline=False,
                      showgrid=True, gridcolor="#f2f2f2", tickangle=-45 if len(tickvals) > 12 else 0,
                      range=[tickvals[0] - 0.7, tickvals[-1] + 0.7])
-    n_layers = meta.n_layers
-    if n_layers is None:  # hand-built graphs: logits, if any, mark the top
-        n_layers = max((n.layer for n in graph.nodes.values() if n.kind == "logit"), default=None)
-    used = {n.layer for n in graph.nodes.values()}
-    layers = sorted(used | (set(range(-1, n_layers + 1)) if n_layers is not None else set()))
+    layers, n_layers = _layers(graph)
     fig.update_layout(
         title=dict(text=plotly_text(title or f"{meta.method or 'graph'}: {meta.model}"), x=0.01, xanchor="left",
                    yref="container", y=0.99, yanchor="top"),
@@ -446,6 +493,6 @@ def write_graph_html(graph: Graph, path: "str | Path", threshold: float | int | 
     views, first = page_views(graph, feature_url, threshold=threshold, n_levels=n_levels, routes=routes,
                               title=title, max_edges=max_edges)
     page = standalone_page(f"mechscope graph: {title or graph.meta.method or 'graph'}", _BODY,
-                           {"views": views, "first": first}, [asset("graph.js")], css=asset("common.css"),
+                           {"views": views, "first": first}, [asset("tokens.js"), asset("graph.js")], css=asset("common.css"),
                            plotly_src=shared_plotly(Path(path).parent))
     return write_text(path, page)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import secrets
+import unicodedata
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -69,6 +71,25 @@ def plotly_text(text: Any) -> str:
     Plotly parses a small HTML subset in labels and decodes only ``&amp; &lt; &gt;`` (and
     numeric) entities — not ``&quot;`` or ``&#39;`` — so exactly those three are escaped."""
     return str(text).translate(_PLOTLY_UNSAFE)
+
+
+_EDGE_SPACES = re.compile(r"\A +| +\Z| {2,}")
+_MARKS = {"\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}  # ↵ ⇥ ␍
+_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}
+
+
+def visible_token(token: str) -> str:
+    """A token as a label shows it (ticks, token strips, chips): whitespace made visible.
+
+    SVG and HTML collapse or trim spaces, so a token ``" "`` would be a blank tick and ``" the"``
+    would read ``"the"``. Leading and trailing spaces and runs of two or more become ``␣``;
+    newline, tab and carriage return become ``↵ ⇥ ␍``; any other space, control or format
+    character (no-break space, zero-width space, ...) becomes ``<U+00A0>`` (like byte tokens'
+    ``<0xE2>``). Single spaces between other characters stay. The raw string goes in the hover.
+    ``assets/tokens.js`` is the same rule for the pages (a test runs both on the same strings)."""
+    token = _EDGE_SPACES.sub(lambda m: "\u2423" * len(m.group()), str(token))
+    return "".join(_MARKS.get(c) or (f"<U+{ord(c):04X}>" if c != " " and unicodedata.category(c) in _INVISIBLE
+                                     else c) for c in token)
 
 
 PLOTLY_ASSET = "plotly.min.js"

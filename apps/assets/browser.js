@@ -22,7 +22,9 @@
   }
   function byId(id) { return document.getElementById(id); }
   function fmt(x) { return Math.abs(x) >= 1e-3 || x === 0 ? x.toFixed(3) : x.toExponential(2); }
-  function visibleToken(t) { return t.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192"); }
+  var visibleToken = window.mechscopeVisible;  // labels: whitespace made visible (tokens.js)
+  // running text (contexts): spaces stay spaces, line breaks and tabs are marked
+  function flowToken(t) { return String(t).replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5").replace(/\r/g, "\u240d"); }
   function quoted(t) { return "\u201c" + visibleToken(t) + "\u201d"; }
   function summaryText(i) {
     return IX.summary[i].map(function (p) { return quoted(p[0]) + " \u00d7" + p[1]; }).join(", ");
@@ -164,6 +166,48 @@
   }
   function message(text) { byId("message").textContent = text; }
 
+  // ---- graphs containing the feature (graphs.js, apps/graph_index.py) ----------------------
+  var GRAPHS = null, graphCard = null;
+  window.mechscopeGraphs = function (index) { GRAPHS = index; if (graphCard) graphsSection(graphCard); };
+  (function () {
+    var s = document.createElement("script");
+    s.nonce = NONCE;
+    s.src = M.graphs;
+    s.onerror = function () { message("could not load " + s.src); };
+    document.head.appendChild(s);
+  })();
+  function nodeLink(page, id, text) {
+    var a = el("a", "graph-node", text);
+    a.href = page + "#node=" + encodeURIComponent(id);
+    a.setAttribute("data-node", id);
+    return a;
+  }
+  function graphsSection(card) {
+    graphCard = card;
+    var list = byId("f-graphs"), key = String(card.index), rows = [];
+    list.textContent = "";
+    Object.keys((GRAPHS && GRAPHS.graphs) || {}).forEach(function (page) {
+      var nodes = GRAPHS.graphs[page].features[key];
+      if (nodes && nodes.length) rows.push([page, GRAPHS.graphs[page], nodes]);
+    });
+    rows.sort(function (a, b) { return Math.abs(b[2][0][1]) - Math.abs(a[2][0][1]) || (a[0] < b[0] ? -1 : 1); });
+    byId("f-graph-section").classList.toggle("hidden", !rows.length);
+    rows.forEach(function (r) {
+      var page = r[0], g = r[1], nodes = r[2], li = el("li");
+      var main = nodeLink(page, nodes[0][0], page.split("/").pop());
+      main.title = page + (g.prompts && g.prompts.length ? "\n" + g.prompts.join("\n") : "");
+      li.appendChild(main);
+      li.appendChild(el("span", "meta", " " + (g.method || "graph") + " \u00b7 " + g.n_prompts +
+        (g.n_prompts === 1 ? " prompt" : " prompts") + " \u00b7 " + nodes.length + (nodes.length === 1 ? " node: " : " nodes: ")));
+      nodes.slice(0, 8).forEach(function (n) {
+        var at = n[0].lastIndexOf("@");
+        li.appendChild(nodeLink(page, n[0], (at >= 0 ? n[0].slice(at) : "\u03a3") + " (" + fmt(n[1]) + ")"));
+        li.appendChild(document.createTextNode(" "));
+      });
+      list.appendChild(li);
+    });
+  }
+
   // ---- feature page ------------------------------------------------------------------------
   function show(i) {
     if (!(i >= 0 && i < N)) { message("no feature " + ctl.search.value + " (valid: 0.." + (N - 1) + ")"); return; }
@@ -185,7 +229,7 @@
     var row = el("div", "ctx");
     if (label !== undefined) row.appendChild(el("span", "q", label));
     ctx.tokens.forEach(function (t, j) {
-      var a = ctx.activations[j], span = el("span", "tok" + (j === ctx.max_index ? " focus" : ""), visibleToken(t));
+      var a = ctx.activations[j], span = el("span", "tok" + (j === ctx.max_index ? " focus" : ""), flowToken(t));
       var alpha = scale > 0 ? Math.max(0, Math.min(1, a / scale)) : 0;
       span.style.backgroundColor = "rgba(255, 120, 0, " + alpha.toFixed(3) + ")";
       span.title = tokenTitle(t, (ctx.ids || [])[j]) + ": " + fmt(a);
@@ -245,6 +289,7 @@
     if (dead) Plotly.purge("f-hist"); else drawHistogram(card);
     drawLogits(card);
     neighbours(card);
+    graphsSection(card);
     box.setAttribute("data-feature", card.index);
     if (box.getBoundingClientRect().top > 0.6 * window.innerHeight) box.scrollIntoView({ block: "start" });
   }

@@ -15,7 +15,7 @@
     return e;
   }
   function fmt(w) { return typeof w === "number" ? w.toPrecision(3) : String(w); }
-  function shown(t) { return String(t).replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192"); }
+  var shown = window.mechscopeVisible;  // tokens.js: whitespace made visible
   function safeUrl(url) { return typeof url === "string" && url && !/^\s*(javascript|data|vbscript):/i.test(url); }
 
   // one line from the graph's typed metadata (GraphMeta); text only, never markup
@@ -157,11 +157,30 @@
     body.appendChild(contributions("contributions in" + units, adj[id].in));
     body.appendChild(contributions("contributions out" + units, adj[id].out));
     detail.setAttribute("data-node", id);
+    select_(id);
   }
   function closeNode() {  // the panel keeps its room: opening it never moves the graph under the mouse
     body.textContent = "";
     body.appendChild(el("p", "Click a node for its details; hover one to see its neighbourhood.", "meta"));
     detail.removeAttribute("data-node");
+    select_(null);
+  }
+  // the selected node is ringed (the "selected" trace); its id is in #detail[data-node]
+  function select_(id) {
+    var k = div.data ? div.data.map(function (t) { return t.name; }).indexOf("selected") : -1;
+    if (k < 0) return;
+    var at = id ? position(id) : null;
+    Plotly.restyle(div, { x: [at ? [at[0]] : []], y: [at ? [at[1]] : []] }, [k]);
+  }
+  // graph.html#node=<id> (links from feature pages): the view holding the node, the node selected
+  function fromHash() {
+    var m = /^#node=(.+)$/.exec(location.hash);
+    if (!m) return null;
+    var id = decodeURIComponent(m[1]), order = [DATA.first];
+    DATA.views.forEach(function (v, k) { if (k !== DATA.first) order.push(k); });
+    for (var j = 0; j < order.length; j++) if (DATA.views[order[j]].nodes[id]) return [order[j], id];
+    document.getElementById("message").textContent = "node " + id + " is not in this graph";
+    return null;
   }
 
   function show(k) {
@@ -183,7 +202,10 @@
     closeNode();
   });
 
-  show(DATA.first).then(function () {
+  var target = fromHash();
+  if (target && select) select.value = String(target[0]);
+  show(target ? target[0] : DATA.first).then(function () {
+    if (target) openNode(target[1]);
     var point = function (ev) {
       var p = ev.points && ev.points.length ? ev.points[0] : null;
       return p && Array.isArray(p.customdata) ? p.customdata[0] : null;
@@ -191,6 +213,12 @@
     div.on("plotly_click", function (ev) { var id = point(ev); if (id) openNode(id); });
     div.on("plotly_hover", function (ev) { var id = point(ev); if (id && adj[id]) highlight(id); });
     div.on("plotly_unhover", unhighlight);
+    window.addEventListener("hashchange", function () {
+      var t = fromHash();
+      if (!t) return;
+      if (DATA.views[t[0]] !== view) { if (select) select.value = String(t[0]); show(t[0]).then(function () { openNode(t[1]); }); }
+      else openNode(t[1]);
+    });
     document.body.setAttribute("data-graph-ready", "1");
   });
 })();

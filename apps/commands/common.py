@@ -71,6 +71,11 @@ def save_graph(graph, out: str, html: bool, browser: "str | None" = None) -> Non
         page = Path(out).with_suffix(".html")
         links = browser_links(browser, page) if browser else None
         print(f"graph viewer: {write_graph_html(graph, page, feature_url=links)}")
+        if browser:
+            from mechscope.apps.graph_viewer import record_in_browsers
+
+            for folder in record_in_browsers(browser, page, graph):
+                print(f"feature pages in {folder} link to this graph")
 
 
 def device_options(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,8 @@ from mechscope.apps.commands.common import device_options
 def _features_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("sae_dir", help="a dictionary folder (mechscope, SAELens or sparsify format)")
     p.add_argument("--out", required=True, help="output folder of the offline browser (index.html)")
+    p.add_argument("--graphs", default=None, metavar="GLOB|DIR",
+                   help="graph JSON files (a folder or a glob): feature pages link to the graphs holding them")
     p.add_argument("--model", default="gpt2-shakespeare", help="model the dictionary was trained on")
     device_options(p)
     p.add_argument("--site", default=None, help="site of the dictionary (default: from its metadata)")
@@ -44,6 +46,8 @@ def features_cmd(args: argparse.Namespace) -> int:
         index = build_feature_browser(model, dictionary, site, windows, args.tokens, args.out,
                                       dictionary_name=f"{args.sae_dir} ({site})")
     print(f"feature browser: {index}")
+    if args.graphs:
+        _link_graphs(args.out, args.graphs)
     return 0
 
 
@@ -56,3 +60,14 @@ def _check_finite(dictionary, where: str) -> None:
     if bad:
         raise ValueError(f"dictionary {where} has non-finite values (NaN or inf) in {', '.join(bad)}: "
                          "its training diverged; retrain it (e.g. with a lower sae.lr)")
+
+
+def _link_graphs(out: str, spec: str) -> None:
+    """``--graphs``: index the graphs holding this browser's features (`apps.graph_index`)."""
+    from mechscope.apps.graph_index import index_graphs
+
+    linked, skipped = index_graphs(out, spec)
+    print(f"graphs containing these features: {len(linked)}" + "".join(f"\n  {p}" for p in linked))
+    if skipped:
+        print(f"skipped {len(skipped)} JSON files that are not mechscope graphs: " + ", ".join(map(str, skipped[:5]))
+              + (" ..." if len(skipped) > 5 else ""))

@@ -12,6 +12,7 @@ import base64
 import pytest
 
 from mechscope.apps.browser import token_summary, write_feature_browser
+from mechscope.apps.html import visible_token
 
 from .helpers import NASTY
 from .test_in_browser import POINT_XY
@@ -28,8 +29,8 @@ RELAID = """Array.from(document.querySelectorAll('.js-plotly-plot')).filter(g =>
   .every(g => g._fullLayout && Math.abs(g._fullLayout.width - g.getBoundingClientRect().width) < 2)"""
 
 
-def visible(t: str) -> str:  # what the pages draw for newline / tab
-    return t.replace("\n", "\u21b5").replace("\t", "\u2192")
+def visible(t: str) -> str:  # what the labels draw (whitespace made visible; tests/apps/test_tokens.py)
+    return visible_token(t)
 
 
 def _clean(page) -> None:

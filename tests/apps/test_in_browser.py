@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from mechscope.apps.browser import write_feature_browser
-from mechscope.apps.graph_viewer import shown, write_graph_html
+from mechscope.apps.graph_viewer import write_graph_html
+from mechscope.apps.html import visible_token
 from mechscope.circuits.graph import Graph, GraphMeta, Node
 
 from .test_graph_viewer import small_graph
@@ -76,8 +77,9 @@ def test_graph_viewer_labels_detail_panel_and_feature_link(chrome, bundle):
     page = _open(chrome, bundle[1])
     assert page.eval("document.querySelectorAll('#graph.js-plotly-plot').length") == 1
     assert any(u.endswith("/plotly.min.js") for u in page.requests())  # the shared asset, not inlined
-    # node markers + one hover marker per edge (6 edges: all shown by default)
-    assert page.eval("document.querySelectorAll('#graph .scatterlayer .point').length") == len(g.nodes) + len(g.edges)
+    # node markers + one hover marker per edge (6 edges: all shown by default) + one per token of the strip
+    assert page.eval("document.querySelectorAll('#graph .scatterlayer .point').length") == \
+        len(g.nodes) + len(g.edges) + len(g.meta.prompt_tokens[0])
     assert page.eval(EDGES_SHOWN) == len(g.edges)
     assert page.eval("document.getElementById('summary').textContent") == (
         f"routes · model m · 2 layers · 1 prompt · {len(g.nodes)} nodes, {len(g.edges)} edges · weights in share")
@@ -153,7 +155,7 @@ def test_each_method_renders_readably(chrome, induction_graphs, tmp_path, kind):
     g = induction_graphs[kind]
     page = _open(chrome, write_graph_html(g, tmp_path / f"{kind}.html"))
     if any(n.position is not None for n in g.nodes.values()):  # the token strip, every position
-        assert page.eval(XTICKS)[-len(g.meta.prompt_tokens[0]):] == [shown(t) for t in g.meta.prompt_tokens[0]]
+        assert page.eval(XTICKS)[-len(g.meta.prompt_tokens[0]):] == [visible_token(t) for t in g.meta.prompt_tokens[0]]
     else:  # summed over positions: no token axis
         assert page.eval(XTICKS) == []
     n_layers = g.meta.n_layers

@@ -26,8 +26,8 @@ every layer ticked, the labels of the ``n_labels`` strongest nodes (by ``|score|
 strongest edges (the slider goes down to every edge). The standalone page adds what Plotly
 alone cannot: hovering a node highlights its neighbourhood; clicking one opens a detail panel
 (its contributions in and out; for feature nodes a link to the feature's page in a browser,
-``feature_url``; for heads the attention pattern and top output tokens when
-``meta.details["heads"]`` carries them, see `head_details`); graphs with ``per_prompt`` graphs
+``feature_url``; for heads the attention pattern on each stored prompt and the top output
+tokens, when ``meta.details["heads"]`` carries them, see `mechscope.apps.head_details`); graphs with ``per_prompt`` graphs
 get a prompt selector (a single prompt's positional route opens first).
 """
 
@@ -422,66 +422,30 @@ def summary(graph: Graph) -> dict[str, Any]:
             "nodes": len(graph.nodes), "edges": len(graph.edges)}
 
 
-def head_details(graph: Graph) -> dict[str, Any]:
-    """``meta.details["heads"]``: per head node id (or position-free id), ``{"attention":
-    [[query][key]] weights on the prompt, "top_tokens": [[token, logit], ...]}``, where a tracer or
-    the CLI stored them; the detail panel draws what it finds."""
-    heads = graph.meta.details.get("heads", {}) if isinstance(graph.meta.details, dict) else {}
-    return heads if isinstance(heads, dict) else {}
-
-
-def with_head_details(graph: Graph, model: Any, tokens: Any, k: int = 5) -> Graph:
-    """``graph`` with ``meta.details["heads"]`` filled for its head nodes on the one prompt
-    ``tokens`` (``[pos]`` ids; one forward pass, so cheap): per head (position-free id) its
-    attention pattern ``[query][key]``, and per positional head node the ``k`` tokens its output
-    at that position promotes most directly, ``z · W_O[h] · W_U`` (the final norm is not applied:
-    a direct-path reading, as in logit lens)."""
-    import torch
-
-    from mechscope.circuits.graph import without_position
-    from mechscope.interp.sites import Site
-
-    heads = [n for n in graph.nodes.values() if n.kind == "head" and n.index is not None]
-    if not heads:
-        return graph
-    layers = sorted({n.layer for n in heads})
-    hooks = {(l, kind): Site.parse(f"L{l}.{kind}").hook_name for l in layers for kind in ("pattern", "z")}
-    with torch.no_grad():
-        _, cache = model.run_with_cache(torch.as_tensor(tokens).view(1, -1), names_filter=list(hooks.values()))
-        out: dict[str, dict[str, Any]] = {}
-        for n in heads:
-            pattern = cache[hooks[(n.layer, "pattern")]][0, n.index]
-            out.setdefault(without_position(n.id), {})["attention"] = pattern.float().round(decimals=3).tolist()
-            if n.position is not None:
-                z = cache[hooks[(n.layer, "z")]][0, n.position, n.index]
-                logits = z @ model.attn(n.layer).W_O[n.index] @ model.W_U
-                top = logits.topk(min(k, logits.numel()))
-                strs = model.to_str_tokens(top.indices.tolist())
-                out.setdefault(n.id, {})["top_tokens"] = [[t, round(float(v), 4)] for t, v in zip(strs, top.values)]
-    from dataclasses import replace
-
-    return Graph(graph.nodes, graph.edges, replace(graph.meta, details={**graph.meta.details, "heads": out}),
-                 graph.per_prompt)
-
-
-def _view(graph: Graph, name: str, url: Callable[[Node], str | None], **kw: Any) -> dict[str, Any]:
-    """One selectable view of the page: the figure and what the detail panel reads."""
+def _view(graph: Graph, name: str, url: Callable[[Node], str | None], heads: dict[str, Any],
+          **kw: Any) -> dict[str, Any]:
+    """One selectable view of the page: the figure and what the detail panel reads (``heads``:
+    `head_details.view_heads`; patterns come with the token strings of their prompts)."""
     fig = graph_figure(graph, feature_url=url, **kw)
     nodes = {i: {**n.to_dict(), "url": url(n) or ""} for i, n in graph.nodes.items()}
+    n_att = max((len(p) for p in heads.get("attention", {}).values()), default=0)
     return {"name": name, "figure": json.loads(fig.to_json()), "summary": summary(graph), "nodes": nodes,
-            "edges": [[s, t, w] for (s, t), w in graph.edges.items()], "heads": head_details(graph),
-            "tokens": list(_tokens(graph)), "units": graph.meta.units}
+            "edges": [[s, t, w] for (s, t), w in graph.edges.items()], "heads": heads,
+            "tokens": list(_tokens(graph)), "prompt_tokens": [list(t) for t in graph.meta.prompt_tokens[:n_att]],
+            "units": graph.meta.units}
 
 
 def page_views(graph: Graph, feature_url: Any = None, **kw: Any) -> tuple[list[dict[str, Any]], int]:
     """The graph and (up to ``MAX_PROMPTS``) of its ``per_prompt`` graphs; the view shown first is
     the single prompt's positional graph when there is one prompt, else the graph itself."""
+    from mechscope.apps.head_details import view_heads
+
     url = _url_fn(feature_url)
-    views = [_view(graph, f"all prompts ({graph.meta.method or 'graph'})", url, **kw)]
+    views = [_view(graph, f"all prompts ({graph.meta.method or 'graph'})", url, view_heads(graph, graph, None), **kw)]
     prompts = graph.meta.prompts
     for k, g in enumerate(graph.per_prompt[:MAX_PROMPTS]):
         text = prompts[k] if k < len(prompts) else (g.meta.prompts[0] if g.meta.prompts else "")
-        views.append(_view(g, f"prompt {k}: {text[:60]}", url, **kw))
+        views.append(_view(g, f"prompt {k}: {text[:60]}", url, view_heads(graph, g, k), **kw))
     return views, 1 if len(graph.per_prompt) == 1 else 0
 
 

@@ -104,28 +104,42 @@
     return box;
   }
 
+  // heads: the attention pattern on each stored prompt (a selector when there are several) and
+  // the tokens the head's output promotes directly (apps/head_details.py)
+  function drawPattern(plot, pattern, tokens) {
+    var toks = pattern.map(function (r, i) { return i + " " + shown(i < tokens.length ? tokens[i] : "?"); });
+    Plotly.react(plot, [{ type: "heatmap", z: pattern, x: toks, y: toks, colorscale: "Blues", reversescale: true,
+      hovertemplate: "query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>", showscale: false }],
+      { margin: { l: 90, r: 10, t: 10, b: 90 }, font: { size: 10 },
+        yaxis: { type: "category", autorange: "reversed", title: { text: "query" }, automargin: true },
+        xaxis: { type: "category", title: { text: "key" }, automargin: true } }, { displayModeBar: false });
+  }
   function headPanel(n) {
-    var mine = view.heads[n.id] || {}, all = view.heads[n.id.split("@")[0]] || {};
-    var h = { attention: mine.attention || all.attention, top_tokens: mine.top_tokens || all.top_tokens };
-    if (!h.attention && !h.top_tokens) return null;
-    var box = el("div");
-    if (h.attention) {
-      box.appendChild(el("h3", "attention pattern on the prompt"));
-      var plot = el("div", null, "plot-attn"); box.appendChild(plot);
-      var toks = view.tokens.map(function (t, i) { return i + " " + shown(t); });
-      setTimeout(function () {
-        Plotly.newPlot(plot, [{ type: "heatmap", z: h.attention, x: toks, y: toks, colorscale: "Blues", reversescale: true,
-          hovertemplate: "query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>", showscale: false }],
-          { margin: { l: 80, r: 10, t: 10, b: 80 },
-            yaxis: { type: "category", autorange: "reversed", title: "query" },
-            xaxis: { type: "category", title: "key" } }, { displayModeBar: false });
-      }, 0);
+    var H = view.heads || {}, head = n.id.split("@")[0];
+    var patterns = (H.attention || {})[head] || [], top = (H.top_tokens || {})[n.id];
+    if (!patterns.length && !top) return null;
+    var box = el("div", null, "head-panel");
+    if (patterns.length) {
+      var h = el("h3", "attention pattern of " + head + (patterns.length > 1 ? " on prompt " : " on the prompt"));
+      box.appendChild(h);
+      var plot = el("div", null, "plot-attn");
+      if (patterns.length > 1) {
+        var sel = el("select", null, "attn-prompt");
+        patterns.forEach(function (p, k) { var o = el("option", String(k)); o.value = String(k); sel.appendChild(o); });
+        sel.addEventListener("change", function () { drawPattern(plot, patterns[+sel.value], view.prompt_tokens[+sel.value] || []); });
+        h.appendChild(sel);
+      }
+      box.appendChild(plot);
+      setTimeout(function () { drawPattern(plot, patterns[0], view.prompt_tokens[0] || view.tokens); }, 0);
     }
-    if (h.top_tokens) {
-      box.appendChild(el("h3", "top output tokens (head output · W_U)"));
+    if (top) {
+      var avg = H.n_prompts > 1 ? " (mean over " + H.n_prompts + " prompts)" : "";
+      box.appendChild(el("h3", "top output tokens: head output \u00b7 W_U" + avg));
       var t = el("table", null, "contrib");
-      h.top_tokens.forEach(function (p) {
-        var tr = el("tr"); tr.appendChild(el("td", shown(p[0]), "tok")); tr.appendChild(el("td", fmt(p[1])));
+      top.forEach(function (p) {
+        var tr = el("tr"), td = el("td", shown(p[0]), "tok");
+        td.title = JSON.stringify(p[0]);
+        tr.appendChild(td); tr.appendChild(el("td", fmt(p[1])));
         t.appendChild(tr);
       });
       box.appendChild(t);

@@ -146,7 +146,7 @@ def attention_cmd(args: argparse.Namespace) -> int:
                                 positions, args.candidates, args.tolerance, args.min_share)
     print(report(graph))
     print(f"traced in {time.perf_counter() - start:.2f} s")
-    save_graph(graph, args.out, args.html, args.browser)
+    save_graph(graph, args.out, args.html, args.browser, model, [model.to_tokens(p)[0] for p in prompts if p.strip()])
     return 0
 
 

@@ -61,9 +61,16 @@ def check_sizes(args: argparse.Namespace, model: Any = None) -> None:
         raise ValueError(f"--n-ctx {args.n_ctx} exceeds the context of model {model.name!r} ({model.n_ctx} tokens)")
 
 
-def save_graph(graph, out: str, html: bool, browser: "str | None" = None) -> None:
+def save_graph(graph, out: str, html: bool, browser: "str | None" = None, model: Any = None,
+               rows: "Sequence[Any] | None" = None) -> None:
     """Write the graph JSON and, with ``html``, the viewer next to it; ``browser``: a feature
-    browser folder (``mechscope features``) that feature nodes link to."""
+    browser folder (``mechscope features``) that feature nodes link to. With the ``model`` and the
+    prompts' token rows, a page's head nodes get their detail panels (attention patterns, top
+    output tokens: `mechscope.apps.head_details`), stored in the JSON too."""
+    if (html or browser) and model is not None and rows:
+        from mechscope.apps.head_details import with_head_details
+
+        graph = with_head_details(graph, model, rows)
     print(f"{graph!r} -> {graph.save(out)}")
     if html or browser:
         from mechscope.apps.graph_viewer import browser_links, write_graph_html

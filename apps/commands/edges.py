@@ -67,13 +67,19 @@ def _edges_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-n", type=int, default=None, help="keep the N strongest edges (instead of a threshold)")
     p.add_argument("--threshold", type=float, default=0.1,
                    help="keep edges with |score| >= this fraction of the largest")
-    p.add_argument("--html", action="store_true", help="also write the graph viewer next to the JSON (.html)")
+    from mechscope.apps.commands.common import html_options
+
+    html_options(p)
 
 
 @command("edges", "Edge-level circuit (EAP / EAP-IG) with the faithfulness of its edge set.", _edges_options)
 def edges_cmd(args: argparse.Namespace) -> int:
-    graph = edges_cli(args.model, args.prompts, None, args.metric, args.method, args.reference,
+    from mechscope.interp.models import load_model
+
+    model = load_model(args.model)
+    graph = edges_cli(model, args.prompts, None, args.metric, args.method, args.reference,
                       args.steps, args.top_n, args.threshold, position=args.position)
-    save_graph(graph, args.out, args.html)
+    rows = [model.to_tokens(r["prompt"])[0] for r in read_prompt_records(args.prompts)]
+    save_graph(graph, args.out, args.html, args.browser, model, rows)
     print(f"faithfulness of the edge set: {graph.meta.faithfulness}")
     return 0

@@ -66,9 +66,5 @@ def routes_cmd(args: argparse.Namespace) -> int:
     model = load_model_from(args)
     check_prompt_lengths(model, prompts, args.prompts)
     graph = routes_cli(model, prompts, args.tau, args.view, args.signed, causal_filter=args.causal_filter)
-    if (args.html or args.browser) and len(graph.per_prompt) == 1:  # one forward pass: the heads' panels
-        from mechscope.apps.graph_viewer import with_head_details
-
-        graph.per_prompt[0] = with_head_details(graph.per_prompt[0], model, model.to_tokens(next(p for p in prompts if p.strip()))[0])
-    save_graph(graph, args.out, args.html, args.browser)
+    save_graph(graph, args.out, args.html, args.browser, model, [model.to_tokens(p)[0] for p in prompts if p.strip()])
     return 0

@@ -161,8 +161,10 @@ def trace_cmd(args: argparse.Namespace) -> int:
     from mechscope.apps.commands.common import writable_parent
 
     writable_parent(args.out)
-    graph = trace_cli(load_model_from(args), args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
+    model = load_model_from(args)
+    graph = trace_cli(model, args.prompts, None, args.dictionaries, args.sites, args.metric, args.method,
                       args.ablation, args.node_threshold, args.edge_threshold, per_position=args.per_position,
                       steps=args.steps, chunk=args.chunk, position=args.position)
-    save_graph(graph, args.out, args.html, args.browser)
+    rows = [model.to_tokens(r["prompt"])[0] for r in read_prompt_records(args.prompts)]
+    save_graph(graph, args.out, args.html, args.browser, model, rows)
     return 0

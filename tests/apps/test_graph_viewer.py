@@ -44,7 +44,9 @@ def test_traces_and_threshold_slider():
     assert [list(c) for c in nodes["feature"].customdata] == [["L1.resid_post.f5@2", "fb/index.html#f5"]]
     assert {c[1] for c in nodes["head"].customdata} == {""}
     assert [c[0] for t in nodes.values() for c in t.customdata] == list(g.nodes)
-    assert len(names) == len(routes) + 3 * 4 + 1 + 4  # routes, 3 traces per level, neighbourhood, kinds
+    # routes, 3 traces per level, neighbourhood, selection ring, kinds, the token strip's hover
+    assert len(names) == len(routes) + 3 * 4 + 1 + 1 + 4 + 1
+    assert names[-1] == "tokens" and names[len(routes) + 12:len(routes) + 14] == ["neighbourhood", "selected"]
     # slider step j shows exactly the edges with |w| >= its level: count line segments
     slider = fig.layout.sliders[0]
     for step in slider.steps:

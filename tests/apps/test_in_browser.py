@@ -169,25 +169,37 @@ def test_each_method_renders_readably(chrome, induction_graphs, tmp_path, kind):
 
 
 def test_head_panel_shows_attention_pattern_and_top_tokens(chrome, induction_model, tmp_path):
-    """A single prompt's route with its heads' details: rows of the stored pattern are causal
-    distributions, and clicking a head draws its pattern over the prompt and its top tokens."""
-    from mechscope.apps.graph_viewer import with_head_details
+    """Routes over two prompts with their heads' details (apps/head_details.py, checked against
+    the model there): clicking a head on the aggregated view draws its pattern on the first
+    prompt, a selector switches to the second; a prompt's own view shows its pattern and the
+    head's top tokens at that position."""
+    from mechscope.apps.head_details import head_details, with_head_details
     from mechscope.circuits.known import induction_setup
-    from mechscope.circuits.routes_aggregate import prompt_routes
+    from mechscope.circuits.routes_aggregate import aggregate_routes, prompt_routes
 
-    row = induction_setup(induction_model, n_prompts=1).clean[0]
-    g = with_head_details(prompt_routes(induction_model, [row])[0], induction_model, row)
-    heads = g.meta.details["heads"]
-    pattern = torch.tensor(next(v["attention"] for v in heads.values() if "attention" in v))
-    assert torch.allclose(pattern.sum(-1), torch.ones(len(row)), atol=5e-3)
-    assert pattern.triu(1).abs().max() == 0  # a query never attends ahead
-    tops = [v["top_tokens"] for v in heads.values() if "top_tokens" in v]
-    assert tops and all(len(t) == 5 and [x[1] for x in t] == sorted((x[1] for x in t), reverse=True) for t in tops)
-    page = _open(chrome, write_graph_html(g, tmp_path / "route.html"))
+    clean = induction_setup(induction_model, n_prompts=2).clean
+    rows = [clean[0], clean[1][:-4]]
+    routes = prompt_routes(induction_model, rows)
+    agg = aggregate_routes(routes, induction_model.n_layers)
+    agg.per_prompt = list(routes)
+    g = with_head_details(agg, induction_model, rows)
+    page = _open(chrome, write_graph_html(g, tmp_path / "routes.html"))
+    assert page.eval("document.getElementById('prompt').value") == "0"  # the aggregated view first
     node = _click_node(page, "head", 0)
     page.wait_for("document.querySelector('#detail .plot-attn .heatmaplayer') !== null", timeout=WAIT)
-    assert page.eval("document.querySelector('#detail .plot-attn')._fullData[0].z.length") == len(row)
-    if node in heads:  # positional head: its top tokens are listed
-        assert page.eval("document.querySelectorAll('#detail td.tok').length") == 5
-    _screenshot(page, tmp_path / "route_head_panel.png")
+    assert page.eval("document.querySelector('#detail .plot-attn')._fullData[0].z.length") == len(rows[0])
+    assert page.eval("document.querySelectorAll('#detail select.attn-prompt option').length") == 2
+    page.eval("var s = document.querySelector('#detail select.attn-prompt'); s.value = '1'; s.dispatchEvent(new Event('change'))")
+    page.wait_for(f"document.querySelector('#detail .plot-attn')._fullData[0].z.length === {len(rows[1])}", timeout=WAIT)
+    assert page.eval("document.querySelectorAll('#detail td.tok').length") == len(head_details(g)["top_tokens"][node])
+    _screenshot(page, tmp_path / "routes_head_panel.png")
+    _clean(page)
+    # the second prompt's own route: its pattern only, and the head's top tokens at its position
+    page.eval("var s = document.getElementById('prompt'); s.value = '2'; s.dispatchEvent(new Event('change'))")
+    page.wait_for("document.getElementById('summary').textContent.indexOf('1 prompt') >= 0", timeout=WAIT)
+    node = _click_node(page, "head", 0)
+    page.wait_for("document.querySelector('#detail .plot-attn .heatmaplayer') !== null", timeout=WAIT)
+    assert page.eval("document.querySelector('#detail .plot-attn')._fullData[0].z.length") == len(rows[1])
+    assert page.eval("document.querySelector('#detail select.attn-prompt')") is None
+    assert page.eval("document.querySelectorAll('#detail td.tok').length") == 5
     _clean(page)

@@ -287,7 +287,7 @@ def write_feature_browser(cards: Sequence[FeatureCard], out_dir: "str | Path", t
         write_text(chunk_dir / f"chunk_{c // chunk_size:05d}.js",
                    f"window.mechscopeChunk({c // chunk_size}, {script_json(payload)});\n")
     first = cards[0]
-    title = title or f"{first.dictionary} @ {first.site}"
+    title = title or (first.dictionary if first.site in first.dictionary else f"{first.dictionary} @ {first.site}")
     n_dead = sum(c.dead for c in cards)
     meta = f"{first.model} · {len(cards)} features ({n_dead} dead) · {first.n_tokens} tokens"
     data = {

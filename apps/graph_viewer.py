@@ -281,8 +281,8 @@ def graph_figure(graph: Graph, threshold: float | int | None = None, n_levels: i
             x=[xy[i][0] for i in ids], y=[xy[i][1] for i in ids], mode="markers+text", name=kind,
             marker=dict(size=[8 + 14 * power[i] / top for i in ids], color=KIND_COLOURS[kind],
                         line=dict(width=1, color="white")),
-            text=[plotly_text(_short(n)) if n.id in labelled else "" for n in nodes], textposition="top center",
-            textfont=dict(size=10), cliponaxis=False, hovertext=[_hover(n, _tokens(graph)) for n in nodes], hoverinfo="text",
+            text=[plotly_text(_short(n)) if n.id in labelled else "" for n in nodes], textposition="middle right",
+            textfont=dict(size=10, shadow="1px 1px 2px white, -1px -1px 2px white, 1px -1px 2px white, -1px 1px 2px white"), cliponaxis=False, hovertext=[_hover(n, _tokens(graph)) for n in nodes], hoverinfo="text",
             customdata=[[n.id, url(n) or ""] for n in nodes]))
 
     _token_hover(fig, graph)
@@ -306,12 +306,15 @@ def _token_hover(fig: Any, graph: Graph) -> None:
 
 
 def _labelled(graph: Graph, power: dict[str, float], n_labels: int) -> set[str]:
-    """The ``n_labels`` strongest nodes, at most one per (layer, position) cell so labels do not
-    print over each other."""
+    """The ``n_labels`` strongest nodes, at most one per half layer and position so labels do
+    not print over each other. Residual states and embeddings are named by their row already
+    (and dominate routes by weight): they are labelled only in graphs that hold nothing else."""
+    plain = ("residual", "embedding")
+    pool = [i for i in power if graph.nodes[i].kind not in plain] or list(power)
     out, cells = set(), set()
-    for i in sorted(power, key=lambda i: -power[i]):
+    for i in sorted(pool, key=lambda i: -power[i]):
         n = graph.nodes[i]
-        cell = (n.layer, round(node_dy(n), 2), n.position if n.position is not None else i)
+        cell = (n.layer, node_dy(n) >= 0.5, n.position if n.position is not None else i)
         if len(out) < n_labels and cell not in cells:
             out.add(i)
             cells.add(cell)

@@ -281,7 +281,7 @@ def graph_figure(graph: Graph, threshold: float | int | None = None, n_levels: i
             x=[xy[i][0] for i in ids], y=[xy[i][1] for i in ids], mode="markers+text", name=kind,
             marker=dict(size=[8 + 14 * power[i] / top for i in ids], color=KIND_COLOURS[kind],
                         line=dict(width=1, color="white")),
-            text=[plotly_text(_short(n)) if n.id in labelled else "" for n in nodes], textposition="middle right",
+            text=[plotly_text(_short(n)) if n.id in labelled else "" for n in nodes], textposition=["top center" if n.kind in ("feature", "error") else "middle right" for n in nodes],
             textfont=dict(size=10, shadow="1px 1px 2px white, -1px -1px 2px white, 1px -1px 2px white, -1px 1px 2px white"), cliponaxis=False, hovertext=[_hover(n, _tokens(graph)) for n in nodes], hoverinfo="text",
             customdata=[[n.id, url(n) or ""] for n in nodes]))
 
@@ -308,9 +308,10 @@ def _token_hover(fig: Any, graph: Graph) -> None:
 def _labelled(graph: Graph, power: dict[str, float], n_labels: int) -> set[str]:
     """The ``n_labels`` strongest nodes, at most one per half layer and position so labels do
     not print over each other. Residual states and embeddings are named by their row already
-    (and dominate routes by weight): they are labelled only in graphs that hold nothing else."""
-    plain = ("residual", "embedding")
-    pool = [i for i in power if graph.nodes[i].kind not in plain] or list(power)
+    (and dominate routes by weight): they are labelled only in graphs that hold nothing else
+    (the token / positional parts of an embedding, ``embed.tok`` / ``embed.pos``, are)."""
+    plain = [i for i, n in graph.nodes.items() if n.kind == "residual" or _short(n) == "embed"]
+    pool = [i for i in power if i not in set(plain)] or list(power)
     out, cells = set(), set()
     for i in sorted(pool, key=lambda i: -power[i]):
         n = graph.nodes[i]

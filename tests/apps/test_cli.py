@@ -23,8 +23,19 @@ def test_demo_quick_writes_sae_metrics_and_browser(tmp_path, capsys):
     theirs = load_sae_lens(result["sae_dir"])  # SAELens reads the folder the demo wrote
     assert theirs.cfg.d_sae == ours.d_dict
     # the browser again from the saved folder, its site read from the folder's metadata
-    assert main(["features", result["sae_dir"], "--out", str(tmp_path / "fb"), "--tokens", "512", "--n-ctx", "32"]) == 0
+    from mechscope.circuits.graph import GraphMeta, Node
+
+    g = Graph(meta=GraphMeta("sparse_feature_circuit/atp", "metric", "gpt2-shakespeare", 4, 1, ("ab",), (("a", "b"),)))
+    g.add_edge(g.add_node(Node("feature", 2, 1, index=3, site="L2.resid_pre", score=1.0)),
+               g.add_node(Node("logit", 4, 1)), 1.0)
+    g.save(tmp_path / "graphs" / "g.json")
+    assert main(["features", result["sae_dir"], "--out", str(tmp_path / "fb"), "--tokens", "512", "--n-ctx", "32",
+                 "--graphs", str(tmp_path / "graphs")]) == 0
     assert (tmp_path / "fb" / "index.html").exists() and (tmp_path / "fb" / "cards.json").exists()
+    assert "graphs containing these features: 1" in capsys.readouterr().out
+    index = json.loads((tmp_path / "fb" / "graphs.json").read_text())
+    assert index["graphs"]["../graphs/g.html"]["features"] == {"3": [["L2.resid_pre.f3@1", 1.0]]}
+    assert "../fb/index.html#f3" in (tmp_path / "graphs" / "g.html").read_text()  # the page written links back
 
 
 def test_zoo_list_and_errors(capsys):
@@ -54,6 +65,33 @@ def test_routes_and_trace_attention_write_graphs(tmp_path):
     assert main(["trace-attention", "--model", "attn-only-induction", "--prompts", str(prompts),
                  "--heads", "L1H0", "--out", str(out)]) == 0
     assert Graph.load(out).nodes
+
+
+def test_pages_written_by_the_cli_carry_head_details(tmp_path):
+    """Every method's page with head nodes gets its heads' panels (apps/head_details.py):
+    patterns on each prompt, top tokens for each head node; each prompt's route its own."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("abcdefgabcdef\nxyz12xyz1\n")
+    lengths = [14, 10]  # BOS + characters: the zoo model tokenises characters
+    for cmd, more in (("routes", []), ("trace-attention", ["--heads", "L1H0"]),
+                      ("trace", ["--sites", "L0.z", "L1.z", "--node-threshold", "0.01"])):
+        out = tmp_path / f"{cmd}.json"
+        assert main([cmd, "--model", "attn-only-induction", "--prompts", str(prompts), "--out", str(out), "--html",
+                     *more]) == 0
+        g = Graph.load(out)
+        heads = g.meta.details["heads"]
+        ids = {n.id for n in g.nodes.values() if n.kind == "head"}
+        assert ids and set(heads["top_tokens"]) == ids, cmd
+        assert {len(p) for v in heads["attention"].values() for p in v} == set(lengths), cmd  # each prompt's pattern
+        for sub in g.per_prompt:  # each prompt's route: its own head nodes' tokens
+            assert set(sub.meta.details["heads"]["top_tokens"]) == {n.id for n in sub.nodes.values() if n.kind == "head"}
+    edges = tmp_path / "edges.txt"
+    edges.write_text("abcdefgabcdef\nhijklmnhijklm\n")
+    out = tmp_path / "edges.json"
+    assert main(["edges", "--model", "attn-only-induction", "--prompts", str(edges), "--out", str(out), "--html",
+                 "--method", "eap", "--top-n", "20"]) == 0
+    g = Graph.load(out)
+    assert set(g.meta.details["heads"]["top_tokens"]) == {n.id for n in g.nodes.values() if n.kind == "head"} != set()
 
 
 @pytest.mark.parametrize("which", ["capture"])

@@ -49,3 +49,22 @@ def test_graph_token_strip_shows_whitespace_tokens(chrome, tmp_path):
     assert strip == [f"token {p}: {repr(t).replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')}"
                      for p, t in enumerate(tokens)]
     _clean(page)
+
+
+def test_feature_page_logit_ticks_and_chips_show_whitespace_tokens(chrome, nasty_cards, tmp_path):
+    import dataclasses
+
+    from mechscope.apps.browser import write_feature_browser
+
+    top = ((" ", 3.0), ("\n", 2.5), (" the", 2.0), ("\t", 1.5), ("  ", 1.0))
+    card = dataclasses.replace(nasty_cards[3], top_logits=top, top_logit_ids=(1, 2, 3, 4, 5))
+    cards = [*nasty_cards[:3], card, *nasty_cards[4:]]
+    index = write_feature_browser(cards, tmp_path / "fb", chunk_size=16)
+    page = chrome.page(index.as_uri() + "#f3")
+    page.wait_for("document.querySelector('#f-logits .ytick text') !== null", timeout=WAIT)
+    ticks = page.eval("Array.from(document.querySelectorAll('#f-logits .ytick text')).map(t => t.textContent)")
+    assert ticks[:len(top)] == [EXPECTED[t] for t, _ in reversed(top)]  # rows 0..4: the promoted tokens, reversed
+    chips = page.eval("Array.from(document.querySelectorAll('#f-explain .chip')).map(c => [c.textContent, c.title])")
+    assert [c[0] for c in chips[:5]] == [EXPECTED[t] for t, _ in top]
+    assert chips[0][1].startswith('" " · id 1')  # the raw string in the hover
+    _clean(page)

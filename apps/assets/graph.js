@@ -167,7 +167,7 @@
     }
     var hp = n.kind === "head" ? headPanel(n) : null;
     if (hp) body.appendChild(hp);
-    var units = view.units ? " [" + view.units + "]" : "";
+    var units = "";  // the summary line states the units once (some methods' are a sentence long)
     body.appendChild(contributions("contributions in" + units, adj[id].in));
     body.appendChild(contributions("contributions out" + units, adj[id].out));
     detail.setAttribute("data-node", id);

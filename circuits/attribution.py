@@ -132,7 +132,15 @@ class Setup:
             yield self, 1.0
             return
         for i in range(0, b, size):
-            yield self.select(slice(i, min(i + size, b))), (min(i + size, b) - i) / b
+            sub = self.select(slice(i, min(i + size, b)))
+            yield sub, (min(i + size, b) - i) / b
+            # the caller has moved on: count the chunk's passes on the parent (benchmarks read
+            # them) and drop its cached runs before the next chunk is made, so that at most one
+            # chunk's activations are alive at a time
+            for k in ("passes", "backward"):
+                self._cache[k] = self._cache.get(k, 0) + sub._cache.get(k, 0)
+            sub._cache.clear()
+            del sub
 
     def params(self) -> dict[str, Any]:
         """What a graph records about how it was traced."""
@@ -345,15 +353,7 @@ def mean_node_scores(setup: Setup, method: str = "atp", steps: int = 10, chunk: 
         for s, v in node_scores(sub, method, steps, step_chunk).items():
             part = v.mean(0) * share
             out[s] = part if s not in out else out[s] + part
-        _count(setup, sub)
     return out
-
-
-def _count(setup: Setup, sub: Setup) -> None:
-    """Add a chunk's pass counts to the parent's (benchmarks read them)."""
-    if sub is not setup:
-        for k in ("passes", "backward"):
-            setup._cache[k] = setup._cache.get(k, 0) + sub._cache.get(k, 0)
 
 
 def ig_gradient(setup: Setup, site: Site, steps: int, step_chunk: int | None = None) -> Float[Tensor, "b p ..."]:

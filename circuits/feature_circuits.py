@@ -137,7 +137,7 @@ def feature_circuit(setup: "Setup | Sequence[Setup]", method: str = "atp", node_
     if edges:
         weights: dict[tuple[str, str | None], float] = {}
         for sub, share in ((c, sg * sc) for grp, sg in groups for c, sc in grp.chunks(chunk)):
-            for (u, d, w) in circuit_edges(sub, kept, per_position, method, steps):
+            for (u, d, w) in circuit_edges(sub, kept, per_position, method, steps, step_chunk):
                 weights[(u, d)] = weights.get((u, d), 0.0) + share * w  # means over prompts
         for (u, d), w in weights.items():
             if edge_threshold is None or abs(w) >= edge_threshold:
@@ -164,17 +164,19 @@ def reaches(setup: Setup, up: Site, down: Site | None) -> bool:
 
 
 def circuit_edges(setup: Setup, kept: dict[Site, Kept], per_position: bool,
-                  method: str = "atp", steps: int = 10) -> list[tuple[str, str | None, float]]:
+                  method: str = "atp", steps: int = 10,
+                  step_chunk: int | None = None) -> list[tuple[str, str | None, float]]:
     """``(upstream id, downstream id or None for the metric, weight)`` between kept nodes of site
     pairs that can interact (`reaches`); edges of weight exactly 0 (e.g. a later position into an
     earlier one under causal attention) are left out. ``method="ig"``: path-integrated edges
-    (`path_grads`); otherwise the clean-gradient estimate (`direct_grads`)."""
+    (`path_grads`, ``step_chunk`` points per pass); otherwise the clean-gradient estimate
+    (`direct_grads`)."""
     deltas, out = _deltas(setup, method), []
     downstream: list[Site | None] = [s for s in setup.sites if kept[s]] + [None]
     for d in downstream:
         for u in [u for u in setup.sites if kept[u] and reaches(setup, u, d)]:
             targets = None if d is None else kept[d]
-            grads = (path_grads(setup, u, d, targets, steps) if method == "ig"
+            grads = (path_grads(setup, u, d, targets, steps, step_chunk) if method == "ig"
                      else direct_grads(setup, u, d, targets))
             # into the metric there is one target (None); otherwise one per kept node of d
             for t, grad_u in zip([None] if targets is None else targets, grads):
@@ -217,7 +219,7 @@ def direct_grads(setup: Setup, up: Site, down: Site | None, targets: Kept | None
 
 
 def path_grads(setup: Setup, up: Site, down: Site | None, targets: Kept | None,
-               steps: int = 10, target_chunk: int = 8) -> list[Tensor]:
+               steps: int = 10, step_chunk: int | None = None) -> list[Tensor]:
     """Path-integrated edges: for each downstream target ``d``, the mean over ``steps`` midpoints
     ``alpha`` of the gradient w.r.t. ``x_U`` of
 
@@ -229,46 +231,60 @@ def path_grads(setup: Setup, up: Site, down: Site | None, targets: Kept | None,
     weights of all of ``U``'s nodes into ``d`` add up to ``f_d(1) - f_d(0)``: the metric change by
     path patching ``U`` into ``d`` (`mechscope.circuits.verify`), up to the midpoint rule. Into
     the metric (``down`` None) ``f(alpha)`` is the metric with every later site held clean.
-    ``target_chunk`` targets share one forward and backward (rows: targets x steps x prompts)."""
+
+    Rows of one forward and backward are (target, step) points x prompts; ``step_chunk`` bounds
+    the points per pass (``step_chunk // steps`` targets share a pass, or one target's steps are
+    split when ``step_chunk < steps``); None: 8 targets with all their steps."""
     _check_targets(down, targets)
     if steps < 1:
         raise ValueError(f"integrated-gradient edges need steps >= 1, got {steps}")
-    if down is None:
-        return [_path_grad_group(setup, up, None, [None], steps)[0]]
-    per = max(1, target_chunk)
-    return [g for i in range(0, len(targets), per)
-            for g in _path_grad_group(setup, up, down, list(targets[i:i + per]), steps)]
+    if step_chunk is not None and step_chunk < 1:
+        raise ValueError(f"step_chunk must be >= 1 point per pass, got {step_chunk}")
+    todo: list[tuple[int, int | None] | None] = [None] if targets is None else list(targets)
+    per = 8 * steps if step_chunk is None else step_chunk
+    t_per, s_per = max(1, per // steps), min(steps, per)
+    out: list[Tensor] = []
+    for i in range(0, len(todo), t_per):
+        group, total = todo[i:i + t_per], None
+        for first in range(0, steps, s_per):
+            g = _path_grad_group(setup, up, down, group, steps, first, min(s_per, steps - first))
+            total = g if total is None else total + g
+        out += list((total / steps).unbind(0))
+    return out
 
 
 def _path_grad_group(setup: Setup, up: Site, down: Site | None,
-                     targets: "list[tuple[int, int | None] | None]", steps: int) -> list[Tensor]:
-    """`path_grads` for a few targets at once: ``T`` targets x ``steps`` points x ``b`` prompts
-    as rows of one forward (each target's copy of ``x_U`` only reaches its own metric rows, so
-    one backward gives every target's gradient)."""
+                     targets: "list[tuple[int, int | None] | None]", steps: int, first: int,
+                     k: int) -> Tensor:
+    """The summed gradients of `path_grads` over midpoints ``first .. first + k - 1`` for a few
+    targets at once, ``[T, b, ...]``: ``T`` targets x ``k`` points x ``b`` prompts as rows of one
+    forward (each target's copy of ``x_U`` only reaches its own metric rows, so one backward
+    gives every target's gradient)."""
     clean, T = clean_run(setup), len(targets)
     x0 = clean["acts"][up]
-    b, k = x0.shape[0], T * steps
-    rep = lambda t: t.repeat(k, *[1] * (t.ndim - 1))  # noqa: E731
-    alpha = ((torch.arange(steps, device=x0.device) + 0.5) / steps).repeat_interleave(b).repeat(T)
+    b, rows = x0.shape[0], T * k
+    rep = lambda t: t.repeat(rows, *[1] * (t.ndim - 1))  # noqa: E731
+    alpha = ((torch.arange(first, first + k, device=x0.device) + 0.5) / steps).repeat_interleave(b).repeat(T)
     alpha = alpha.view(-1, *[1] * (x0.ndim - 1))
     x1 = setup.nodes[up].merge(reference(setup)[up]).expand_as(x0)
     x_up = (rep(x0) * (1 - alpha) + rep(x1) * alpha).requires_grad_()
     with torch.enable_grad():
-        res, act_down = run_direct(setup, up, lambda a: x_up, down, repeat=k)
+        res, act_down = run_direct(setup, up, lambda a: x_up, down, repeat=rows)
         if down is not None:
             sn = setup.nodes[down]
             new, old = sn.split(act_down), tuple(rep(p) for p in split_all(setup, clean["acts"])[down])
             only_d = torch.ones(T, x0.shape[1], sn.n_nodes, dtype=torch.bool, device=x0.device)
             for t, (j, pos) in enumerate(targets):
                 only_d[t, slice(None) if pos is None else pos, j] = False
-            value = sn.merge(sn.mix(old, new, only_d.repeat_interleave(steps * b, 0)))
-            res = run(setup, setup.clean.repeat(k, 1), {down: lambda a: value})
-        g = _grad(setup, metric_of(setup, res).sum(), x_up).view(T, steps, *x0.shape).mean(1)
-    return list(g.unbind(0))
+            value = sn.merge(sn.mix(old, new, only_d.repeat_interleave(k * b, 0)))
+            del new, old, act_down
+            res = run(setup, setup.clean.repeat(rows, 1), {down: lambda a: value})
+        g = _grad(setup, metric_of(setup, res).sum(), x_up, retain=False)
+    return g.view(T, k, *x0.shape).sum(1)
 
 
-def _grad(setup: Setup, value: Tensor, x: Tensor) -> Tensor:
-    (g,) = torch.autograd.grad(value, x, retain_graph=True, allow_unused=True)
+def _grad(setup: Setup, value: Tensor, x: Tensor, retain: bool = True) -> Tensor:
+    (g,) = torch.autograd.grad(value, x, retain_graph=retain, allow_unused=True)
     setup._cache["backward"] = setup._cache.get("backward", 0) + 1
     return torch.zeros_like(x) if g is None else g
 

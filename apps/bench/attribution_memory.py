@@ -10,6 +10,8 @@ pass bound it. Reported: seconds and peak RSS per configuration, and the model +
 own size for reference.
 
     mechscope bench attribution --shape gpt2-small --prompts 8 32 --chunk 4
+    mechscope bench attribution --shape gpt2-small --methods ig --edges --steps 10 --prompts 64 \
+        --seq 64 --chunk 4 --step-chunk 5
 
 Run a single configuration as ``python -m mechscope.apps.bench.attribution_memory '{json}'``.
 """
@@ -33,8 +35,10 @@ SHAPES = {
 
 
 def run_one(shape: str, prompts: int, seq: int, method: str, d_dict: int, steps: int,
-            chunk: int | None, step_chunk: int | None, node_threshold: float = 0.02) -> dict[str, Any]:
-    """One configuration in this process: seconds, peak RSS (MiB), nodes and edges kept."""
+            chunk: int | None, step_chunk: int | None, node_threshold: float = 0.02,
+            edges: bool | None = None) -> dict[str, Any]:
+    """One configuration in this process: seconds, peak RSS (MiB), nodes and edges kept.
+    ``edges`` None: edges with IG only (AtP nodes alone otherwise)."""
     import torch
 
     from mechscope.circuits.attribution import Setup, next_token_logprob
@@ -52,12 +56,14 @@ def run_one(shape: str, prompts: int, seq: int, method: str, d_dict: int, steps:
         for layer in range(cfg["n_layers"])}
     tokens = torch.randint(0, cfg["d_vocab"], (prompts, seq), generator=torch.Generator().manual_seed(0))
     setup = Setup.build(model, sites, next_token_logprob(tokens), tokens, ablation="mean")
+    edges = method == "ig" if edges is None else edges
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     g = feature_circuit(setup, method=method, steps=steps, node_threshold=node_threshold,
-                        relative=True, edges=method == "ig", chunk=chunk, step_chunk=step_chunk)
+                        relative=True, edges=edges, chunk=chunk, step_chunk=step_chunk)
     return {"shape": shape, "prompts": prompts, "seq": seq, "method": method, "d_dict": d_dict,
             "steps": steps if method == "ig" else None, "chunk": chunk, "step_chunk": step_chunk,
+            "with_edges": edges, "node_threshold": node_threshold,
             "seconds": time.perf_counter() - t,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_before_mib": base, "nodes": len(g.nodes), "edges": len(g.edges)}
@@ -65,13 +71,14 @@ def run_one(shape: str, prompts: int, seq: int, method: str, d_dict: int, steps:
 
 def bench_attribution_memory(shape: str = "gpt2-small", prompts: Sequence[int] = (8, 32), seq: int = 64,
                              methods: Sequence[str] = ("atp", "ig"), d_dict: int = 6144, steps: int = 10,
-                             chunk: int | None = 4, step_chunk: int | None = 5) -> list[dict[str, Any]]:
+                             chunk: int | None = 4, step_chunk: int | None = 5,
+                             node_threshold: float = 0.02, edges: bool | None = None) -> list[dict[str, Any]]:
     """Each configuration in a fresh process (see module doc)."""
     rows = []
     for method in methods:
         for n in prompts:
             spec = dict(shape=shape, prompts=n, seq=seq, method=method, d_dict=d_dict, steps=steps,
-                        chunk=chunk, step_chunk=step_chunk)
+                        chunk=chunk, step_chunk=step_chunk, node_threshold=node_threshold, edges=edges)
             out = subprocess.run([sys.executable, "-m", "mechscope.apps.bench.attribution_memory",
                                   json.dumps(spec)], capture_output=True, text=True, check=False)
             if out.returncode != 0:
@@ -81,10 +88,11 @@ def bench_attribution_memory(shape: str = "gpt2-small", prompts: Sequence[int] =
 
 
 def format_memory(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'method':<8}{'prompts':>8}{'seq':>6}{'chunk':>7}{'seconds':>10}{'peak RSS MiB':>14}"
-             f"{'before MiB':>12}{'nodes':>7}{'edges':>7}"]
+    lines = [f"{'method':<8}{'edges':>6}{'steps':>6}{'prompts':>8}{'seq':>6}{'chunk':>7}{'st.chunk':>9}"
+             f"{'seconds':>10}{'peak RSS MiB':>14}{'before MiB':>12}{'nodes':>7}{'edges':>7}"]
     for r in rows:
-        lines.append(f"{r['method']:<8}{r['prompts']:>8}{r['seq']:>6}{str(r['chunk']):>7}"
+        lines.append(f"{r['method']:<8}{'yes' if r['with_edges'] else 'no':>6}{str(r['steps'] or '-'):>6}"
+                     f"{r['prompts']:>8}{r['seq']:>6}{str(r['chunk']):>7}{str(r['step_chunk']):>9}"
                      f"{r['seconds']:>10.1f}{r['peak_rss_mib']:>14.0f}{r['rss_before_mib']:>12.0f}"
                      f"{r['nodes']:>7}{r['edges']:>7}")
     return "\n".join(lines)

@@ -19,6 +19,16 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=int, nargs="+", default=[8, 32], help="attribution --shape: prompt counts")
     p.add_argument("--seq", type=int, default=64, help="attribution --shape: tokens per prompt")
     p.add_argument("--chunk", type=int, default=4, help="attribution --shape: prompts per pass")
+    p.add_argument("--step-chunk", type=int, default=5,
+                   help="attribution --shape: IG points (steps; targets x steps for edges) per pass")
+    p.add_argument("--steps", type=int, default=10, help="attribution --shape: IG steps")
+    p.add_argument("--methods", nargs="+", choices=["atp", "ig"], default=["atp", "ig"],
+                   help="attribution --shape: node attribution methods to measure")
+    p.add_argument("--edges", action=argparse.BooleanOptionalAction, default=None,
+                   help="attribution --shape: also trace edges between kept nodes (default: with ig only)")
+    p.add_argument("--d-dict", type=int, default=6144, help="attribution --shape: SAE width at every site")
+    p.add_argument("--node-threshold", type=float, default=0.02,
+                   help="attribution --shape: nodes kept at this fraction of the largest |score|")
 
 
 @command("bench", "Benchmarks that print ratios against a baseline measured in the same run.", _bench_options)
@@ -54,8 +64,9 @@ def bench_cmd(args: argparse.Namespace) -> int:
     elif args.shape is not None:
         from mechscope.apps.bench.attribution_memory import bench_attribution_memory, format_memory
 
-        print(format_memory(bench_attribution_memory(args.shape, args.prompts, args.seq,
-                                                     chunk=args.chunk)))
+        print(format_memory(bench_attribution_memory(
+            args.shape, args.prompts, args.seq, args.methods, args.d_dict, args.steps, args.chunk,
+            args.step_chunk, args.node_threshold, args.edges)))
     else:
         from mechscope.apps.bench.attribution import bench_attribution, format_bench
 

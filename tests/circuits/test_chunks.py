@@ -96,3 +96,29 @@ def test_undefined_faithfulness_is_none_with_a_warning(tiny_gpt2):
     with pytest.warns(UserWarning, match="undefined"):
         g, f = trace(s, node_threshold=0.0)
     assert f.faithfulness is None and g.meta.faithfulness is None
+
+
+def test_path_grads_in_chunks_of_points_equal_one_pass(setup):
+    # rows = targets x steps x prompts: splitting targets and steps across passes sums the same
+    # midpoint gradients
+    from mechscope.circuits.feature_circuits import path_grads
+
+    up, down = setup.sites
+    targets = [(0, None), (2, 3), (3, None)]
+    whole = path_grads(setup, up, down, targets, steps=4, step_chunk=None)
+    for step_chunk in (1, 3, 4, 9):
+        got = path_grads(setup, up, down, targets, steps=4, step_chunk=step_chunk)
+        for a, b in zip(got, whole, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="step_chunk"):
+        path_grads(setup, up, down, targets, steps=4, step_chunk=0)
+
+
+def test_a_chunk_is_freed_before_the_next_is_made(setup):
+    alive = []
+    for sub, _ in setup.chunks(2):
+        assert all(not s._cache.get("clean") for s in alive)  # earlier chunks hold no runs
+        node_scores(sub, "atp")
+        assert "clean" in sub._cache
+        alive.append(sub)
+    assert setup._cache["passes"] >= 3 and setup._cache["backward"] >= 3

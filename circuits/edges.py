@@ -28,13 +28,19 @@ removing the edge lowers the metric. `edge_circuit` keeps the strongest edges (t
 threshold) and then only those on a complete path from the embedding to the logits, and returns
 the one `Graph` type, with the faithfulness of the kept edge set in its metadata.
 Node ids are the canonical component ids (``embed``, ``L1.H2``, ``L1.mlp``, ``logit``).
+
+Scale and prompt lengths: every function takes one task or one task per prompt length
+(`tasks`), and ``chunk`` prompts (``step_chunk`` EAP-IG steps) per pass. Scores, metrics and
+faithfulness are means over all prompts, so memory is bounded by the chunk sizes, not by the
+number of prompts or steps, and a ``mean`` reference is pooled over every prompt and position of
+every group (`pooled_mean`). Chunked results equal unchunked ones up to float rounding.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -58,6 +64,7 @@ class EdgeTask:
     metric: Metric
     reference: str = "patch"
     patch: Int[Tensor, "b p"] | None = None
+    mean: Float[Tensor, "1 1 S d"] | None = None  # a ``mean`` reference pooled over a larger set
 
     def __post_init__(self) -> None:
         from mechscope.interp.models import Model
@@ -74,6 +81,67 @@ class EdgeTask:
     @property
     def graph(self) -> ComponentGraph:
         return ComponentGraph.of(self.model)
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.clean.shape[0])
+
+    def select(self, rows: "slice | Tensor") -> "EdgeTask":
+        """The same problem for a subset of the prompts (the metric restricted by its
+        ``select(rows)``, as the metrics of `mechscope.circuits.attribution` are); a ``mean``
+        reference stays that of the whole task."""
+        if not hasattr(self.metric, "select"):
+            raise ValueError(f"metric {getattr(self.metric, '__name__', self.metric)!r} has no "
+                             f"`select(rows)`: chunking over prompts needs a metric that can be "
+                             f"restricted to a subset of prompts (see attribution.logit_diff)")
+        rows = torch.arange(self.n_prompts)[rows]
+        mean = (self.mean if self.mean is not None else pooled_mean([self])) if self.reference == "mean" else None
+        return replace(self, clean=self.clean[rows], metric=self.metric.select(rows),
+                       patch=None if self.patch is None else self.patch[rows], mean=mean)
+
+
+def tasks(task: "EdgeTask | Sequence[EdgeTask]") -> list[EdgeTask]:
+    """One edge problem over prompts of different lengths, as one task per length, checked to
+    share the model and reference; a ``mean`` reference is pooled over all of them."""
+    group = [task] if isinstance(task, EdgeTask) else list(task)
+    if not group:
+        raise ValueError("no edge tasks given")
+    first = group[0]
+    for t in group[1:]:
+        if t.model is not first.model or t.reference != first.reference:
+            raise ValueError(f"edge tasks of one circuit must share the model and the reference; got "
+                             f"{first.reference!r} and {t.reference!r}")
+    if first.reference == "mean" and not (first.mean is not None and all(t.mean is first.mean for t in group)):
+        mean = pooled_mean(group)
+        group = [replace(t, mean=mean) for t in group]
+    return group
+
+
+def pieces(task: "EdgeTask | Sequence[EdgeTask]", chunk: int | None = None
+           ) -> Iterator[tuple[EdgeTask, float]]:
+    """``(sub-task, its share of all prompts)`` for chunks of at most ``chunk`` prompts of every
+    group, made one at a time."""
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk size must be >= 1 prompt, got {chunk}")
+    group = tasks(task)
+    total = sum(t.n_prompts for t in group)
+    for t in group:
+        b = t.n_prompts
+        size = b if chunk is None else chunk
+        for i in range(0, b, size):
+            yield (t if size >= b else t.select(slice(i, min(i + size, b)))), min(size, b - i) / total
+
+
+def pooled_mean(group: Sequence[EdgeTask], chunk: int = 16) -> Float[Tensor, "1 1 S d"]:
+    """Every sender's mean output over every prompt and position of ``group`` (``chunk``
+    prompts per forward)."""
+    total, n = None, 0
+    for t in group:
+        for i in range(0, t.n_prompts, chunk):
+            out = sender_outputs(t, t.clean[i:i + chunk]).sum((0, 1), keepdim=True)
+            total = out if total is None else total + out
+        n += t.clean.numel()
+    return total / n
 
 
 def _metric(task: EdgeTask, logits: Tensor) -> Tensor:
@@ -93,6 +161,9 @@ def sender_outputs(task: EdgeTask, tokens: Tensor) -> Float[Tensor, "b p S d"]:
 def reference_outputs(task: EdgeTask) -> Float[Tensor, "b p S d"]:
     if task.reference == "patch":
         return sender_outputs(task, task.patch)
+    if task.reference == "mean" and task.mean is not None:
+        b, p = task.clean.shape
+        return task.mean.expand(b, p, *task.mean.shape[2:])
     clean = sender_outputs(task, task.clean)
     if task.reference == "zero":
         return torch.zeros_like(clean)
@@ -120,18 +191,34 @@ def masked_metric(task: EdgeTask, keep: Bool[Tensor, "S R"], ref: Tensor | None 
         return task.metric(task.model(task.clean))
 
 
-def receiver_grads(task: EdgeTask, steps: int | None = None) -> Float[Tensor, "b p R d"]:
+def receiver_grads(task: EdgeTask, steps: int | None = None, step_chunk: int | None = None
+                   ) -> Float[Tensor, "b p R d"]:
     """``dm/dx_r`` for every receiver: at the clean run (``steps`` None), or averaged over the
-    midpoints of the straight line from the reference embedding to the clean one."""
-    g, b = task.graph, task.clean.shape[0]
-    k = steps or 1
+    midpoints of the straight line from the reference embedding to the clean one (``step_chunk``
+    midpoints per pass, all by default)."""
+    if step_chunk is not None and step_chunk < 1:
+        raise ValueError(f"step_chunk must be >= 1 step per pass, got {step_chunk}")
     emb_clean = sender_outputs(task, task.clean)[:, :, 0]
-    alpha = ((torch.arange(k, device=emb_clean.device) + 0.5) / k).repeat_interleave(b)[:, None, None]
-    if steps:
-        emb_ref = reference_outputs(task)[:, :, 0]
-        path = emb_ref.repeat(k, 1, 1) + alpha * (emb_clean - emb_ref).repeat(k, 1, 1)
-    else:
+    emb_ref = reference_outputs(task)[:, :, 0] if steps else None
+    k = steps or 1
+    per, total = k if step_chunk is None else min(step_chunk, k), None
+    for first in range(0, k, per):
+        g = _receiver_grad_sum(task, emb_clean, emb_ref, k, first, min(per, k - first))
+        total = g if total is None else total + g
+    return total / k
+
+
+def _receiver_grad_sum(task: EdgeTask, emb_clean: Tensor, emb_ref: Tensor | None, steps: int,
+                       first: int, k: int) -> Tensor:
+    """Receiver gradients summed over midpoints ``first .. first + k - 1`` (one pass of ``k x b``
+    rows); at the clean embedding when ``emb_ref`` is None."""
+    g, b = task.graph, task.clean.shape[0]
+    if emb_ref is None:
         path = emb_clean
+    else:
+        alpha = ((torch.arange(first, first + k, device=emb_clean.device) + 0.5) / steps)
+        alpha = alpha.repeat_interleave(b)[:, None, None]
+        path = emb_ref.repeat(k, 1, 1) + alpha * (emb_clean - emb_ref).repeat(k, 1, 1)
     path = path.detach().requires_grad_()
     inputs: dict[int, Tensor] = {}
 
@@ -144,21 +231,26 @@ def receiver_grads(task: EdgeTask, steps: int | None = None) -> Float[Tensor, "b
         m = _metric(task, task.model(task.clean.repeat(k, 1)))
         keys = sorted(inputs)
         grads = torch.autograd.grad(m.sum(), [inputs[i] for i in keys], allow_unused=True)
-    grads = [torch.zeros_like(inputs[i]) if gr is None else gr for i, gr in zip(keys, grads)]
-    full = torch.cat(grads, 2)
-    return full.view(k, b, *full.shape[1:]).mean(0)
+    full = torch.cat([torch.zeros_like(inputs[i]) if gr is None else gr for i, gr in zip(keys, grads)], 2)
+    return full.view(k, b, *full.shape[1:]).sum(0)
 
 
-def edge_scores(task: EdgeTask, method: str = "eap-ig", steps: int = 10) -> Float[Tensor, "S R"]:
-    """EAP / EAP-IG score of every edge (module doc); 0 where no edge exists."""
+def edge_scores(task: "EdgeTask | Sequence[EdgeTask]", method: str = "eap-ig", steps: int = 10,
+                chunk: int | None = None, step_chunk: int | None = None) -> Float[Tensor, "S R"]:
+    """EAP / EAP-IG score of every edge (module doc), mean over all prompts of every task;
+    0 where no edge exists. ``chunk`` prompts and ``step_chunk`` steps per pass."""
     if method not in METHODS:
         raise ValueError(f"unknown edge method {method!r}; valid: {', '.join(METHODS)}")
     if method == "eap-ig" and steps < 1:
         raise ValueError(f"EAP-IG needs steps >= 1, got {steps}")
-    delta = reference_outputs(task) - sender_outputs(task, task.clean)
-    grads = receiver_grads(task, steps if method == "eap-ig" else None)
-    scores = torch.einsum("bpsd,bprd->sr", delta, grads) / task.clean.shape[0]
-    return scores * task.graph.upstream
+    group, scores = tasks(task), None
+    for sub, share in pieces(group, chunk):
+        delta = reference_outputs(sub) - sender_outputs(sub, sub.clean)
+        grads = receiver_grads(sub, steps if method == "eap-ig" else None, step_chunk)
+        part = torch.einsum("bpsd,bprd->sr", delta, grads) * (share / sub.n_prompts)
+        scores = part if scores is None else scores + part
+        del delta, grads
+    return scores * group[0].graph.upstream
 
 
 # -- selecting a circuit --------------------------------------------------------------------------
@@ -220,18 +312,31 @@ def select_edges(scores: Tensor, top_n: int | None = None, threshold: float | No
     return keep & (mag > 0)
 
 
-def faithfulness(task: EdgeTask, keep: Bool[Tensor, "S R"]) -> float | None:
-    """``(m(E) - m(none)) / (m(all) - m(none))`` by edge-masked forwards (mean over prompts);
-    None when the reference does not move the metric (undefined)."""
-    g, ref = task.graph, reference_outputs(task)
-    m_all = float(masked_metric(task, g.upstream, ref).mean())
-    m_none = float(masked_metric(task, torch.zeros_like(g.upstream), ref).mean())
+def masked_metrics(task: "EdgeTask | Sequence[EdgeTask]", keeps: Sequence[Tensor],
+                   chunk: int | None = None) -> list[float]:
+    """The edge-masked metric (`masked_metric`) of each edge set in ``keeps``, mean over all
+    prompts of every task, ``chunk`` prompts per pass."""
+    out = [0.0] * len(keeps)
+    for sub, share in pieces(task, chunk):
+        ref = reference_outputs(sub)
+        for i, keep in enumerate(keeps):
+            out[i] += share * float(masked_metric(sub, keep, ref).mean())
+    return out
+
+
+def faithfulness(task: "EdgeTask | Sequence[EdgeTask]", keep: Bool[Tensor, "S R"],
+                 chunk: int | None = None) -> float | None:
+    """``(m(E) - m(none)) / (m(all) - m(none))`` by edge-masked forwards, each ``m`` a mean over
+    all prompts; None, with a warning, when the reference does not move the metric (undefined)."""
+    group = tasks(task)
+    g = group[0].graph
+    m_all, m_none, m_keep = masked_metrics(group, [g.upstream, torch.zeros_like(g.upstream), keep], chunk)
     span = m_all - m_none
     if abs(span) < 1e-12:
-        warnings.warn(f"the metric does not change when every edge is removed ({task.reference}): "
+        warnings.warn(f"the metric does not change when every edge is removed ({group[0].reference}): "
                       f"m(all) = m(none) = {m_all:.6g}; faithfulness is undefined (None)", stacklevel=2)
         return None
-    return (float(masked_metric(task, keep, ref).mean()) - m_none) / span
+    return (m_keep - m_none) / span
 
 
 def _component(g: ComponentGraph, name: str) -> Node:
@@ -262,26 +367,31 @@ def _ends(g: ComponentGraph, s: int, r: int) -> tuple[Node, Node, str]:
     return _component(g, g.senders[s]), _component(g, name), channel
 
 
-def edge_circuit(task: EdgeTask, method: str = "eap-ig", steps: int = 10, top_n: int | None = None,
-                 threshold: float | None = 0.1, relative: bool = True) -> Graph:
+def edge_circuit(task: "EdgeTask | Sequence[EdgeTask]", method: str = "eap-ig", steps: int = 10,
+                 top_n: int | None = None, threshold: float | None = 0.1, relative: bool = True,
+                 chunk: int | None = None, step_chunk: int | None = None) -> Graph:
     """The edge-level circuit (module doc) as a `Graph` over components (``embedding``, ``head``,
     ``mlp``, ``logit`` nodes). An edge ``u -> head`` stands for the kept q / k / v input edges
     between them and weighs their summed scores; ``meta.details["channels"]`` keeps each one
     (``{"u->v": {"q": score, "v": score}}``; ``in`` for an MLP's input, ``out`` for the logits),
     so `edge_mask` rebuilds the exact edge set. ``meta.faithfulness`` is that of the kept edge
-    set (edge-masked forwards)."""
+    set (edge-masked forwards; None with a warning when undefined). Prompts of several lengths:
+    one task per length; scores, the threshold and faithfulness are over all prompts."""
     if top_n is not None:
         threshold = None
-    g = task.graph
-    scores = edge_scores(task, method, steps)
+    group = tasks(task)
+    first, g = group[0], group[0].graph
+    scores = edge_scores(group, method, steps, chunk, step_chunk)
     keep = on_complete_paths(g, select_edges(scores, top_n, threshold, relative))
+    lengths = sorted({int(t.clean.shape[1]) for t in group})
     channels: dict[str, dict[str, float]] = {}
     out = Graph(meta=GraphMeta.traced(
-        task.model, f"edges/{method}", "metric", task.clean.tolist(),
-        {"reference": task.reference, "metric": getattr(task.metric, "__name__", "custom"),
+        first.model, f"edges/{method}", "metric", [row for t in group for row in t.clean.tolist()],
+        {"reference": first.reference, "metric": getattr(first.metric, "__name__", "custom"),
          "steps": steps if method == "eap-ig" else None, "top_n": top_n, "threshold": threshold,
-         "relative_threshold": relative, "seq_len": int(task.clean.shape[1])},
-        faithfulness=faithfulness(task, keep),
+         "relative_threshold": relative, "seq_len": lengths[0] if len(lengths) == 1 else lengths,
+         "chunk": chunk, "step_chunk": step_chunk},
+        faithfulness=faithfulness(group, keep, chunk),
         details={"channels": channels, "n_edges_total": g.n_edges, "n_edges_kept": int(keep.sum())}))
     for s, r in keep.nonzero().tolist():
         u, v, channel = _ends(g, s, r)

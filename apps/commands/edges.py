@@ -4,9 +4,13 @@
 
 Prompts and metrics are read as by ``mechscope trace`` (text, or JSON lines with ``patch`` /
 ``target`` / ``foil``). With ``patch`` prompts the reference is the corrupted run (the setting of
-Hanna et al.), otherwise ``--reference mean`` or ``zero``. Prompts of one call must have the
-same token length (contrastive pairs token for token). The graph records the faithfulness of
-its edge set, measured by edge-masked forward passes.
+Hanna et al.), otherwise ``--reference mean`` or ``zero``. Prompts may have any lengths: they
+are grouped by token length (a patch prompt must match its prompt token for token), and edge
+scores, the threshold, ``n_prompts`` and the faithfulness are computed over all prompts (a
+``mean`` reference pooled over all of them). ``--chunk`` prompts and ``--step-chunk`` EAP-IG
+steps per pass bound memory. The graph records the faithfulness of its edge set, measured by
+edge-masked forward passes (None, with a warning, when the reference does not move the metric;
+the graph is written either way).
 """
 
 from __future__ import annotations
@@ -28,26 +32,37 @@ from mechscope.circuits.graph import Graph
 def edges_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None" = None,
               metric: str = "next_token", method: str = "eap-ig", reference: str | None = None,
               steps: int = 10, top_n: int | None = None, threshold: float = 0.1,
-              relative: bool = True, position: "str | int | None" = None) -> Graph:
+              relative: bool = True, position: "str | int | None" = None, chunk: int | None = None,
+              step_chunk: int | None = None) -> Graph:
     """Trace an edge-level circuit from files and write ``out`` (JSON)."""
     from mechscope.interp.models import load_model
 
     model = load_model(model) if isinstance(model, (str, Path)) else model
     recs = read_prompt_records(prompts)
+    from mechscope.apps.commands.common import check_prompt_lengths
+
+    check_prompt_lengths(model, [r[k] for r in recs for k in ("prompt", "patch") if k in r], prompts)
     has_patch = [("patch" in r) for r in recs]
     if any(has_patch) and not all(has_patch):
         raise ValueError("either every prompt record has a 'patch' prompt or none has")
-    toks = [model.to_tokens(r["prompt"]) for r in recs]
-    patch = [model.to_tokens(r["patch"]) for r in recs] if all(has_patch) else None
-    lengths = {t.shape[1] for t in toks + (patch or [])}
-    if len(lengths) != 1:
-        raise ValueError(f"prompts (and patch prompts) have token lengths {sorted(lengths)}; "
-                         f"`mechscope edges` needs one length per call")
-    clean = torch.cat(toks)
-    reference = reference or ("patch" if patch is not None else "mean")
-    task = EdgeTask(model, clean, make_metric(model, metric, clean, recs, position), reference,
-                    torch.cat(patch) if patch is not None and reference == "patch" else None)
-    graph = edge_circuit(task, method, steps, top_n, threshold, relative)
+    reference = reference or ("patch" if all(has_patch) else "mean")
+    by_length: dict[int, list[dict[str, Any]]] = {}
+    for r in recs:  # one task per token length
+        by_length.setdefault(model.to_tokens(r["prompt"]).shape[1], []).append(r)
+    group = []
+    for recs_n in by_length.values():
+        clean = torch.cat([model.to_tokens(r["prompt"]) for r in recs_n])
+        patch = None
+        if reference == "patch" and all(has_patch):
+            toks = [model.to_tokens(r["patch"]) for r in recs_n]
+            bad = [r for r, t in zip(recs_n, toks) if t.shape[1] != clean.shape[1]]
+            if bad:
+                raise ValueError(f"patch prompt {bad[0]['patch']!r} is not as long in tokens as its prompt "
+                                 f"{bad[0]['prompt']!r} ({clean.shape[1]} tokens): contrastive pairs "
+                                 f"must match token for token")
+            patch = torch.cat(toks)
+        group.append(EdgeTask(model, clean, make_metric(model, metric, clean, recs_n, position), reference, patch))
+    graph = edge_circuit(group, method, steps, top_n, threshold, relative, chunk, step_chunk)
     if out is not None:
         graph.save(out)
     return graph
@@ -67,6 +82,8 @@ def _edges_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-n", type=int, default=None, help="keep the N strongest edges (instead of a threshold)")
     p.add_argument("--threshold", type=float, default=0.1,
                    help="keep edges with |score| >= this fraction of the largest")
+    p.add_argument("--chunk", type=int, default=None, help="prompts per forward pass (bounds memory)")
+    p.add_argument("--step-chunk", type=int, default=None, help="EAP-IG steps per forward pass (bounds memory)")
     from mechscope.apps.commands.common import html_options
 
     html_options(p)
@@ -78,7 +95,8 @@ def edges_cmd(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     graph = edges_cli(model, args.prompts, None, args.metric, args.method, args.reference,
-                      args.steps, args.top_n, args.threshold, position=args.position)
+                      args.steps, args.top_n, args.threshold, position=args.position,
+                      chunk=args.chunk, step_chunk=args.step_chunk)
     rows = [model.to_tokens(r["prompt"])[0] for r in read_prompt_records(args.prompts)]
     save_graph(graph, args.out, args.html, args.browser, model, rows)
     print(f"faithfulness of the edge set: {graph.meta.faithfulness}")

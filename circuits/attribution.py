@@ -286,6 +286,15 @@ def as_groups(setup: "Setup | Sequence[Setup]") -> list[tuple[Setup, float]]:
     return [(s, s.clean.shape[0] / total) for s in setups]
 
 
+def pieces(setup: "Setup | Sequence[Setup]", chunk: int | None = None) -> "Iterator[tuple[Setup, float]]":
+    """``(sub-setup, its share of all prompts)`` over every group (`as_groups`) in chunks of at
+    most ``chunk`` prompts, made one at a time (`Setup.chunks`): a mean over all prompts of any
+    per-prompt quantity is the share-weighted sum of its chunk means."""
+    for grp, share in as_groups(setup):
+        for sub, part in grp.chunks(chunk):
+            yield sub, share * part
+
+
 def mean_parts(setup: Setup, chunk: int = 16) -> dict[Site, Parts]:
     """Mean node parts over every prompt and position (``[1, 1, n, w]`` per part), computed
     ``chunk`` prompts at a time (cached on the setup)."""

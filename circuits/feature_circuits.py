@@ -54,8 +54,8 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from mechscope.circuits.attribution import (Setup, as_groups, clean_metric, clean_run, masked_run,
-                                            mean_node_scores, metric_of, reference, run, run_direct,
-                                            split_all)
+                                            mean_node_scores, metric_of, pieces, reference, run,
+                                            run_direct, split_all)
 from mechscope.circuits.graph import Graph, GraphMeta, Node, parse_node_id
 from mechscope.circuits.splice import SiteNodes, site_rank
 from mechscope.interp.sites import RESID_KINDS, Site
@@ -136,7 +136,7 @@ def feature_circuit(setup: "Setup | Sequence[Setup]", method: str = "atp", node_
             g.add_node(site_node(setup, s, j, p, float(scores[s][j] if p is None else scores[s][p, j])))
     if edges:
         weights: dict[tuple[str, str | None], float] = {}
-        for sub, share in ((c, sg * sc) for grp, sg in groups for c, sc in grp.chunks(chunk)):
+        for sub, share in pieces(setups, chunk):
             for (u, d, w) in circuit_edges(sub, kept, per_position, method, steps, step_chunk):
                 weights[(u, d)] = weights.get((u, d), 0.0) + share * w  # means over prompts
         for (u, d), w in weights.items():
@@ -325,15 +325,15 @@ def circuit_masks(graph: Graph, setup: Setup) -> dict[Site, Bool[Tensor, "p n"]]
     return masks
 
 
-def faithfulness(graph: Graph, setup: "Setup | Sequence[Setup]") -> Faithfulness:
+def faithfulness(graph: Graph, setup: "Setup | Sequence[Setup]", chunk: int | None = None) -> Faithfulness:
     """Faithfulness and completeness of ``graph``'s nodes for the setup's ablation (over every
-    prompt of every group). When the metric does not move with every node ablated both are
-    undefined: None, with a warning."""
+    prompt of every group, ``chunk`` prompts per pass). When the metric does not move with every
+    node ablated both are undefined: None, with a warning."""
     totals = [0.0, 0.0, 0.0, 0.0]
-    for grp, share in as_groups(setup):
-        masks = circuit_masks(graph, grp)
-        runs = (clean_run(grp)["metric"], masked_run(grp, {s: torch.zeros_like(k) for s, k in masks.items()}),
-                masked_run(grp, masks), masked_run(grp, {s: ~k for s, k in masks.items()}))
+    for sub, share in pieces(setup, chunk):
+        masks = circuit_masks(graph, sub)
+        runs = (clean_run(sub)["metric"], masked_run(sub, {s: torch.zeros_like(k) for s, k in masks.items()}),
+                masked_run(sub, masks), masked_run(sub, {s: ~k for s, k in masks.items()}))
         totals = [t + share * float(r.mean()) for t, r in zip(totals, runs)]
     m_model, m_empty, m_c, m_comp = totals
     ablation = as_groups(setup)[0][0].ablation
@@ -361,9 +361,10 @@ def full_graph(setup: Setup, per_position: bool = False) -> Graph:
 
 def trace(setup: "Setup | Sequence[Setup]", **kwargs: Any) -> tuple[Graph, Faithfulness]:
     """`feature_circuit` and its faithfulness, recorded in the graph's metadata (the metric's
-    four values under ``meta.details["metric_values"]``); None where it is undefined."""
+    four values under ``meta.details["metric_values"]``); None where it is undefined. The
+    faithfulness runs in the same ``chunk`` of prompts as the trace."""
     g = feature_circuit(setup, **kwargs)
-    f = faithfulness(g, setup)
+    f = faithfulness(g, setup, kwargs.get("chunk"))
     g.meta = replace(g.meta, faithfulness=f.faithfulness, completeness=f.completeness,
                      details={**g.meta.details, "metric_values": {
                          "model": f.m_model, "empty": f.m_empty, "circuit": f.m_circuit,

@@ -20,7 +20,9 @@ sign of the real effect), the Spearman rank correlation between attributions and
 (Pearson correlation of ranks, ties averaged), the share of the effect explained
 (``1 - sum (a - e)^2 / sum e^2``) and the largest absolute difference. Interventions are
 batched: ``K`` nodes (or upstream nodes of one site pair) run as ``K`` copies of the prompts in one
-forward pass.
+forward pass; prompts run ``chunk`` at a time (every effect is a mean over prompts, so chunks
+add up to the batch and memory does not grow with the number of prompts), and one setup per
+prompt length gives effects over prompts of several lengths.
 
 `score_against(graph, known)` compares the set of components a graph keeps with a known circuit
 given as data (canonical node ids or ``(kind, layer, index)`` triples; positions ignored):
@@ -31,7 +33,7 @@ attention-SVD) can be scored, and, where its nodes are the setup's, verified by 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -39,8 +41,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from mechscope.circuits.attribution import (Setup, clean_run, masked_run, metric_of, reference,
-                                            run, run_direct, split_all)
+from mechscope.circuits.attribution import (Setup, as_groups, clean_run, masked_run, metric_of,
+                                            pieces, reference, run, run_direct, split_all)
 from mechscope.circuits.feature_circuits import locate
 from mechscope.circuits.graph import Graph, Node, head_label, node_id, parse_node_id, without_position
 from mechscope.interp.sites import Site
@@ -157,37 +159,61 @@ def _one_off(setup: Setup, site: Site, targets: list[tuple[int, int | None]]) ->
     return keep
 
 
-def verify_nodes(graph: Graph, setup: Setup, chunk: int = 32) -> tuple[list[str], list[float]]:
-    """Real effect of setting each graph node to its reference value (batched in chunks)."""
+def verify_nodes(graph: Graph, setup: "Setup | Sequence[Setup]", per_pass: int = 32,
+                 chunk: int | None = None) -> tuple[list[str], list[float]]:
+    """Real effect of setting each graph node to its reference value, mean over prompts
+    (``per_pass`` nodes x ``chunk`` prompts per forward)."""
     ids = [i for i, n in graph.nodes.items() if n.kind != "logit"]
-    m0 = clean_run(setup)["metric"]
-    b, effects = setup.clean.shape[0], {}
-    for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        keep = {s: torch.ones(len(part) * b, setup.clean.shape[1], sn.n_nodes, dtype=torch.bool)
-                for s, sn in setup.nodes.items()}
-        for k, nid in enumerate(part):
-            s, j, pos = _locate(graph, setup, nid)
-            keep[s][k * b:(k + 1) * b, slice(None) if pos is None else pos, j] = False
-        m = masked_run(setup, keep, repeat=len(part)).view(len(part), b)
-        effects.update({nid: float((m[k] - m0).mean()) for k, nid in enumerate(part)})
+    first = as_groups(setup)[0][0]
+    where = {nid: _locate(graph, first, nid) for nid in ids}
+    effects = dict.fromkeys(ids, 0.0)
+    for sub, share in pieces(setup, chunk):
+        m0, (b, p) = clean_run(sub)["metric"], sub.clean.shape
+        for start in range(0, len(ids), per_pass):
+            part = ids[start:start + per_pass]
+            keep = {s: torch.ones(len(part) * b, p, sn.n_nodes, dtype=torch.bool) for s, sn in sub.nodes.items()}
+            for k, nid in enumerate(part):
+                s, j, pos = where[nid]
+                keep[s][k * b:(k + 1) * b, slice(None) if pos is None else pos, j] = False
+            m = masked_run(sub, keep, repeat=len(part)).view(len(part), b)
+            for k, nid in enumerate(part):
+                effects[nid] += share * float((m[k] - m0).mean())
     return ids, [effects[i] for i in ids]
 
 
-def verify_edge_group(setup: Setup, up: Site, down: Site | None, ups: list[tuple[int, int | None]],
-                      downs: list[tuple[int, int | None]]) -> Tensor:
+def verify_edge_group(setup: "Setup | Sequence[Setup]", up: Site, down: Site | None,
+                      ups: list[tuple[int, int | None]], downs: list[tuple[int, int | None]],
+                      chunk: int | None = None) -> Tensor:
     """``[len(ups), len(downs)]`` real metric changes by path patching ``u -> d`` (module doc)."""
-    return path_effects(setup, up, down, _one_off(setup, up, ups), downs)
+    total = None
+    for sub, share in pieces(setup, chunk):
+        eff = share * _path_effects(sub, up, down, _one_off(sub, up, ups), downs)
+        total = eff if total is None else total + eff
+    return total
 
 
-def path_effects(setup: Setup, up: Site, down: Site | None, keep: Bool[Tensor, "K p n"],
-                 downs: list[tuple[int, int | None]]) -> Float[Tensor, "K d"]:
+def path_effects(setup: "Setup | Sequence[Setup]", up: Site, down: Site | None,
+                 keep: Bool[Tensor, "K ..."], downs: list[tuple[int, int | None]],
+                 chunk: int | None = None) -> Float[Tensor, "K d"]:
     """Metric change, mean over prompts, by path patching: for each of ``K`` masks, ``up``'s
     nodes where ``keep`` is False take their reference values, and that change reaches each
     downstream node ``(j, position or None)`` of ``down`` only (module doc); ``down`` None: the
-    metric, one column."""
+    metric, one column. ``keep``: ``[K, n]`` (every position: any prompt length) or
+    ``[K, p, n]``; ``chunk`` prompts per pass."""
+    total = None
+    for sub, share in pieces(setup, chunk):
+        eff = share * _path_effects(sub, up, down, keep, downs)
+        total = eff if total is None else total + eff
+    return total
+
+
+def _path_effects(setup: Setup, up: Site, down: Site | None, keep: Tensor,
+                  downs: list[tuple[int, int | None]]) -> Tensor:
+    """`path_effects` for one batch."""
     clean, ref, K = clean_run(setup), reference(setup), keep.shape[0]
     b = setup.clean.shape[0]
+    if keep.ndim == 2:
+        keep = keep[:, None].expand(K, setup.clean.shape[1], keep.shape[1])
     rep = lambda t: t.repeat(K, *[1] * (t.ndim - 1))  # noqa: E731
     sn_u, mask = setup.nodes[up], keep.repeat_interleave(b, 0)
     ref_u = tuple(rep(r) for r in ref[up])
@@ -210,21 +236,23 @@ def path_effects(setup: Setup, up: Site, down: Site | None, keep: Bool[Tensor, "
     return torch.stack(cols, 1)
 
 
-def verify_edges(graph: Graph, setup: Setup) -> Verification:
-    """Intervene on every node and edge of ``graph`` (traced with ``setup``) and compare."""
-    node_ids, node_eff = verify_nodes(graph, setup)
+def verify_edges(graph: Graph, setup: "Setup | Sequence[Setup]", chunk: int | None = None) -> Verification:
+    """Intervene on every node and edge of ``graph`` (traced with ``setup``: one setup, or one
+    per prompt length) and compare; ``chunk`` prompts per pass."""
+    first = as_groups(setup)[0][0]
+    node_ids, node_eff = verify_nodes(graph, setup, chunk=chunk)
     groups: dict[tuple[Site, Site | None], list[tuple[str, str]]] = {}
     for (src, dst) in graph.edges:
-        u = _locate(graph, setup, src)[0]
-        d = None if graph.nodes[dst].kind == "logit" else _locate(graph, setup, dst)[0]
+        u = _locate(graph, first, src)[0]
+        d = None if graph.nodes[dst].kind == "logit" else _locate(graph, first, dst)[0]
         groups.setdefault((u, d), []).append((src, dst))
     edge_ids, edge_eff = [], []
     for (u, d), pairs in groups.items():
         srcs = list(dict.fromkeys(s for s, _ in pairs))
         dsts = list(dict.fromkeys(t for _, t in pairs))
-        ups = [_locate(graph, setup, s)[1:] for s in srcs]
-        downs = [(0, None)] if d is None else [_locate(graph, setup, t)[1:] for t in dsts]
-        eff = verify_edge_group(setup, u, d, ups, downs)
+        ups = [_locate(graph, first, s)[1:] for s in srcs]
+        downs = [(0, None)] if d is None else [_locate(graph, first, t)[1:] for t in dsts]
+        eff = verify_edge_group(setup, u, d, ups, downs, chunk)
         for s, t in pairs:
             edge_ids.append((s, t))
             edge_eff.append(float(eff[srcs.index(s), 0 if d is None else dsts.index(t)]))

@@ -52,7 +52,7 @@ def bench_attribution(quick: bool = False, steps: int = 10) -> dict[str, Any]:
     setup = make()
     graph = full_graph(setup, per_position=True)
     t = time.perf_counter()
-    ids, effects = verify_nodes(graph, setup, chunk=1)
+    ids, effects = verify_nodes(graph, setup, per_pass=1)
     t_patch, p_patch = time.perf_counter() - t, _passes(setup)
 
     def flat(scores: dict) -> list[float]:

@@ -122,3 +122,31 @@ def test_a_chunk_is_freed_before_the_next_is_made(setup):
         assert "clean" in sub._cache
         alive.append(sub)
     assert setup._cache["passes"] >= 3 and setup._cache["backward"] >= 3
+
+
+def test_chunked_faithfulness_and_verification_equal_the_batch(setup):
+    # interventions are means over prompts: chunks of prompts add up to the batch
+    from mechscope.circuits.feature_circuits import faithfulness
+    from mechscope.circuits.verify import verify_edges
+
+    g = feature_circuit(setup, method="atp", node_threshold=0.03, relative=True)
+    assert len(g.edges) > 2
+    whole_f, whole_v = faithfulness(g, setup), verify_edges(g, setup)
+    for chunk in (1, 2):
+        f, v = faithfulness(g, setup, chunk), verify_edges(g, setup, chunk)
+        assert f[2:6] == pytest.approx(whole_f[2:6], abs=1e-5)
+        assert v.node_ids == whole_v.node_ids and v.edge_ids == whole_v.edge_ids
+        assert v.node_effect == pytest.approx(whole_v.node_effect, abs=1e-5)
+        assert v.edge_effect == pytest.approx(whole_v.edge_effect, abs=1e-5)
+
+
+def test_verification_over_two_lengths_is_the_weighted_combination(tiny_gpt2):
+    from mechscope.circuits.verify import verify_edges
+
+    a, b = _setups(tiny_gpt2, "zero")
+    g = feature_circuit([a, b], method="atp", node_threshold=0.03, relative=True)
+    both, each = verify_edges(g, [a, b], chunk=2), [verify_edges(g, s) for s in (a, b)]
+    assert len(both.edge_ids) > 2
+    for got, x, y in zip(both.node_effect + both.edge_effect, each[0].node_effect + each[0].edge_effect,
+                         each[1].node_effect + each[1].edge_effect):
+        assert got == pytest.approx(0.6 * x + 0.4 * y, abs=1e-5)

@@ -32,6 +32,7 @@ no gradient, so every site's gradient is ``dm/dx`` and node gradients are its ad
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,12 +154,28 @@ class Setup:
 
 
 # -- forward passes -----------------------------------------------------------------------------
+@contextmanager
+def frozen(model: Model) -> Iterator[None]:
+    """The model's parameters without ``requires_grad`` for the block (restored after).
+    Attribution differentiates activations only: with trainable parameters autograd would also
+    keep every layer's inputs for weight gradients, and the whole graph upstream of an
+    interpolated site, roughly doubling a pass's memory."""
+    params = [p for p in model.module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def run(setup: Setup, tokens: Tensor, fns: Mapping[Site, Callable[[Tensor], Tensor]],
         stop_at_layer: int | None = None) -> Tensor:
-    """One forward with ``fns[site](act) -> new act`` at sites; returns the logits (or the last
-    residual stream when stopping early)."""
+    """One forward with ``fns[site](act) -> new act`` at sites (parameters `frozen`); returns
+    the logits (or the last residual stream when stopping early)."""
     setup._cache["passes"] = setup._cache.get("passes", 0) + 1
-    with hooks_for(setup.model, dict(fns)):
+    with hooks_for(setup.model, dict(fns)), frozen(setup.model):
         return setup.model(tokens, stop_at_layer=stop_at_layer)
 
 

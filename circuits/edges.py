@@ -47,6 +47,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechscope.circuits.attribution import frozen
 from mechscope.circuits.graph import Graph, GraphMeta, Node
 from mechscope.interp.components import ComponentGraph, component_hooks
 
@@ -226,8 +227,8 @@ def _receiver_grad_sum(task: EdgeTask, emb_clean: Tensor, emb_ref: Tensor | None
         inputs[idx.start] = x
         return x
 
-    with torch.enable_grad(), component_hooks(task.model, g, lambda i, o: None, on_receive,
-                                              embed=lambda a: path):
+    with torch.enable_grad(), frozen(task.model), component_hooks(task.model, g, lambda i, o: None,
+                                                                  on_receive, embed=lambda a: path):
         m = _metric(task, task.model(task.clean.repeat(k, 1)))
         keys = sorted(inputs)
         grads = torch.autograd.grad(m.sum(), [inputs[i] for i in keys], allow_unused=True)

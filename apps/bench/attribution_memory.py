@@ -5,13 +5,16 @@ vocabulary 50257; ``tiny`` for tests) with a random top-k SAE (``d_dict``, k 32)
 every layer's ``resid_post``; ``prompts`` random prompts of ``seq`` tokens, metric: the mean
 next-token log-prob, mean ablation. Each configuration — attribution patching nodes, or IG nodes
 (``steps``) plus IG edges between the kept nodes — runs in a fresh Python process, so its peak
-resident memory (``ru_maxrss``) is its own; ``chunk`` prompts and ``step_chunk`` IG steps per
-pass bound it. Reported: seconds and peak RSS per configuration, and the model + dictionaries'
-own size for reference.
+resident memory (``ru_maxrss``) is its own; ``chunk`` prompts and ``step_chunk`` IG points (steps;
+targets x steps for edges) per pass bound it. Reported: seconds and peak RSS per configuration,
+and the RSS before tracing (the model and dictionaries: ~2 GB at gpt2-small with 12 SAEs of
+6144). The peak is that of one pass of ``chunk x step_chunk`` rows (~120-150 MB a row at
+gpt2-small and 64 tokens, mostly the 50257-way logits and the MLPs' saved activations), not of
+the number of prompts or steps: ``chunk 2 x step_chunk 5`` stays within 4 GB.
 
     mechscope bench attribution --shape gpt2-small --prompts 8 32 --chunk 4
     mechscope bench attribution --shape gpt2-small --methods ig --edges --steps 10 --prompts 64 \
-        --seq 64 --chunk 4 --step-chunk 5
+        --seq 64 --chunk 2 --step-chunk 5
 
 Run a single configuration as ``python -m mechscope.apps.bench.attribution_memory '{json}'``.
 """
@@ -71,7 +74,7 @@ def run_one(shape: str, prompts: int, seq: int, method: str, d_dict: int, steps:
 
 def bench_attribution_memory(shape: str = "gpt2-small", prompts: Sequence[int] = (8, 32), seq: int = 64,
                              methods: Sequence[str] = ("atp", "ig"), d_dict: int = 6144, steps: int = 10,
-                             chunk: int | None = 4, step_chunk: int | None = 5,
+                             chunk: int | None = 2, step_chunk: int | None = 5,
                              node_threshold: float = 0.02, edges: bool | None = None) -> list[dict[str, Any]]:
     """Each configuration in a fresh process (see module doc)."""
     rows = []

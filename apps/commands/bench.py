@@ -18,7 +18,7 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                         "resid_post) instead of the induction comparison")
     p.add_argument("--prompts", type=int, nargs="+", default=[8, 32], help="attribution --shape: prompt counts")
     p.add_argument("--seq", type=int, default=64, help="attribution --shape: tokens per prompt")
-    p.add_argument("--chunk", type=int, default=4, help="attribution --shape: prompts per pass")
+    p.add_argument("--chunk", type=int, default=2, help="attribution --shape: prompts per pass")
     p.add_argument("--step-chunk", type=int, default=5,
                    help="attribution --shape: IG points (steps; targets x steps for edges) per pass")
     p.add_argument("--steps", type=int, default=10, help="attribution --shape: IG steps")

@@ -397,8 +397,10 @@ def ig_gradient(setup: Setup, site: Site, steps: int, step_chunk: int | None = N
         path = (x0.repeat(k, *[1] * (x0.ndim - 1)) * (1 - alpha)
                 + x1.repeat(k, *[1] * (x0.ndim - 1)) * alpha).requires_grad_()
         with torch.enable_grad():
-            logits = run(setup, setup.clean.repeat(k, 1), {site: lambda a, v=path: v})
-            (g,) = torch.autograd.grad(metric_of(setup, logits).sum(), path)
+            # no name for the logits: the metric's graph keeps what it needs, and the
+            # [rows, p, vocab] logits are freed before the backward
+            value = metric_of(setup, run(setup, setup.clean.repeat(k, 1), {site: lambda a, v=path: v})).sum()
+            (g,) = torch.autograd.grad(value, path)
             setup._cache["backward"] = setup._cache.get("backward", 0) + 1
         total += g.view(k, *x0.shape).sum(0)
     return total / steps

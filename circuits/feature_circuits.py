@@ -279,7 +279,9 @@ def _path_grad_group(setup: Setup, up: Site, down: Site | None,
             value = sn.merge(sn.mix(old, new, only_d.repeat_interleave(k * b, 0)))
             del new, old, act_down
             res = run(setup, setup.clean.repeat(rows, 1), {down: lambda a: value})
-        g = _grad(setup, metric_of(setup, res).sum(), x_up, retain=False)
+        m = metric_of(setup, res).sum()
+        del res  # the [rows, p, vocab] logits are not needed by the backward
+        g = _grad(setup, m, x_up, retain=False)
     return g.view(T, k, *x0.shape).sum(1)
 
 

@@ -139,6 +139,17 @@ class Model:
     def dtype(self) -> torch.dtype:
         return self.cfg.dtype
 
+    def to(self, device: "str | torch.device | None" = None, dtype: "str | torch.dtype | None" = None) -> "Model":
+        """This model moved to ``device`` (``auto``, ``cpu``, ``cuda:N``: `mechscope.devices`) and cast
+        to ``dtype`` (None: unchanged), in place; returns it."""
+        from mechscope.devices import resolve_device
+
+        if device is not None:
+            self.tl.to(resolve_device(device))
+        if dtype is not None:
+            _cast(self.tl, model_dtype(dtype))
+        return self
+
     @property
     def module(self) -> torch.nn.Module:
         """The network as a plain ``torch.nn.Module`` (parameters, state dict, train/eval, to);
@@ -370,7 +381,7 @@ def load_model(spec: "str | Path", device: "str | torch.device" = "cpu", fold_ln
     from mechscope.devices import resolve_device
     from mechscope.interp import zoo
 
-    device, dtype = str(resolve_device(device)), model_dtype("float32" if dtype is None else dtype)
+    device, dtype = str(resolve_device(device)), model_dtype(dtype)
     text = str(spec)
     if text in zoo.names():
         tl, card = zoo.load(text, device=device)
@@ -405,16 +416,13 @@ HF_FAMILIES: dict[str, str] = {
     "MistralForCausalLM": "Mistral", "Qwen2ForCausalLM": "Qwen2", "GemmaForCausalLM": "Gemma",
     "Gemma2ForCausalLM": "Gemma-2", "GPTNeoXForCausalLM": "GPT-NeoX / Pythia",
 }
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def model_dtype(dtype: "str | torch.dtype") -> torch.dtype:
-    """A model dtype by name (``float32``, ``bfloat16``, ``float16``) or as a torch dtype."""
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
-        return DTYPES[dtype.removeprefix("torch.")]
-    raise ValueError(f"unsupported model dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+def model_dtype(dtype: "str | torch.dtype | None") -> torch.dtype:
+    """A model dtype by name or as a torch dtype (`mechscope.devices.resolve_dtype`; None: float32)."""
+    from mechscope.devices import resolve_dtype
+
+    return resolve_dtype(dtype, what="model dtype")
 
 
 def _cast(tl: Any, dtype: torch.dtype) -> Any:

@@ -45,16 +45,19 @@ def resolve_device(spec: "str | torch.device | None" = "auto") -> torch.device:
     return dev
 
 
-def check_dtype_name(spec: "str | torch.dtype") -> str:
-    """Canonical name (``float32``, ``bfloat16``, ``float16``) of a dtype spelling."""
-    if isinstance(spec, torch.dtype):
-        name = str(spec).removeprefix("torch.")
-    else:
-        name = _ALIASES.get(str(spec), str(spec))
+def check_dtype_name(spec: "str | torch.dtype", what: str = "dtype") -> str:
+    """Canonical name (``float32``, ``bfloat16``, ``float16``) of a dtype spelling: a name, an alias
+    (``fp32``, ``bf16``, ``fp16``, ``half``, ``float``), ``"torch.bfloat16"`` or a `torch.dtype`.
+    The one parser of dtype names: ``what`` names the value in the error (``model dtype``)."""
+    name = str(spec).removeprefix("torch.")
+    name = _ALIASES.get(name, name)
     if name not in DTYPES:
-        raise ValueError(f"dtype {spec!r} is invalid: one of {', '.join(DTYPES)}")
+        raise ValueError(f"unsupported {what} {spec!r}; supported: {', '.join(DTYPES)} "
+                         f"(or {', '.join(a for a in _ALIASES if a != 'float')})")
     return name
 
 
-def resolve_dtype(spec: "str | torch.dtype | None", default: torch.dtype = torch.float32) -> torch.dtype:
-    return default if spec is None else DTYPES[check_dtype_name(spec)]
+def resolve_dtype(spec: "str | torch.dtype | None", default: torch.dtype = torch.float32,
+                  what: str = "dtype") -> torch.dtype:
+    """The `torch.dtype` a spelling names (`check_dtype_name`); None = ``default``."""
+    return default if spec is None else DTYPES[check_dtype_name(spec, what)]

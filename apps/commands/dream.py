@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.apps.cli import command
+from mechscope.apps.commands.common import beside, device_options, load_model_from
 
 
 def _options(p: argparse.ArgumentParser) -> None:
@@ -37,7 +38,7 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the run")
     p.add_argument("--reference", default=None, help="text spec to compare with (e.g. zoo:heldout): max and CE on windows of the prompt length")
     p.add_argument("--reference-windows", type=int, default=4096, help="windows of --reference to read at most")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    device_options(p)
     p.add_argument("--out", required=True, help="output folder (dream.json, dream.html)")
 
 
@@ -93,7 +94,7 @@ def parse_target(args: argparse.Namespace, model: Any) -> Any:
         from mechscope.sae.io import load_dictionary
 
         folder, idx = _split(args.feature, "--feature")
-        dictionary = load_dictionary(folder)
+        dictionary = beside(load_dictionary(folder), model)
         site = args.site or getattr(getattr(dictionary, "cfg", None), "site_in", "")
         if not site:
             raise ValueError("the dictionary records no site; pass --site (e.g. L2.resid_pre)")
@@ -127,13 +128,11 @@ def dream_cmd(args: argparse.Namespace) -> int:
 
     from mechscope.apps.dream_view import write_dream_html
     from mechscope.circuits.dream import DreamConfig, dream, text_reference
-    from mechscope.interp.models import load_model
-
     cfg = DreamConfig(length=_length(args.length), steps=args.steps, population=args.population,
                       children=args.children, batch_size=args.batch_size, topk=args.topk,
                       lambda_min=args.lambda_min, lambda_max=args.lambda_max,
                       restart_every=args.restart_every, explore=args.explore, seed=args.seed)
-    model = load_model(args.model, device=_device(args.device))
+    model = load_model_from(args)
     target = parse_target(args, model)
     result = dream(model, target, cfg)
     out = Path(args.out)
@@ -158,10 +157,3 @@ def dream_cmd(args: argparse.Namespace) -> int:
     print(f"  {path}\n  {page}")
     return 0
 
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

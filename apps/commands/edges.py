@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from mechscope.apps.cli import command
-from mechscope.apps.commands.common import save_graph
+from mechscope.apps.commands.common import device_options, save_graph
 from mechscope.apps.commands.metric_spec import make_metric
 from mechscope.apps.commands.trace import metric_options, read_prompt_records
 from mechscope.circuits.edges import EdgeTask, edge_circuit
@@ -33,11 +33,12 @@ def edges_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None
               metric: str = "next_token", method: str = "eap-ig", reference: str | None = None,
               steps: int = 10, top_n: int | None = None, threshold: float = 0.1,
               relative: bool = True, position: "str | int | None" = None, chunk: int | None = None,
-              step_chunk: int | None = None) -> Graph:
-    """Trace an edge-level circuit from files and write ``out`` (JSON)."""
+              step_chunk: int | None = None, device: str = "cpu", dtype: str = "float32") -> Graph:
+    """Trace an edge-level circuit from files and write ``out`` (JSON); a model given by name is
+    loaded on ``device`` in ``dtype``."""
     from mechscope.interp.models import load_model
 
-    model = load_model(model) if isinstance(model, (str, Path)) else model
+    model = load_model(model, device=device, dtype=dtype) if isinstance(model, (str, Path)) else model
     recs = read_prompt_records(prompts)
     from mechscope.apps.commands.common import check_prompt_lengths
 
@@ -70,6 +71,7 @@ def edges_cli(model: "str | Any", prompts: "str | Path", out: "str | Path | None
 
 def _edges_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gpt2-shakespeare", help="model spec (zoo name, HF folder, hub name)")
+    device_options(p)
     p.add_argument("--prompts", required=True,
                    help="text file (one prompt per line) or JSON lines with prompt / patch / target / foil")
     p.add_argument("--out", required=True, help="output graph JSON")
@@ -93,7 +95,7 @@ def _edges_options(p: argparse.ArgumentParser) -> None:
 def edges_cmd(args: argparse.Namespace) -> int:
     from mechscope.interp.models import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     graph = edges_cli(model, args.prompts, None, args.metric, args.method, args.reference,
                       args.steps, args.top_n, args.threshold, position=args.position,
                       chunk=args.chunk, step_chunk=args.step_chunk)

@@ -6,18 +6,22 @@ import argparse
 from collections.abc import Iterable
 
 from mechscope.apps.cli import command
+from mechscope.apps.commands.common import device_options
 from mechscope.circuits.verify import verify_task
 
 
-def verify_all(quick: bool = False, methods: Iterable[str] = ("atp", "ig")) -> list[dict[str, object]]:
+def verify_all(quick: bool = False, methods: Iterable[str] = ("atp", "ig"), device: str = "cpu",
+               dtype: str = "float32") -> list[dict[str, object]]:
     """Head-level circuits of the planted-copy and planted-induction models and of the zoo's
-    induction model vs their known circuits (rows for `format_verify`)."""
+    induction model vs their known circuits (rows for `format_verify`); every model on
+    ``device`` in ``dtype``."""
     from mechscope.circuits import known as kn
     from mechscope.interp.models import load_model
 
     n = 4 if quick else 16
-    induction = load_model(kn.INDUCTION_MODEL)
-    planted, planted_ind = kn.planted_copy_model(), kn.planted_induction_model()
+    induction = load_model(kn.INDUCTION_MODEL, device=device, dtype=dtype)
+    planted = kn.planted_copy_model().to(device, dtype)
+    planted_ind = kn.planted_induction_model().to(device, dtype)
     rows = []
     for method in methods:
         rows.append(verify_task("planted-copy", kn.planted_setup(planted, n_prompts=n),
@@ -65,9 +69,11 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
                    help="instead: every method at its defaults on the planted models (inert writer, "
                         "saturated readout, bidirectional attention, MLP path): precision, recall and "
                         "sign agreement with path patching")
+    device_options(p)
 
 
 @command("verify", "Trace toy models with known circuits and print precision / recall and causal agreement.", _verify_options)
 def verify_cmd(args: argparse.Namespace) -> int:
-    print(planted_table() if args.planted else format_verify(verify_all(quick=args.quick)))
+    print(planted_table() if args.planted else
+          format_verify(verify_all(quick=args.quick, device=args.device, dtype=args.dtype)))
     return 0

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mechscope.devices import DTYPES as _DTYPES
 from mechscope.files import atomic_path, write_json
 from mechscope.state import load_state, save_state
 from mechscope.interp.activations import ActivationBatch
@@ -55,7 +56,6 @@ FORMAT = "mechscope-activation-cache"
 VERSION = 1
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^shard_\d{5}\.safetensors(\.tmp)?$")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _PROVENANCE = ("token_ids", "seq_index", "positions")
 _SHARD_FILE_RE = re.compile(r"^shard_\d{5}\.safetensors$")
 _MANIFEST_KEYS = ("sites", "d", "dtype", "total_rows", "shards")
@@ -67,12 +67,12 @@ class CacheError(ValueError):
 
 
 def _dtype_name(dtype: torch.dtype | str | None) -> str:
-    if dtype is None:
-        return "float32"
-    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise CacheError(f"cache dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    return name
+    from mechscope.devices import check_dtype_name
+
+    try:
+        return "float32" if dtype is None else check_dtype_name(dtype, "cache dtype")
+    except ValueError as e:
+        raise CacheError(str(e)) from None
 
 
 def _sha256(path: Path) -> str:
@@ -347,6 +347,8 @@ class CachedActivations:
         self._epoch = self._shard_pos = self._offset = 0
         self.batches_yielded = 0
         self._loaded: tuple[tuple[int, int], ActivationBatch] | None = None
+        self.world = (0, 1)  # see `share_work`
+        self._round: tuple[int, int, ActivationBatch | None] | None = None  # (epoch, first pos, my shard)
 
     def __len__(self) -> int:
         return int(self.manifest["total_rows"])
@@ -404,12 +406,47 @@ class CachedActivations:
     def _shard_rows(self, epoch: int, pos: int) -> ActivationBatch:
         shard = self._order(epoch)[pos]
         if self._loaded is None or self._loaded[0] != (epoch, shard):
-            rows = self.read_shard(shard)
-            if self.shuffle:
-                g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + shard)
-                rows = rows.index(torch.randperm(len(rows), generator=g))
-            self._loaded = ((epoch, shard), rows.to(self.device))
+            rows = self._load(epoch, shard) if self.world[1] == 1 else self._shared_shard(epoch, pos)
+            self._loaded = ((epoch, shard), rows)
         return self._loaded[1]
+
+    def _load(self, epoch: int, shard: int) -> ActivationBatch:
+        rows = self.read_shard(shard)
+        if self.shuffle:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + shard)
+            rows = rows.index(torch.randperm(len(rows), generator=g))
+        return rows.to(self.device)
+
+    def share_work(self, world: "tuple[int, int]") -> None:
+        """Data parallel over ``world = (rank, size)`` processes (`mechscope.world`): of every
+        ``size`` consecutive shards (in this epoch's order) this rank reads one, rank ``j`` the
+        ``j``-th, and the others receive it when the stream reaches it, so every rank yields the
+        batches one process yields while reading 1/size of the files. Every rank must iterate in
+        step; call before iterating."""
+        rank, size = int(world[0]), int(world[1])
+        if not 0 <= rank < size:
+            raise ValueError(f"rank {rank} is not in a world of {size} process(es)")
+        self.world, self._round = (rank, size), None
+
+    def _shared_shard(self, epoch: int, pos: int) -> ActivationBatch:
+        """Shard ``pos`` of ``epoch``: read by its owner in the current round of ``size`` shards
+        (a new round starts at ``pos`` when it is outside the current one), broadcast to all."""
+        from mechscope.world import broadcast_from
+
+        (rank, size), order = self.world, self._order(epoch)
+        if self._round is None or self._round[0] != epoch or not 0 <= pos - self._round[1] < size:
+            mine = pos + rank
+            self._round = (epoch, pos, self._load(epoch, order[mine]) if mine < len(order) else None)
+        owner = pos - self._round[1]
+        if owner == rank:
+            rows = self._round[2]
+        else:
+            n = int(self.shards[order[pos]]["rows"])
+            rows = ActivationBatch({s: torch.empty((n, self.d[s]), dtype=self.dtype, device=self.device)
+                                    for s in self.sites},
+                                   *(torch.empty(n, dtype=torch.int64, device=self.device) for _ in range(3)))
+        broadcast_from(owner, [*(rows.acts[s] for s in self.sites), rows.token_ids, rows.seq_index, rows.positions])
+        return rows
 
     def read_all(self) -> ActivationBatch:
         """Every row in stored order (small caches, tests)."""

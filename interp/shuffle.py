@@ -105,6 +105,13 @@ class ShuffleBuffer:
             self.batches_yielded += 1
             yield out
 
+    def share_work(self, world: "tuple[int, int]") -> None:
+        """Data parallel: the source computes or reads only this rank's share (see the source's
+        ``share_work``); the buffer, identical on every rank, needs nothing else."""
+        if not hasattr(self.source, "share_work"):
+            raise ValueError(f"{type(self.source).__name__} cannot share its work between processes")
+        self.source.share_work(world)
+
     def config(self) -> dict[str, Any]:
         return {"capacity": self.capacity, "batch_tokens": self.batch_tokens, "seed": self.seed,
                 "drop_last": self.drop_last, "sites": [str(s) for s in self.sites]}

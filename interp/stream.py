@@ -15,6 +15,11 @@ unselected rows of the last ``B`` slots move into the holes below them, so a dra
 ``O(B)``, not ``O(C)``). Each batch thus mixes rows of about ``C / n_ctx`` windows;
 ``C = 0`` keeps the natural order.
 
+Data parallel (`share_work`, `mechscope.world`): rank ``r`` of ``W`` runs the model on windows
+``[r m, (r+1) m)`` of every ``W m`` (``m = model_batch_size``), the ranks broadcast their rows,
+and every rank stages the ``W`` shares in order: the row sequence one process computes, so the
+buffer, the draws and the saved position are those of one process (and resume with any ``W``).
+
 Exact resumption: ``state_dict()`` holds the token stream's position, the buffer rows, the rows
 already computed but not yet in the buffer, and the generator state; everything downstream of
 them is a deterministic function, so a stream restored from the state yields exactly the
@@ -85,21 +90,25 @@ def window_rows(
 
     model = Model.wrap(model)
     sites = list(sites)
-    b, n = windows.shape
     acts = capture(model, windows, sites)
-    rows = ActivationBatch(
-        {s: flatten_site(s, acts[s]) for s in sites},
-        windows.reshape(-1).cpu(),
-        seq_index.cpu().repeat_interleave(n),
-        torch.arange(n).repeat(b),
-    )
+    flat = {s: flatten_site(s, acts[s]) for s in sites}
     if keep is not None:
-        rows = rows.index(keep.reshape(-1).cpu())
+        flat = {s: a[keep.reshape(-1).to(a.device)] for s, a in flat.items()}
     target = device if device is not None else "cpu"
-    return ActivationBatch(
-        {s: a.to(device=target, dtype=dtype or a.dtype) for s, a in rows.acts.items()},
-        rows.token_ids.to(target), rows.seq_index.to(target), rows.positions.to(target),
-    )
+    return ActivationBatch({s: a.to(device=target, dtype=dtype or a.dtype) for s, a in flat.items()},
+                           *provenance(windows, seq_index, keep, target))
+
+
+def provenance(windows: Int[Tensor, "b n_ctx"], seq_index: Int[Tensor, "b"], keep: Tensor | None,
+               device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+    """``(token_ids, seq_index, positions)`` of the rows of ``windows`` (``keep`` selects rows),
+    in the order `window_rows` yields them: a function of the windows alone, so every rank of a
+    data-parallel job knows the provenance of the rows another rank computes."""
+    b, n = windows.shape
+    fields = (windows.reshape(-1).cpu(), seq_index.cpu().repeat_interleave(n), torch.arange(n).repeat(b))
+    if keep is not None:
+        fields = tuple(f[keep.reshape(-1).cpu()] for f in fields)
+    return tuple(f.to(device) for f in fields)
 
 
 def site_dims(model: "ModelLike", sites: Iterable[Site], n_ctx: int = 2) -> dict[Site, int]:
@@ -177,6 +186,7 @@ class ActivationStream:
         self.exclude_special, self.drop_last = exclude_special, drop_last
         self.device, self.dtype = torch.device(device), dtype
         self.d = site_dims(model, self.sites, token_stream.n_ctx)
+        self.world = (0, 1)  # see `share_work`
         self._reset()
 
     def _reset(self) -> None:
@@ -196,17 +206,53 @@ class ActivationStream:
         if self._exhausted:
             return False
         if self._windows is None:
-            self._windows = self.token_stream.indexed_batches(self.model_batch_size)
+            self._windows = self.token_stream.indexed_batches(self.model_batch_size * self.world[1])
         nxt = next(self._windows, None)
         if nxt is None:
             self._exhausted = True
             return False
         index, windows = nxt
         keep = self.token_stream.keep_mask(windows) if self.exclude_special else None
-        rows = window_rows(self.model, windows, index, self.sites, keep, self.dtype, self.device)
-        if len(rows):
-            self._stage.append(rows)
+        if self.world[1] == 1:
+            rows = window_rows(self.model, windows, index, self.sites, keep, self.dtype, self.device)
+            if len(rows):
+                self._stage.append(rows)
+        else:
+            self._stage.extend(r for r in self._shared_rows(index, windows, keep) if len(r))
         return True
+
+    def share_work(self, world: "tuple[int, int]") -> None:
+        """Data parallel over ``world = (rank, size)`` processes (`mechscope.world`): from now on
+        this rank runs the model on its ``model_batch_size`` windows of every ``size *
+        model_batch_size`` and receives the other ranks' rows, so every rank yields the batches one
+        process yields (and saves the same position) while running 1/size of the forward passes.
+        Every rank must iterate in step; call before iterating (or after `load_state_dict`)."""
+        rank, size = int(world[0]), int(world[1])
+        if not 0 <= rank < size:
+            raise ValueError(f"rank {rank} is not in a world of {size} process(es)")
+        self.world, self._windows = (rank, size), None
+
+    def _shared_rows(self, index: Tensor, windows: Tensor, keep: Tensor | None) -> list[ActivationBatch]:
+        """The rows of ``size`` consecutive shares of ``model_batch_size`` windows, share ``j``
+        computed by rank ``j`` and broadcast (the row counts follow from the windows)."""
+        from mechscope.world import broadcast_from
+
+        (rank, size), m = self.world, self.model_batch_size
+        dtype = self.dtype or self.model.dtype  # the dtype every rank allocates for the rows
+        parts = []
+        for j in range(size):
+            share = slice(j * m, (j + 1) * m)
+            w, i, k = windows[share], index[share], keep[share] if keep is not None else None
+            if not len(w):
+                break
+            if j == rank:
+                acts = dict(window_rows(self.model, w, i, self.sites, k, dtype, self.device).acts)
+            else:
+                n = int(k.sum()) if k is not None else w.numel()
+                acts = {s: torch.empty((n, self.d[s]), dtype=dtype, device=self.device) for s in self.sites}
+            broadcast_from(j, [acts[s] for s in self.sites])
+            parts.append(ActivationBatch(acts, *provenance(w, i, k, self.device)))
+        return parts
 
     def _take_stage(self, n: int) -> ActivationBatch:
         parts = []

@@ -63,16 +63,11 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     return meta, tensors
 
 
-def load_checkpoint(path: Path, runs: Sequence[Any], world_size: int = 1) -> dict[str, Any]:
+def load_checkpoint(path: Path, runs: Sequence[Any]) -> dict[str, Any]:
     """Restore every run in place; returns the metadata (``step``, ``source``). A data-parallel
-    checkpoint resumes only with the number of processes that wrote it (the stream position is
-    a position in global batches cut into that many slices)."""
+    checkpoint resumes with any number of processes (``world_size`` records who wrote it): its
+    stream position is a position in global batches and its state is the same on every rank."""
     meta, tensors = read_checkpoint(path)
-    saved_world = int(meta.get("world_size", 1))
-    if saved_world != world_size:
-        raise ValueError(f"{path} was written by {saved_world} data-parallel process(es) and this run "
-                         f"has {world_size}; resume with torchrun --nproc_per_node {saved_world} (or "
-                         "start over with resume=False / --no-resume, or another output folder)")
     saved = meta["configs"]
     if len(saved) != len(runs) or any(s != r.cfg.to_dict() for s, r in zip(saved, runs)):
         raise ValueError(f"{path} was written for different configs; resume needs the same "

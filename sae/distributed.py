@@ -2,10 +2,15 @@
 
 Two modes, chosen by the number of dictionaries:
 
-* **One dictionary: data parallel.** The global batch of ``B`` rows is cut into ``W`` equal
-  contiguous slices, rank ``r`` trains on slice ``r`` (`RankSlice`), and every quantity that
-  depends on the whole batch is reduced so that each rank takes exactly the step one process
-  would take on the global batch:
+* **One dictionary: data parallel.** Each rank reads a disjoint share of the data: a model
+  stream runs the model on rank ``r``'s ``model_batch_size`` windows of every ``W *
+  model_batch_size``, a cache reader reads shard ``r`` of every ``W`` shards, and each rank
+  broadcasts what it made (`mechscope.world`, the sources' ``share_work``), so every rank holds
+  the global batch one process would draw (same rows, same shuffle) after 1/W of the forward
+  passes and file reads. The global batch of ``B`` rows is cut into ``W`` equal contiguous
+  slices, rank ``r`` trains on slice ``r`` (`RankSlice`), and every quantity that depends on
+  the whole batch is reduced so that each rank takes exactly the step one process would take on
+  the global batch:
 
   - gradients: every loss here is a mean over rows, so ``∇ mean_B = (1/W) Σ_r ∇ mean_{B/W, r}``:
     an all-reduce sum of the gradients divided by ``W`` (what DDP does, without its module
@@ -16,15 +21,18 @@ Two modes, chosen by the number of dictionaries:
   - logged metrics: loss, L0, FVU and dead fraction averaged over ranks.
 
   Weights start equal on every rank (seeded initialisation) and stay equal because every rank
-  applies the same reduced update. Rank 0 writes checkpoints, metrics and the final folders; a
-  checkpoint records the world size and resuming with another one is refused. Architectures
+  applies the same reduced update. Rank 0 writes checkpoints, metrics and the final folders.
+  Nothing in the checkpoint depends on ``W`` (the stream position is a position in global
+  batches, the weights and optimiser state are the same on every rank), so a run resumes with
+  any number of processes that divides ``B``, one process included. Architectures
   whose training hook draws on the local batch (codebook code replacement) are refused; the
   per-row aux-k normaliser of top-k uses the rank's slice (exact while no latent is dead).
 
 * **A sweep: sharded runs.** Run ``i`` of the sweep is trained by rank ``i mod W``; each rank reads
   the whole stream (the same batches in the same order), writes its own runs' folders and its own
   checkpoint ``checkpoint.rank{r}.safetensors``, so each run ends exactly where the sequential
-  sweep ends it.
+  sweep ends it. Rank files resume only with the same number of processes (refused otherwise,
+  `check_checkpoint_layout`).
 
 The gloo backend runs all of this on CPUs (the tests); NCCL on GPUs, one device per local rank.
 """
@@ -33,33 +41,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from mechscope.world import World, current_world
 
-class World(NamedTuple):
-    """This process's rank among ``size`` processes (``World(0, 1)``: not distributed)."""
-
-    rank: int = 0
-    size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-
-def current_world() -> World:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size())
-    return World()
+__all__ = ["World", "current_world", "init_from_env", "barrier", "RankSlice", "DataParallel"]
 
 
 def init_from_env(device: torch.device) -> tuple[World, torch.device]:
@@ -88,7 +77,7 @@ def barrier(world: World) -> None:
 
 class RankSlice:
     """Rank ``r``'s contiguous slice of every batch of ``source`` (whose batches are global):
-    rows ``[r B/W, (r+1) B/W)``. Every rank reads the same global batches, so the source's
+    rows ``[r B/W, (r+1) B/W)``. Every rank holds the same global batches, so the source's
     position (``state_dict``) is the same on every rank."""
 
     def __init__(self, source: Any, world: World) -> None:
@@ -112,6 +101,28 @@ class RankSlice:
 
     def load_state_dict(self, state: Any) -> None:
         self.source.load_state_dict(state)
+
+
+def check_checkpoint_layout(out: "os.PathLike[str] | str", world: World, sharded: bool) -> None:
+    """Before resuming in ``out``: a sharded sweep's rank checkpoints resume only with as many
+    processes as wrote them, and a single checkpoint (one process or data parallel, any number
+    of processes) is not resumed as a sharded sweep or the other way round."""
+    from pathlib import Path
+
+    out = Path(out)
+    ranks = sorted(out.glob("checkpoint.rank*.safetensors"))
+    single = (out / "checkpoint.safetensors").exists()
+    how = f"torchrun --nproc_per_node {len(ranks)}" if ranks else "one process or data-parallel torchrun"
+    if sharded and single:
+        raise ValueError(f"{out} holds the checkpoint of a run in one process (or data parallel) and this "
+                         f"sweep is sharded over {world.size} processes; resume it in one process (python -m "
+                         "mechscope.apps train ...), or start over with --no-resume / another --out")
+    if ranks and (not sharded or len(ranks) != world.size):
+        now = f"sharded over {world.size} processes" if sharded else (
+            "data parallel" if world.distributed else "in one process")
+        raise ValueError(f"{out} holds the checkpoints of a sweep sharded over {len(ranks)} processes "
+                         f"({', '.join(p.name for p in ranks)}) and this run is {now}; resume with {how}, "
+                         "or start over with --no-resume / another --out")
 
 
 class DataParallel:

@@ -90,8 +90,10 @@ def train_sweep(configs: Sequence[RunConfig] | Mapping[str, Any], source: Iterab
     swept: several sites per forward).
 
     Several processes (``world``, `mechscope.sae.distributed`): one config trains data-parallel
-    (``source`` yields global batches; each rank trains on its slice); several configs are
-    sharded over the ranks (run ``i`` on rank ``i mod W``, each rank reading the whole stream).
+    (``source`` yields global batches; each rank trains on its slice; a source with
+    ``share_work`` — model streams, caches, shuffle buffers over them — computes or reads only
+    this rank's share of the rows and receives the rest); several configs are sharded over the
+    ranks (run ``i`` on rank ``i mod W``, each rank reading the whole stream for its runs).
     ``results`` then lists this rank's runs, and rank 0 writes the table of all of them.
     """
     from mechscope.sae.io import save_dictionary
@@ -105,11 +107,17 @@ def train_sweep(configs: Sequence[RunConfig] | Mapping[str, Any], source: Iterab
     data_parallel = world.distributed and len(configs) == 1
     mine = list(range(len(configs))) if not world.distributed or data_parallel else \
         list(range(world.rank, len(configs), world.size))
+    if resume and (world.distributed or out.is_dir()):
+        from mechscope.sae.distributed import check_checkpoint_layout
+
+        check_checkpoint_layout(out, world, sharded=world.distributed and not data_parallel)
     runs = [Run.new(configs[i], out / "runs" / names[i], device) for i in mine]
     writer = world.main or not data_parallel
     if data_parallel:
         from mechscope.sae.distributed import DataParallel, RankSlice
 
+        if hasattr(source, "share_work"):  # each rank computes / reads a disjoint share of the rows
+            source.share_work(world)
         start = fit(runs, RankSlice(source, world), out / CHECKPOINT, resume, DataParallel(world),
                     world.size, writer)
     elif runs:

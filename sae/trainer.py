@@ -233,7 +233,7 @@ def fit(runs: Sequence[Run], source: Iterable[Any], checkpoint: Path, resume: bo
                              "uses the rank's own rows); train it in one process or as part of a sweep")
     start, it = 0, None
     if resume and checkpoint.exists():
-        meta = load_checkpoint(checkpoint, runs, world_size)
+        meta = load_checkpoint(checkpoint, runs)
         start = meta["step"]
         it = _resumed_iter(source, meta["source"], start)
     it = it if it is not None else iter(source)

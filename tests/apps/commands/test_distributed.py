@@ -1,11 +1,13 @@
 """torchrun on the CPU (gloo, 2 processes): a data-parallel dictionary equals the one-process run
 on the same global batches, a sharded sweep equals the sequential sweep, a killed rank stops the
-job and a rerun resumes; another world size is refused."""
+job and a rerun resumes (with 2 processes, or with 1: the data-parallel checkpoint does not
+depend on the number of processes); a sharded sweep's rank checkpoints refuse another world size."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,18 +72,22 @@ def test_data_parallel_equals_one_process_and_a_killed_rank_resumes(cache, tmp_p
     assert [ln["step"] for ln in lines] == list(range(1, 9))  # written once, by rank 0
     ref = [json.loads(s) for s in (one.path / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["loss"] == pytest.approx(ref[-1]["loss"], rel=1e-4)
-    # another world size is refused with the reason
-    with pytest.raises(ValueError, match="written by 2 data-parallel process"):
-        run_job(load_job(job), tmp_path / "two", progress=False)
-
     script = tmp_path / "kill_rank_1.py"
     script.write_text(KILL_RANK_1)
     killed = _torchrun(str(script), "train", str(job), "--out", str(tmp_path / "cut"))
     assert killed.returncode != 0  # the job stops (torchrun ends the surviving rank), no hang
     assert not (tmp_path / "cut" / "runs" / one.name / "dictionary").exists()
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut1")
     again = _torchrun("-m", "mechscope.apps", "train", str(job), "--out", str(tmp_path / "cut"))
     assert again.returncode == 0, again.stderr[-3000:]
     _close(_weights(run), _weights(tmp_path / "cut" / "runs" / one.name), rtol=0)  # resumed at step 3: bitwise
+    # the 2-process checkpoint (step 3) resumed by 1 process: the 1-process run
+    from mechscope.sae.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(tmp_path / "cut1" / "checkpoint.safetensors")[0]
+    assert (meta["step"], meta["world_size"]) == (3, 2)
+    alone = run_job(load_job(job), tmp_path / "cut1", progress=False)[0]
+    _close(_weights(one.path), _weights(alone.path))
 
 
 def test_sharded_sweep_equals_the_sequential_sweep(cache, tmp_path):  # noqa: F811
@@ -95,3 +101,6 @@ def test_sharded_sweep_equals_the_sequential_sweep(cache, tmp_path):  # noqa: F8
     assert [(x["run"], x["k"], x["step"]) for x in rows] == [(r.name, r.config.dictionary.k, 8) for r in seq]
     assert sorted(p.name for p in (tmp_path / "par").glob("checkpoint*")) == [
         "checkpoint.rank0.safetensors", "checkpoint.rank1.safetensors"]
+    # rank checkpoints hold different runs: another number of processes is refused with the reason
+    with pytest.raises(ValueError, match="sharded over 2 processes .* resume with torchrun --nproc_per_node 2"):
+        run_job(load_job(job), tmp_path / "par", progress=False)

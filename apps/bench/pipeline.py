@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
-FULL = dict(n_layer=12, d_model=768, n_head=12, n_ctx=128, d_sae=768 * 8, k=32, batch=4096, steps=8,
+FULL = dict(n_layer=12, d_model=768, n_head=12, n_ctx=128, d_sae=768 * 8, k=32, batch=4096, steps=16,
             model_batch=16)
+SHUFFLE = 4  # shuffle buffer of both sides, in batches
 QUICK = dict(n_layer=8, d_model=32, n_head=2, n_ctx=32, d_sae=128, k=4, batch=256, steps=3, model_batch=8)
 
 
@@ -76,7 +77,7 @@ def _job(folder: Path, s: dict[str, int], sites: list[str], text: Path, **data: 
     from mechscope.apps.commands.train import load_job
 
     over = [f'data.model="{folder}"', f'data.text="{text}"', f'data.heldout_text="{text}"', f"data.n_ctx={s['n_ctx']}", f"data.batch_tokens={s['batch']}",
-            f"data.shuffle_buffer={4 * s['batch']}", f"data.model_batch_size={s['model_batch']}",
+            f"data.shuffle_buffer={SHUFFLE * s['batch']}", f"data.model_batch_size={s['model_batch']}",
             'data.device="auto"', "data.eval_windows=1", f"sae.site_in={json.dumps(sites)}",
             f"sae.d_dict={s['d_sae']}", f"sae.k={s['k']}", f"sae.steps={s['steps']}", "sae.progress=false",
             f"sae.log_every={s['steps']}", "sae.b_dec_init=\"mean\""]
@@ -96,64 +97,96 @@ def _train(job: Any, out: Path) -> float:
         train_mod.evaluate_on_heldout = real
 
 
-def _sae_lens(folder: Path, s: dict[str, int], site: str, text: Path, tmp: Path) -> float:
+def _sae_lens_windows(folder: Path, s: dict[str, int], text: Path) -> list[list[int]]:
+    """The token windows SAELens reads (the same windows mechscope's stream reads), made once."""
     import itertools
 
+    from mechscope.interp.models import load_model
+    from mechscope.interp.tokens import open_token_stream
+
+    model = load_model(folder, device="cpu")
+    tokens = s["steps"] * s["batch"]
+    n_windows = (tokens * 3) // s["n_ctx"] + 8 * s["model_batch"]  # its buffer reads ahead
+    return [w.tolist() for w in itertools.islice(open_token_stream(str(text), s["n_ctx"], model), n_windows)]
+
+
+def _sae_lens(folder: Path, s: dict[str, int], site: str, windows: list[list[int]], tmp: Path) -> float:
+    """Seconds of SAELens' runner, including loading the model (as ``mechscope train`` does)."""
+    t0 = time.perf_counter()
     from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
     from sae_lens import TopKTrainingSAEConfig
 
-    from mechscope.interp.tokens import open_token_stream
     from mechscope.interp.models import load_model
 
     model = load_model(folder, device="auto")
     tokens = s["steps"] * s["batch"]
-    n_windows = (tokens * 3) // s["n_ctx"] + 8 * s["model_batch"]  # its buffer reads ahead
-    windows = [w.tolist() for w in itertools.islice(open_token_stream(str(text), s["n_ctx"], model), n_windows)]
     hook = model.site(site).hook_name
     cfg = LanguageModelSAERunnerConfig(
         sae=TopKTrainingSAEConfig(d_in=s["d_model"], d_sae=s["d_sae"], k=s["k"]),
         model_name="gpt2", hook_name=hook, dataset_path="", is_dataset_tokenized=True, streaming=False,
         context_size=s["n_ctx"], prepend_bos=False, training_tokens=tokens, train_batch_size_tokens=s["batch"],
-        n_batches_in_buffer=max(4, 2 * s["batch"] // s["n_ctx"]), store_batch_size_prompts=s["model_batch"], device=str(model.device),
+        n_batches_in_buffer=max(2, SHUFFLE * s["batch"] // s["n_ctx"]),  # as many rows as ours
+        store_batch_size_prompts=s["model_batch"], device=str(model.device),
         logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=str(tmp / "ckpt"),
         output_path=None, n_eval_batches=1, eval_batch_size_prompts=1, verbose=False,
     )
     runner = LanguageModelSAETrainingRunner(cfg, override_model=model.module,
                                             override_dataset=Dataset.from_dict({"input_ids": windows}))
-    return _timed(runner.run)[0]
+    runner.run()
+    return time.perf_counter() - t0
 
 
 def bench_pipeline(quick: bool = False, out_dir: "str | Path | None" = None,
-                   shape: dict[str, int] | None = None, n_sites: int = 8) -> dict[str, Any]:
+                   shape: dict[str, int] | None = None, n_sites: int = 8, repeats: int = 1) -> dict[str, Any]:
     """Tokens/s of each pipeline and the ratios (see the module docstring); ``shape`` overrides
-    `FULL` / `QUICK` fields, ``n_sites`` the number of sites of the multi-site case."""
-    from mechscope.interp.tokens import open_token_stream
+    `FULL` / `QUICK` fields, ``n_sites`` the number of sites of the multi-site case. Each of the
+    ``repeats`` rounds runs every case once, in the same order (so the two sides of every ratio
+    are measured interleaved, under the same machine load); seconds are medians over the rounds,
+    ``rounds`` keeps every round's seconds."""
+    import statistics
+
     from mechscope.interp.cache import build_cache
     from mechscope.interp.models import load_model
+    from mechscope.interp.tokens import open_token_stream
 
     s = {**(QUICK if quick else FULL), **(shape or {})}
     tmp = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="mechscope-bench-pipeline-"))
     folder = _model_folder(tmp / "model", s)
     text = _token_file(folder, s, tmp / "tokens.npy")
+    windows = _sae_lens_windows(folder, s, text)
     tokens = s["steps"] * s["batch"]
     site, sites = f"L{s['n_layer'] // 2}.resid_post", [f"L{i}.resid_post" for i in range(n_sites)]
-    res: dict[str, Any] = {"shape": s, "n_sites": n_sites, "tokens": tokens, "device": str(load_model(folder, device="auto").device)}
-    res["mechscope_s"] = _train(_job(folder, s, [site], text), tmp / "ms")
-    res["sae_lens_s"] = _sae_lens(folder, s, site, text, tmp)
     model = load_model(folder, device="auto")
+    res: dict[str, Any] = {"shape": s, "n_sites": n_sites, "tokens": tokens, "device": str(model.device),
+                           "repeats": repeats}
     res["cache_build_s"] = _timed(lambda: build_cache(
         model, open_token_stream(str(text), s["n_ctx"], model, epochs=None), [site], tmp / "cache",
-        tokens + 4 * s["batch"], rows_per_shard=s["batch"] * 2, model_batch_size=s["model_batch"],
+        tokens + (SHUFFLE + 1) * s["batch"], rows_per_shard=s["batch"] * 2, model_batch_size=s["model_batch"],
         device=model.device))[0]
-    res["mechscope_cache_s"] = _train(_job(folder, s, [site], text, activations=str(tmp / "cache")), tmp / "mc")
-    res["multi_site_s"] = _train(_job(folder, s, sites, text), tmp / "multi")
-    res["single_site_jobs_s"] = sum(_train(_job(folder, s, [x], text), tmp / f"one{i}") for i, x in enumerate(sites))
+    del model
+    cases = {
+        "mechscope": lambda: _train(_job(folder, s, [site], text), tmp / "ms"),
+        "sae_lens": lambda: _sae_lens(folder, s, site, windows, tmp),
+        "mechscope_cache": lambda: _train(_job(folder, s, [site], text, activations=str(tmp / "cache")), tmp / "mc"),
+        "multi_site": lambda: _train(_job(folder, s, sites, text), tmp / "multi"),
+        "single_site_jobs": lambda: sum(_train(_job(folder, s, [x], text), tmp / f"one{i}")
+                                        for i, x in enumerate(sites)),
+    }
+    rounds: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for k, case in cases.items():
+            rounds[k].append(case())
+    res["rounds"] = rounds
+    for k, times in rounds.items():
+        res[f"{k}_s"] = statistics.median(times)
     for k in ("mechscope", "sae_lens", "mechscope_cache"):
         res[f"{k}_tokens_per_s"] = tokens / res[f"{k}_s"]
-    res["speedup_vs_sae_lens"] = res["sae_lens_s"] / res["mechscope_s"]
-    res["cache_speedup"] = res["mechscope_s"] / res["mechscope_cache_s"]
-    res["multi_site_speedup"] = res["single_site_jobs_s"] / res["multi_site_s"]
+    # ratios per round (both sides measured back to back), then their median
+    ratio = lambda a, b: statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))  # noqa: E731
+    res["speedup_vs_sae_lens"] = ratio("sae_lens", "mechscope")
+    res["cache_speedup"] = ratio("mechscope", "mechscope_cache")
+    res["multi_site_speedup"] = ratio("single_site_jobs", "multi_site")
     if out_dir is None:
         shutil.rmtree(tmp, ignore_errors=True)
     return res
@@ -164,7 +197,7 @@ def format_pipeline(r: dict[str, Any]) -> str:
     return "\n".join([
         f"pipeline: GPT-2-shaped model ({s['n_layer']} layers, d_model {s['d_model']}, ctx {s['n_ctx']}, random "
         f"weights) -> top-k SAE (d_sae {s['d_sae']}, k {s['k']}, batch {s['batch']}), {r['tokens']} tokens, "
-        f"device {r['device']}",
+        f"device {r['device']}; medians of {r['repeats']} interleaved round(s), ratios = medians of per-round ratios",
         f"  mechscope train (text):   {r['mechscope_tokens_per_s']:>10.0f} tokens/s",
         f"  SAELens runner (text):    {r['sae_lens_tokens_per_s']:>10.0f} tokens/s   "
         f"mechscope / SAELens = {r['speedup_vs_sae_lens']:.2f}x",
@@ -172,4 +205,5 @@ def format_pipeline(r: dict[str, Any]) -> str:
         f"cache / text = {r['cache_speedup']:.2f}x (cache build {r['cache_build_s']:.1f} s)",
         f"  {r['n_sites']} sites, one forward:     {r['multi_site_s']:>10.1f} s   {r['n_sites']} single-site jobs: "
         f"{r['single_site_jobs_s']:.1f} s   ratio {r['multi_site_speedup']:.2f}x",
+        "  seconds per round: " + "; ".join(f"{k} {', '.join(f'{t:.1f}' for t in v)}" for k, v in r["rounds"].items()),
     ])

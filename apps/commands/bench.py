@@ -21,7 +21,9 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=2, help="attribution --shape: prompts per pass")
     p.add_argument("--step-chunk", type=int, default=5,
                    help="attribution --shape: IG points (steps; targets x steps for edges) per pass")
-    p.add_argument("--steps", type=int, default=10, help="attribution --shape: IG steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="attribution --shape: IG steps (default 10); pipeline: SAE steps of every case "
+                        "(default 16; --quick 3)")
     p.add_argument("--methods", nargs="+", choices=["atp", "ig"], default=["atp", "ig"],
                    help="attribution --shape: node attribution methods to measure")
     p.add_argument("--edges", action=argparse.BooleanOptionalAction, default=None,
@@ -52,7 +54,8 @@ def bench_cmd(args: argparse.Namespace) -> int:
     elif args.which == "pipeline":
         from mechscope.apps.bench.pipeline import bench_pipeline, format_pipeline
 
-        print(format_pipeline(bench_pipeline(quick=args.quick)))
+        shape = {"steps": args.steps} if args.steps else None
+        print(format_pipeline(bench_pipeline(quick=args.quick, repeats=args.repeats, shape=shape)))
     elif args.which == "routes":
         from mechscope.apps.bench.routes import bench_routes, format_routes_bench
 
@@ -65,7 +68,7 @@ def bench_cmd(args: argparse.Namespace) -> int:
         from mechscope.apps.bench.attribution_memory import bench_attribution_memory, format_memory
 
         print(format_memory(bench_attribution_memory(
-            args.shape, args.prompts, args.seq, args.methods, args.d_dict, args.steps, args.chunk,
+            args.shape, args.prompts, args.seq, args.methods, args.d_dict, args.steps or 10, args.chunk,
             args.step_chunk, args.node_threshold, args.edges)))
     else:
         from mechscope.apps.bench.attribution import bench_attribution, format_bench

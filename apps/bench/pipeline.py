@@ -111,14 +111,15 @@ def _sae_lens_windows(folder: Path, s: dict[str, int], text: Path) -> list[list[
 
 
 def _sae_lens(folder: Path, s: dict[str, int], site: str, windows: list[list[int]], tmp: Path) -> float:
-    """Seconds of SAELens' runner, including loading the model (as ``mechscope train`` does)."""
-    t0 = time.perf_counter()
+    """Seconds of SAELens' runner, including loading the model (as ``mechscope train`` does), not
+    importing it (imported before the first round, as mechscope is)."""
     from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
     from sae_lens import TopKTrainingSAEConfig
 
     from mechscope.interp.models import load_model
 
+    t0 = time.perf_counter()
     model = load_model(folder, device="auto")
     tokens = s["steps"] * s["batch"]
     hook = model.site(site).hook_name
@@ -173,6 +174,11 @@ def bench_pipeline(quick: bool = False, out_dir: "str | Path | None" = None,
         "single_site_jobs": lambda: sum(_train(_job(folder, s, [x], text), tmp / f"one{i}")
                                         for i, x in enumerate(sites)),
     }
+    import sae_lens  # noqa: F401 - both libraries imported outside every timer
+
+    import mechscope.interp.cache, mechscope.interp.shuffle, mechscope.interp.stream  # noqa: E401, F401
+    import mechscope.sae.io, mechscope.sae.sweep  # noqa: E401, F401
+
     rounds: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(repeats):
         for k, case in cases.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +29,11 @@ from typing import Any
 
 import torch
 
+# ``shuffle``: the shuffle buffer of both sides, in batches
 FULL = dict(n_layer=12, d_model=768, n_head=12, n_ctx=128, d_sae=768 * 8, k=32, batch=4096, steps=16,
-            model_batch=16)
-SHUFFLE = 4  # shuffle buffer of both sides, in batches
-QUICK = dict(n_layer=8, d_model=32, n_head=2, n_ctx=32, d_sae=128, k=4, batch=256, steps=3, model_batch=8)
+            model_batch=16, shuffle=4)
+QUICK = dict(n_layer=8, d_model=32, n_head=2, n_ctx=32, d_sae=128, k=4, batch=256, steps=3, model_batch=8,
+             shuffle=4)
 
 
 def _model_folder(out: Path, s: dict[str, int]) -> Path:
@@ -77,7 +79,7 @@ def _job(folder: Path, s: dict[str, int], sites: list[str], text: Path, **data: 
     from mechscope.apps.commands.train import load_job
 
     over = [f'data.model="{folder}"', f'data.text="{text}"', f'data.heldout_text="{text}"', f"data.n_ctx={s['n_ctx']}", f"data.batch_tokens={s['batch']}",
-            f"data.shuffle_buffer={SHUFFLE * s['batch']}", f"data.model_batch_size={s['model_batch']}",
+            f"data.shuffle_buffer={s['shuffle'] * s['batch']}", f"data.model_batch_size={s['model_batch']}",
             'data.device="auto"', "data.eval_windows=1", f"sae.site_in={json.dumps(sites)}",
             f"sae.d_dict={s['d_sae']}", f"sae.k={s['k']}", f"sae.steps={s['steps']}", "sae.progress=false",
             f"sae.log_every={s['steps']}", "sae.b_dec_init=\"mean\""]
@@ -127,7 +129,7 @@ def _sae_lens(folder: Path, s: dict[str, int], site: str, windows: list[list[int
         sae=TopKTrainingSAEConfig(d_in=s["d_model"], d_sae=s["d_sae"], k=s["k"]),
         model_name="gpt2", hook_name=hook, dataset_path="", is_dataset_tokenized=True, streaming=False,
         context_size=s["n_ctx"], prepend_bos=False, training_tokens=tokens, train_batch_size_tokens=s["batch"],
-        n_batches_in_buffer=max(2, SHUFFLE * s["batch"] // s["n_ctx"]),  # as many rows as ours
+        n_batches_in_buffer=max(2, s["shuffle"] * s["batch"] // s["n_ctx"]),  # as many rows as ours
         store_batch_size_prompts=s["model_batch"], device=str(model.device),
         logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=str(tmp / "ckpt"),
         output_path=None, n_eval_batches=1, eval_batch_size_prompts=1, verbose=False,
@@ -163,8 +165,9 @@ def bench_pipeline(quick: bool = False, out_dir: "str | Path | None" = None,
                            "repeats": repeats}
     res["cache_build_s"] = _timed(lambda: build_cache(
         model, open_token_stream(str(text), s["n_ctx"], model, epochs=None), [site], tmp / "cache",
-        tokens + (SHUFFLE + 1) * s["batch"], rows_per_shard=s["batch"] * 2, model_batch_size=s["model_batch"],
+        tokens + (s["shuffle"] + 1) * s["batch"], rows_per_shard=s["batch"] * 2, model_batch_size=s["model_batch"],
         device=model.device))[0]
+    print(f"  cache build {res['cache_build_s']:.1f} s", file=sys.stderr, flush=True)
     del model
     cases = {
         "mechscope": lambda: _train(_job(folder, s, [site], text), tmp / "ms"),
@@ -180,9 +183,10 @@ def bench_pipeline(quick: bool = False, out_dir: "str | Path | None" = None,
     import mechscope.sae.io, mechscope.sae.sweep  # noqa: E401, F401
 
     rounds: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeats):
+    for i in range(repeats):
         for k, case in cases.items():
             rounds[k].append(case())
+            print(f"  round {i + 1}: {k} {rounds[k][-1]:.1f} s", file=sys.stderr, flush=True)  # partial results survive
     res["rounds"] = rounds
     for k, times in rounds.items():
         res[f"{k}_s"] = statistics.median(times)

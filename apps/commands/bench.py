@@ -31,6 +31,7 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d-dict", type=int, default=6144, help="attribution --shape: SAE width at every site")
     p.add_argument("--node-threshold", type=float, default=0.02,
                    help="attribution --shape: nodes kept at this fraction of the largest |score|")
+    p.add_argument("--buffer", type=int, default=None, help="pipeline: shuffle buffer of both sides, in batches (default 4)")
 
 
 @command("bench", "Benchmarks that print ratios against a baseline measured in the same run.", _bench_options)
@@ -54,7 +55,7 @@ def bench_cmd(args: argparse.Namespace) -> int:
     elif args.which == "pipeline":
         from mechscope.apps.bench.pipeline import bench_pipeline, format_pipeline
 
-        shape = {"steps": args.steps} if args.steps else None
+        shape = {k: v for k, v in (("steps", args.steps), ("shuffle", args.buffer)) if v}
         print(format_pipeline(bench_pipeline(quick=args.quick, repeats=args.repeats, shape=shape)))
     elif args.which == "routes":
         from mechscope.apps.bench.routes import bench_routes, format_routes_bench

@@ -30,7 +30,7 @@ def test_eval_report_of_an_exact_dictionary(tmp_path, capsys):
 
     d = load_model("gpt2-shakespeare").cfg.d_model
     path = save_dictionary(_exact_relu_sae(d, "L1.resid_pre"), tmp_path / "exact")
-    assert main(["eval", str(path), "--tokens", "3000", "--windows", "4", "--batch-size", "4"]) == 0
+    assert main(["eval", str(path), "--evals", "core", "--tokens", "3000", "--windows", "4", "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
     assert "model_performance_preservation.ce_loss_score" in out
     r = json.loads((path / "eval.json").read_text())["eval_result_metrics"]

@@ -7,10 +7,16 @@
 2024"). Weighting the L1 term by the decoder norms removes the incentive to shrink f and grow
 W_dec, so the decoder is left unconstrained (``unit_norm_decoder = False``); λ ramps linearly
 from 0 over ``l1_warmup_steps`` so that early training is not dominated by the penalty.
+
+Initialisation (SAELens' ``decoder_init_norm = 0.1`` for standard SAEs; Conerly et al.): decoder
+rows of norm 0.1 and ``W_enc = W_dec``. With unit rows and d_dict/d_in = 16 about half the latents
+fire at init and the first reconstruction is ~8x the input (FVU ~20 on the zoo model): the first
+hundred steps then only shrink the weights, and a short run never recovers.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from mechscope.kernels import SparseCode
@@ -27,6 +33,14 @@ class ReluSAE(_Encoder):
     saelens_reads = ("standard",)
     saelens_transcoder = "transcoder"
     unit_norm_export = "any"
+    decoder_init_norm = 0.1
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        with torch.no_grad():
+            self.W_dec.mul_(self.decoder_init_norm)
+            if self.d_in == self.d_out:
+                self.W_enc.copy_(self.W_dec)
 
     def _dense(self, x: Tensor) -> Tensor:
         return self.pre_activations(x).relu()

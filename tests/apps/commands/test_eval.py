@@ -52,3 +52,43 @@ def test_eval_needs_a_site(tmp_path):
 
     path = save_dictionary(_exact_relu_sae(8, ""), tmp_path / "nosite")
     assert main(["eval", str(path), "--tokens", "10"]) == 2
+
+
+def test_eval_absorption_and_sparse_probing_on_the_zoo_model(tmp_path, capsys):
+    """The zoo model cannot spell (a first-letter probe on its residual stream is near chance), so
+    absorption is reported as not evaluated with the probe's F1; sparse probing runs and its
+    numbers are those of the library on the same lines."""
+    import json as js
+
+    from mechscope.apps.cli import main
+    from mechscope.interp.models import load_model
+    from mechscope.interp.zoo.corpus import DATA_DIR, corpus_text, split_works
+    from mechscope.sae.io import load_dictionary, save_dictionary
+    from mechscope.sae.sparse_probing import probing_set, sparse_probing, work_lines
+
+    model = load_model("gpt2-shakespeare")
+    path = save_dictionary(_exact_relu_sae(model.cfg.d_model, "L1.resid_pre"), tmp_path / "exact")
+    assert main(["eval", str(path), "--evals", "absorption,sparse_probing", "--absorption-windows", "24",
+                 "--probe-lines", "30", "--ks", "1,3", "--n-ctx", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "absorption_first_letter: not evaluated" in out and "Probe F1 per letter" in out
+    assert "sae.sae_top_3_test_accuracy" in out
+    r = json.loads((path / "eval.json").read_text())
+    assert "Probe F1 per letter" in r["absorption_first_letter"]["error"]
+    assert "eval_result_metrics" not in r  # core was not asked for
+    names = js.loads((DATA_DIR / "provenance.json").read_text())["splits"]["heldout"]["works"]
+    lines, labels = work_lines(split_works(corpus_text("heldout")), names, per_class=30)
+    want = sparse_probing(load_dictionary(path), probing_set(model, "L1.resid_pre", lines, labels, names), ks=(1, 3))
+    got = r["sparse_probing"]["eval_result_metrics"]
+    assert got["sae"]["sae_top_3_test_accuracy"] == pytest.approx(want.sae_top_k[3])
+    assert got["llm"]["llm_test_accuracy"] == pytest.approx(want.llm_test_accuracy)
+    assert [d["class"] for d in r["sparse_probing"]["eval_result_details"]] == names
+
+
+def test_eval_rejects_unknown_evaluations(tmp_path, capsys):
+    from mechscope.apps.cli import main
+    from mechscope.sae.io import save_dictionary
+
+    path = save_dictionary(_exact_relu_sae(8, "L0.resid_pre"), tmp_path / "d")
+    assert main(["eval", str(path), "--evals", "core,spelling"]) == 2
+    assert "valid: core, absorption, sparse_probing" in capsys.readouterr().err

@@ -25,6 +25,13 @@ and ``lambda_max``, or given). Each step:
 4. *Restarts*: every ``restart_every`` steps all slots restart from the single member that is
    best for the ``λ`` of one randomly chosen slot (the paper's restarts), then diverge again.
 
+*Surrogate* (``surrogate``, on by default): a feature of a top-k or JumpReLU dictionary that
+fires on none of the prompts has zero gradient and ties everywhere, so steps 1 and 3 are blind.
+For such targets the gradients and the selection read the feature's firing margin (margin of its
+pre-activation to the k-th largest, or to its threshold) while it is off, and the activation once
+it fires (`mechscope.circuits.dream_score`); the frontier and every reported number are the real
+activation.
+
 Memory is bounded by ``batch_size`` prompts per forward pass (`mechscope.circuits.dream_score`).
 `text_reference` reads the same target and cross-entropy on real text, for comparison. All randomness comes from one local
 ``torch.Generator`` seeded by ``seed``, so a run is reproducible and the global RNG untouched.
@@ -74,6 +81,9 @@ class DreamConfig:
     """with a length range: probability that a child inserts or deletes a token"""
     seed: int = 0
     """seed of the local generator"""
+    surrogate: bool = True
+    """feature targets of top-k / JumpReLU / ReLU / gated dictionaries: while the feature is off,
+    search on its firing margin (`mechscope.circuits.dream_score`); False: the activation only"""
     bos: bool | None = None
     """prepend the model's BOS token (None: when the model has one)"""
     progress: bool = True
@@ -123,7 +133,7 @@ def dream(model: Any, target: Target, config: DreamConfig = DreamConfig(), allow
 
     cfg, t0 = config, time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
-    scorer = Scorer(model, target, cfg.bos)
+    scorer = Scorer(model, target, cfg.bos, cfg.surrogate)
     mask = allowed_mask(model, allowed)
     _check_position(target, cfg.length_range)
     lambdas = cfg.lambda_values()
@@ -141,9 +151,26 @@ def dream(model: Any, target: Target, config: DreamConfig = DreamConfig(), allow
             slot = int(torch.randint(cfg.population, (1,), generator=gen))
             keep = keep[slot].expand(cfg.population)
         pop = pool.take(keep)
-        bar.set_postfix(best=f"{frontier.best_activation():.3g}")
+        bar.set_postfix(best=f"{frontier.best_activation():.3g}", search=f"{float(pop.search.max()):.3g}")
     config_json = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    config_json["surrogate_used"] = scorer.surrogate
     return frontier.result(model, target.describe(), config_json, lambdas, time.perf_counter() - t0)
+
+
+def dream_features(model: Any, dictionary: Any, site: Any, features: Iterable[int],
+                   config: DreamConfig = DreamConfig(), allowed: Any = None) -> dict[int, DreamResult]:
+    """`dream` each feature of ``dictionary`` at ``site`` (max over positions) with one config:
+    the time per feature is bounded by ``config`` (steps x population x children prompts), the
+    total by the number of features. One progress bar over the features."""
+    from tqdm.auto import tqdm
+
+    features = list(features)
+    out: dict[int, DreamResult] = {}
+    bar = tqdm(features, desc="dreaming features", disable=not config.progress)
+    for i in bar:
+        out[i] = dream(model, Target.feature(site, dictionary, i), config, allowed)
+        bar.set_postfix(feature=i, best=f"{out[i].best().activation:.3g}")
+    return out
 
 
 def _select(pool: Batch, lambdas: Tensor) -> Tensor:
@@ -154,7 +181,7 @@ def _select(pool: Batch, lambdas: Tensor) -> Tensor:
     for j, (row, n) in enumerate(zip(pool.ids.tolist(), pool.lengths.tolist())):
         first.setdefault(tuple(row[:n]), j)
     unique = torch.tensor(sorted(first.values()))
-    scores = pool.act.double()[unique][None] - lambdas[:, None] * pool.ce.double()[unique][None]
+    scores = pool.search.double()[unique][None] - lambdas[:, None] * pool.ce.double()[unique][None]
     keep, taken = [], torch.zeros(len(unique), dtype=torch.bool)
     for i in range(len(lambdas)):
         row = scores[i].masked_fill(taken, float("-inf")) if not taken.all() else scores[i]
@@ -239,7 +266,7 @@ def text_reference(model: Any, target: Target, windows: Iterable[Tensor], batch_
         nonlocal best, best_ctx, ce_sum, n_win, n_tok
         ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
         lengths = torch.tensor([len(r) for r in rows])
-        _, ce, per = scorer.forward(ids, lengths)
+        _, ce, per, _ = scorer.forward(ids, lengths)
         per = per.nan_to_num(float("-inf")).cpu()
         flat = int(per.argmax())
         i, j = divmod(flat, per.shape[1])

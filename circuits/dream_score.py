@@ -11,12 +11,25 @@ Greedy Coordinate Gradient (Zou et al. 2023, arXiv:2307.15043) replace the token
 counts both the token's own surprise and its effect on the tokens after it. Prompts of several
 lengths share a batch right-padded: attention is causal, so padding never reaches real tokens,
 and padded positions are masked out of both terms.
+
+*Surrogate* (for rare features of thresholded dictionaries). A top-k feature outside the top k,
+a JumpReLU feature under its threshold, has activation 0 and zero gradient: GCG gets no
+candidates and selection sees ties, so a feature that fires on none of the initial prompts is
+never found. With ``surrogate`` the search (gradients and selection, not the reported activation
+or the frontier) reads, per position,
+
+    s = f            where the feature fires (f > 0),
+    s = min(m, 0)    elsewhere, m the firing margin (`mechscope.sae.margins`),
+
+so it climbs the pre-activation's margin to the k-th largest (top-k) or to the threshold
+(JumpReLU) until the feature enters the code, then the real activation. ``s`` is monotone in the
+margin, and ``s = f`` on every prompt where the feature fires, so the frontier is unchanged there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,6 +38,15 @@ from mechscope.circuits.dream_targets import BoundTarget, Target
 from mechscope.interp.capture import hooks_for
 
 EMBED_HOOK = "hook_embed"
+
+
+class Scores(NamedTuple):
+    """One forward pass of a batch of prompts."""
+
+    act: Tensor  # [b] the target, reduced over positions as the Target says
+    ce: Tensor  # [b] mean next-token cross-entropy of the prompt
+    per_token: Tensor  # [b, L] the target at every position, NaN on padding
+    search: Tensor  # [b] what the search maximises: act, or the surrogate (module doc)
 
 
 @dataclass
@@ -36,9 +58,11 @@ class Batch:
     act: Tensor
     ce: Tensor
     per_token: Tensor
+    search: Tensor
 
     def take(self, idx: Tensor) -> "Batch":
-        return Batch(self.ids[idx], self.lengths[idx], self.act[idx], self.ce[idx], self.per_token[idx])
+        return Batch(self.ids[idx], self.lengths[idx], self.act[idx], self.ce[idx], self.per_token[idx],
+                     self.search[idx])
 
     @staticmethod
     def cat(a: "Batch", b: "Batch") -> "Batch":
@@ -46,22 +70,24 @@ class Batch:
         pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
         return Batch(torch.cat([pad(a.ids, 0), pad(b.ids, 0)]), torch.cat([a.lengths, b.lengths]),
                       torch.cat([a.act, b.act]), torch.cat([a.ce, b.ce]),
-                      torch.cat([pad(a.per_token, float("nan")), pad(b.per_token, float("nan"))]))
+                      torch.cat([pad(a.per_token, float("nan")), pad(b.per_token, float("nan"))]),
+                      torch.cat([a.search, b.search]))
 
 
 class Scorer:
     """Forward passes of prompts: target value, per-token values and cross-entropy."""
 
-    def __init__(self, model: Any, target: Target, bos: bool | None) -> None:
+    def __init__(self, model: Any, target: Target, bos: bool | None, surrogate: bool = False) -> None:
         self.model, self.target = model, target
         self.bound: BoundTarget = target.bind(model)
+        self.surrogate = surrogate and self.bound.has_margin  # only features whose dictionary has a margin
         bos_id = model.bos_id
         if bos and bos_id is None:
             raise ValueError(f"bos=True but model {model.name!r} has no BOS token id")
         self.bos = bos_id if (bos is None or bos) else None
 
-    def forward(self, ids: Tensor, lengths: Tensor, one_hot: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(objective value [b], cross-entropy [b], per-token value [b, L] with NaN padding)``."""
+    def forward(self, ids: Tensor, lengths: Tensor, one_hot: Tensor | None = None) -> Scores:
+        """The target, cross-entropy, per-token values and the search value of each prompt."""
         model, b, n = self.model, ids.shape[0], ids.shape[1]
         dev = model.device
         ids = ids.to(dev)
@@ -76,6 +102,10 @@ class Scorer:
         values = self.bound.read(store.get("act"), logits).float()[:, off:off + n]
         per_token = values.masked_fill(~valid, float("nan"))
         act = self._reduce(values, valid, lengths.to(dev))
+        search = act
+        if self.surrogate:
+            margin = self.bound.margin(store["act"]).float()[:, off:off + n]
+            search = self._reduce(torch.where(values > 0, values, margin.clamp(max=0)), valid, lengths.to(dev))
         logp = logits[:, :n + off - 1].float().log_softmax(-1)
         if one_hot is None:
             lp = logp.gather(-1, ids[:, 1 - off:, None])[..., 0]
@@ -83,7 +113,7 @@ class Scorer:
             lp = (logp * one_hot[:, 1 - off:].to(logp)).sum(-1)
         mask = valid[:, 1 - off:].to(lp)
         ce = -(lp * mask).sum(1) / mask.sum(1).clamp_min(1)
-        return act, ce, per_token
+        return Scores(act, ce, per_token, search)
 
     def _embed_hook(self, one_hot: Tensor, off: int):
         W_E = self.model.W_E
@@ -104,19 +134,21 @@ class Scorer:
     def score(self, ids: Tensor, lengths: Tensor, batch_size: int) -> Batch:
         outs = [self.forward(ids[i:i + batch_size], lengths[i:i + batch_size])
                 for i in range(0, ids.shape[0], batch_size)]
-        act, ce, per = (torch.cat([o[k] for o in outs]).cpu() for k in range(3))
-        return Batch(ids.cpu(), lengths.cpu(), act, ce, per)
+        act, ce, per, search = (torch.cat([o[k] for o in outs]).cpu() for k in range(4))
+        return Batch(ids.cpu(), lengths.cpu(), act, ce, per, search)
 
     def candidates(self, pop: Batch, lambdas: Tensor, allowed: Tensor, topk: int,
                    batch_size: int) -> Tensor:
-        """Top-``topk`` allowed tokens per member and position by ``∂(f - λ CE)/∂onehot``."""
+        """Top-``topk`` allowed tokens per member and position by ``∂(f - λ CE)/∂onehot`` (``f``:
+        the search value, the surrogate where it is on)."""
         out = []
         V = self.model.d_vocab
         for i in range(0, pop.ids.shape[0], batch_size):
             ids, lengths = pop.ids[i:i + batch_size], pop.lengths[i:i + batch_size]
             one_hot = torch.nn.functional.one_hot(ids, V).float().to(self.model.device).requires_grad_()
             with torch.enable_grad():
-                act, ce, _ = self.forward(ids, lengths, one_hot)
+                scores = self.forward(ids, lengths, one_hot)
+                act, ce = scores.search, scores.ce
                 objective = act - lambdas[i:i + batch_size].to(act) * ce
                 (g,) = torch.autograd.grad(objective.sum(), one_hot)
             g = g.float().masked_fill(~allowed.to(g.device), float("-inf"))

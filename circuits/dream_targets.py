@@ -6,7 +6,9 @@ value per position ``[batch, pos]``:
 * ``feature``:   ``f_i(x)``, feature ``i`` of a dictionary at the site, computed by the
   dictionary's own ``encode`` through `mechscope.circuits.splice.SiteNodes.split` (the same
   differentiable feature activations attribution uses); it is differentiable wherever the
-  feature is active and flat (zero gradient) where it is not;
+  feature is active and flat (zero gradient) where it is not. Where the dictionary reports a
+  firing margin (`mechscope.sae.margins`: top-k, batch-top-k, JumpReLU, ReLU, gated), `margin`
+  gives the search a signal there too (the surrogate of `mechscope.circuits.dream_score`);
 * ``neuron``:    ``x[..., i]`` at any site (``L2.mlp_post`` for an MLP neuron);
 * ``direction``: ``x · v`` for a vector ``v`` at the site (a residual direction, a probe);
 * ``head``:      ``(z_h W_O^h) · v``, head ``h``'s output (site ``L.result.Hh``) along ``v``;
@@ -118,7 +120,10 @@ class Target:
         shape = tuple(capture(model, torch.zeros(1, 2, dtype=torch.long), [site])[site].shape[2:])
         nodes = None
         if self.kind == "feature":
+            from mechscope.sae.margins import has_firing_margin
+
             nodes = SiteNodes.make(site, self.dictionary, shape)
+            return BoundTarget(self, site, nodes, has_firing_margin(self.dictionary))
         elif len(shape) != 1:
             raise ValueError(f"{self.kind} target: site {site} has activations of shape {list(shape)} "
                              f"per position; use a site with one vector per position (a head's slice "
@@ -138,6 +143,7 @@ class BoundTarget:
     target: Target
     site: Site | None
     nodes: SiteNodes | None
+    has_margin: bool = False  # a feature whose dictionary reports a firing margin (the surrogate)
 
     def read(self, act: Tensor | None, logits: Float[Tensor, "b p v"]) -> Float[Tensor, "b p"]:
         t = self.target
@@ -149,6 +155,14 @@ class BoundTarget:
         if t.kind == "neuron":
             return act[..., t.index]
         return act @ t.vector.to(act)
+
+    def margin(self, act: Tensor) -> Float[Tensor, "b p"]:
+        """The feature's firing margin (`mechscope.sae.margins`): > 0 exactly where it fires."""
+        from mechscope.sae.margins import firing_margin
+
+        b, p = act.shape[:2]
+        flat = act.reshape(b * p, -1)  # a site with per-head trailing dims is one vector per position
+        return firing_margin(self.target.dictionary, flat)[:, self.target.index].reshape(b, p)
 
 
 def _vector(v: Tensor) -> Tensor:

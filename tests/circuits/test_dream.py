@@ -18,11 +18,12 @@ from mechscope.kernels.code import SparseCode
 A, B = 5, 11  # the planted bigram: token A followed by token B
 
 
-def planted_bigram_model(vocab: int = 16, ctx: int = 8, seed: int = 0) -> Model:
+def planted_bigram_model(vocab: int = 16, ctx: int = 8, seed: int = 0, first: int = A,
+                         second: int = B) -> Model:
     """One layer, no LayerNorm. Residual = tokens | positions | stash. Head 0 copies the previous
     token into the stash (positional query e_p against key e_{q+1}; position 0 sees itself);
-    MLP neuron 0 has pre-activation ``2 [token = B] + 2 [stash = A] - 3``, so after the ReLU it is
-    1 exactly where the bigram (A, B) ends and 0 elsewhere. The unembedding is a random bigram
+    MLP neuron 0 has pre-activation ``2 [token = B] + 2 [stash = A] - 3`` (A, B = ``first``,
+    ``second``), so after the ReLU it is 1 exactly where the bigram (A, B) ends and 0 elsewhere. The unembedding is a random bigram
     language model in which B after A is improbable (fluency and the target disagree)."""
     d = 2 * vocab + ctx
     cfg = dict(n_layers=1, d_model=d, d_head=max(vocab, ctx), n_heads=1, d_mlp=4, n_ctx=ctx,
@@ -43,10 +44,10 @@ def planted_bigram_model(vocab: int = 16, ctx: int = 8, seed: int = 0) -> Model:
         a.W_V[0, tok, :vocab] = torch.eye(vocab)
         a.W_O[0, :vocab, stash] = torch.eye(vocab)
         m = tl.blocks[0].mlp
-        m.W_in[B, 0], m.W_in[vocab + ctx + A, 0], m.b_in[0] = 2.0, 2.0, -3.0
+        m.W_in[second, 0], m.W_in[vocab + ctx + first, 0], m.b_in[0] = 2.0, 2.0, -3.0
         m.b_in[1:] = -1.0
         bigram = torch.randn(vocab, vocab, generator=g)
-        bigram[A, B] = -6.0
+        bigram[first, second] = -6.0
         tl.W_U[tok] = 2 * bigram
     return model
 
@@ -142,6 +143,71 @@ def test_fluency_weight_moves_along_the_frontier():
     # the frontier: CE ascending, activation strictly ascending (nothing on it is dominated)
     fr = [(f.cross_entropy, f.activation) for f in r.frontier]
     assert all(c1 <= c2 and a1 < a2 for (c1, a1), (c2, a2) in zip(fr, fr[1:]))
+
+
+# -- rare features of thresholded dictionaries: the surrogate -----------------------------------
+RARE_A, RARE_B, RARE_V = 201, 157, 256  # a bigram of two high token ids in a 256-token vocabulary
+
+
+def rare_dictionary(model: Model, architecture: str):
+    """A real mechscope top-k (k = 1) or JumpReLU SAE on L0.resid_post of the planted model whose
+    feature 3 has pre-activation ``2 [token = B] + 2 [stash = A] - 3``: 1 on the bigram (A, B),
+    <= -1 elsewhere. Top-k: feature 0 is always on at 0.5, so feature 3 is in the top 1 only on
+    the bigram; JumpReLU: feature 3's threshold is 0.5. It never fires on random prompts, and there
+    its activation is flat (zero gradient)."""
+    from mechscope.sae.config import JumpReluConfig, TopKConfig
+    from mechscope.sae.jumprelu import JumpReluSAE
+    from mechscope.sae.topk import TopKSAE
+
+    d, v, ctx = model.d_model, RARE_V, 8
+    if architecture == "topk":
+        sae = TopKSAE(TopKConfig(d_in=d, d_dict=6, k=1, site_in="L0.resid_post"))
+    else:
+        sae = JumpReluSAE(JumpReluConfig(d_in=d, d_dict=6, k=1, site_in="L0.resid_post"))
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_dec.zero_()
+        sae.b_enc.copy_(torch.tensor([0.5, -5, -5, -3, -5, -5]))
+        sae.W_enc[3, RARE_B], sae.W_enc[3, v + ctx + RARE_A] = 2.0, 2.0
+        if architecture == "jumprelu":
+            sae.threshold.fill_(0.5)
+    return sae
+
+
+@pytest.mark.parametrize("architecture", ["topk", "jumprelu"])
+def test_surrogate_finds_a_rare_feature_that_the_plain_search_never_sees(architecture):
+    model = planted_bigram_model(vocab=RARE_V, first=RARE_A, second=RARE_B)
+    sae = rare_dictionary(model, architecture)
+    target = Target.feature("L0.resid_post", sae, 3)
+    cfg = dict(length=5, steps=15, population=4, children=16, topk=4, lambdas=(0.0, 0.0, 0.1, 1.0), **FAST)
+    # the feature is off on every starting prompt and everywhere but the bigram
+    start = torch.randint(0, RARE_V, (4096, 5), generator=torch.Generator().manual_seed(1))
+    acts = capture(model, start, "L0.resid_post")[model.site("L0.resid_post")]
+    with torch.no_grad():
+        assert float(sae.encode(acts.reshape(-1, model.d_model)).dense(6)[:, 3].max()) == 0.0
+    plain = dream(model, target, DreamConfig(surrogate=False, **cfg))
+    found = dream(model, target, DreamConfig(surrogate=True, **cfg))
+    # without the surrogate the gradient is zero and the search never leaves activation 0 ...
+    assert plain.best().activation == 0.0 and plain.config["surrogate_used"] is False
+    # ... with it, the search climbs the margin until the feature enters the code, then fires
+    best = found.best()
+    assert found.config["surrogate_used"] is True
+    assert any(x == RARE_A and y == RARE_B for x, y in zip(best.tokens, best.tokens[1:]))
+    with torch.no_grad():  # the dictionary's own code
+        oracle = sae.encode(capture(model, torch.tensor([best.tokens]), "L0.resid_post")
+                            [model.site("L0.resid_post")][0]).dense(6)[:, 3]
+    assert best.activation == pytest.approx(float(oracle.max()), abs=1e-4)
+    assert best.activation == pytest.approx(1.0, abs=1e-2)
+    # the frontier reports the real activation, never the (negative) surrogate
+    assert all(m.activation >= 0 for m in found.frontier)
+
+
+def test_surrogate_leaves_other_targets_alone():
+    model = tiny_model()
+    cfg = dict(length=3, steps=4, population=2, children=4, **FAST)
+    a = dream(model, Target.neuron("L0.mlp_post", 5), DreamConfig(surrogate=True, **cfg))
+    b = dream(model, Target.neuron("L0.mlp_post", 5), DreamConfig(surrogate=False, **cfg))
+    assert a.frontier == b.frontier and a.config["surrogate_used"] is False
 
 
 # -- brute force on a tiny model --------------------------------------------------------------------

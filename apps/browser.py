@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -271,10 +271,11 @@ _BODY = """
 
 
 def write_feature_browser(cards: Sequence[FeatureCard], out_dir: "str | Path", title: str | None = None,
-                          chunk_size: int = 256) -> Path:
+                          chunk_size: int = 256, dreams: "Mapping[int, Any] | None" = None) -> Path:
     """Write the offline browser bundle into ``out_dir``; returns the path of ``index.html``.
 
-    Open it from disk in any browser: no server, no network."""
+    ``dreams``: `mechscope.circuits.dream.DreamResult` per feature index, shown on those feature
+    pages (see the dreams section below). Open it from disk in any browser: no server, no network."""
     cards = _check(cards)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -301,7 +302,8 @@ def write_feature_browser(cards: Sequence[FeatureCard], out_dir: "str | Path", t
     prepare_index(out, first.site, len(cards))  # graphs.js: graph pages linked from feature pages
     options = "".join(f'<option value="{k}">{escape(v)}</option>' for k, v in COLOUR_BY.items())
     body = _BODY.format(title=escape(title), meta=escape(meta), options=options)
-    page = standalone_page(f"mechscope features: {title}", body, data, [asset("tokens.js"), asset("browser.js")],
+    scripts = [asset("tokens.js"), asset("browser.js")] + _dream_parts(out, dreams, len(cards), data)
+    page = standalone_page(f"mechscope features: {title}", body, data, scripts,
                            css=asset("common.css"), plotly_src=shared_plotly(out))
     return write_text(out / "index.html", page)
 
@@ -317,3 +319,18 @@ def build_feature_browser(model: Any, dictionary: Any, site: Any, token_stream: 
     cards = compute_feature_cards(model, dictionary, site, token_stream, n_tokens, **card_kwargs)
     save_cards(cards, Path(out_dir) / "cards.json")
     return write_feature_browser(cards, out_dir, title=title, chunk_size=chunk_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# dreams on feature pages (``mechscope features --dream``): the EPO frontier and the best fluent
+# prompts beside the dataset's contexts. Everything lives in `mechscope.apps.dream_view` and
+# assets/dream_browser.js; this hook only adds their data and script to the bundle.
+# ---------------------------------------------------------------------------------------------
+def _dream_parts(out: Path, dreams: "Mapping[int, Any] | None", n_features: int, data: dict) -> list[str]:
+    from mechscope.apps.dream_view import write_feature_dreams
+
+    entry = write_feature_dreams(out, dreams or {}, n_features)
+    if entry is None:
+        return []
+    data["dreams"] = entry
+    return [asset("dream_browser.js")]

@@ -1,6 +1,11 @@
 """Dreaming results on screen: the (cross-entropy, activation) frontier as a Plotly figure, and an
 offline HTML page with the frontier and its prompts, tokens shaded by the target's activation.
 
+`write_feature_dreams` adds dreams to the feature browser (``mechscope features --dream``): one
+lazily loaded ``dreams/dream_NNNNN.js`` per dreamed feature, drawn by ``assets/dream_browser.js``
+on that feature's page beside the dataset's contexts (frontier with the dataset max marked, best
+prompt per λ with per-token shading).
+
 The figure puts cross-entropy (nats per token, lower = more fluent) across and the target's
 activation up: every point is a non-dominated prompt of the run, the line is the frontier, and
 the ringed points are the best prompts for the population's fluency weights λ. Prompts are model
@@ -11,10 +16,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mechscope.apps.html import asset, escape, shared_plotly, standalone_page, write_text
+from mechscope.apps.html import asset, escape, script_json, shared_plotly, standalone_page, write_text
 from mechscope.circuits.dream_result import DreamMember, DreamResult
 
 
@@ -79,3 +86,47 @@ def write_dream_html(result: DreamResult, path: "str | Path", reference: dict[st
                            [asset("graph.js")], css=asset("common.css"),
                            plotly_src=shared_plotly(Path(path).parent))
     return write_text(path, page)
+
+
+# ---------------------------------------------------------------------------------------------
+# dreams in the feature browser
+# ---------------------------------------------------------------------------------------------
+DREAM_DIR = "dreams"
+
+
+def pick_dream_features(cards: Sequence[Any], n: int, explicit: Sequence[int] | None = None) -> list[int]:
+    """The features ``mechscope features --dream N`` dreams: ``explicit`` when given (any feature,
+    dead ones included: a feature that never fired on the text may still be dreamed), else the
+    ``n`` live features that fire most often (highest density; ties by index): the features a
+    reader meets first, whose dataset contexts are the best comparison."""
+    if explicit is not None:
+        return check_dream_features(explicit, len(cards))
+    if n < 0:
+        raise ValueError(f"--dream must be >= 0, got {n}")
+    live = sorted((c for c in cards if not c.dead), key=lambda c: (-c.density, c.index))
+    return [c.index for c in live[:n]]
+
+
+def check_dream_features(indices: Sequence[int], d_dict: int) -> list[int]:
+    """``indices`` without repeats, or an error naming those out of range."""
+    bad = [i for i in indices if not 0 <= i < d_dict]
+    if bad or not indices:
+        raise ValueError(f"--dream-features {list(bad or indices)}: give feature indices in 0..{d_dict - 1}")
+    return list(dict.fromkeys(indices))
+
+
+def write_feature_dreams(out_dir: "str | Path", dreams: Mapping[int, DreamResult], n_features: int) -> dict | None:
+    """Write ``dreams/dream_NNNNN.js`` (one `DreamResult` each) under a feature browser's folder;
+    returns the index entry the page reads (``{"features": [...], "dir": "dreams"}``), or None
+    when there is nothing to show. Stale dreams of an earlier run are removed."""
+    folder = Path(out_dir) / DREAM_DIR
+    if folder.exists():
+        shutil.rmtree(folder)
+    if not dreams:
+        return None
+    bad = [i for i in dreams if not 0 <= i < n_features]
+    if bad:
+        raise ValueError(f"dreams for features {bad} but the browser has features 0..{n_features - 1}")
+    for i, result in dreams.items():
+        write_text(folder / f"dream_{i:05d}.js", f"window.mechscopeDream({int(i)}, {script_json(result.to_json())});\n")
+    return {"features": sorted(int(i) for i in dreams), "dir": DREAM_DIR}

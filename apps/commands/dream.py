@@ -36,6 +36,9 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart-every", type=int, default=50, help="restart from one member every N steps (0: never)")
     p.add_argument("--explore", type=float, default=0.1, help="share of uniformly random substitutions")
     p.add_argument("--seed", type=int, default=0, help="seed of the run")
+    p.add_argument("--no-surrogate", action="store_true",
+                   help="--feature: search on the activation only, without the firing-margin surrogate "
+                        "for a top-k / JumpReLU feature that is off (it then has zero gradient)")
     p.add_argument("--reference", default=None, help="text spec to compare with (e.g. zoo:heldout): max and CE on windows of the prompt length")
     p.add_argument("--reference-windows", type=int, default=4096, help="windows of --reference to read at most")
     device_options(p)
@@ -131,13 +134,15 @@ def dream_cmd(args: argparse.Namespace) -> int:
     cfg = DreamConfig(length=_length(args.length), steps=args.steps, population=args.population,
                       children=args.children, batch_size=args.batch_size, topk=args.topk,
                       lambda_min=args.lambda_min, lambda_max=args.lambda_max,
-                      restart_every=args.restart_every, explore=args.explore, seed=args.seed)
+                      restart_every=args.restart_every, explore=args.explore, seed=args.seed,
+                      surrogate=not args.no_surrogate)
     model = load_model_from(args)
     target = parse_target(args, model)
     result = dream(model, target, cfg)
     out = Path(args.out)
     reference = None
-    print(f"dreamed {result.target} on {model.name}: {result.evaluated} prompts in {result.seconds:.1f} s")
+    surrogate = " (firing-margin surrogate)" if result.config["surrogate_used"] else ""
+    print(f"dreamed {result.target} on {model.name}{surrogate}: {result.evaluated} prompts in {result.seconds:.1f} s")
     if args.reference:
         from mechscope.interp.tokens import open_token_stream
 

@@ -32,3 +32,38 @@ def test_page_is_offline_and_escaped(tmp_path):
     assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Content-Security-Policy" in html and "https://" not in html.split("<script", 1)[0]
     assert html.count("<tr>") == 4  # header + 3 frontier prompts
+
+
+# -- dreams in the feature browser -------------------------------------------------------------
+def test_pick_dream_features_most_frequent_live_or_explicit(nasty_cards):
+    import pytest
+
+    from mechscope.apps.dream_view import pick_dream_features
+
+    picked = pick_dream_features(nasty_cards, 5)
+    live = [c for c in nasty_cards if not c.dead]
+    assert len(picked) == 5 and all(not nasty_cards[i].dead for i in picked)
+    assert min(nasty_cards[i].density for i in picked) >= max(
+        c.density for c in live if c.index not in picked)  # no live feature left out fires more often
+    assert pick_dream_features(nasty_cards, 1000) == [c.index for c in sorted(live, key=lambda c: (-c.density, c.index))]
+    dead = next(c.index for c in nasty_cards if c.dead)
+    assert pick_dream_features(nasty_cards, 5, [dead, 3, dead]) == [dead, 3]  # explicit: as given
+    with pytest.raises(ValueError, match="0..39"):
+        pick_dream_features(nasty_cards, 0, [40])
+
+
+def test_write_feature_dreams_files_and_stale_ones(tmp_path):
+    import pytest
+
+    from mechscope.apps.dream_view import write_feature_dreams
+
+    (tmp_path / "dreams").mkdir()
+    (tmp_path / "dreams" / "dream_00009.js").write_text("stale")
+    entry = write_feature_dreams(tmp_path, {3: result()}, 10)
+    assert entry == {"features": [3], "dir": "dreams"}
+    assert sorted(p.name for p in (tmp_path / "dreams").iterdir()) == ["dream_00003.js"]
+    body = (tmp_path / "dreams" / "dream_00003.js").read_text()
+    assert body.startswith("window.mechscopeDream(3, ") and "</script" not in body.lower()
+    assert write_feature_dreams(tmp_path, {}, 10) is None and not (tmp_path / "dreams").exists()
+    with pytest.raises(ValueError, match="0..9"):
+        write_feature_dreams(tmp_path, {12: result()}, 10)

@@ -28,6 +28,7 @@ def test_dream_a_feature_of_a_saved_dictionary(tmp_path, capsys):
     assert result.target.startswith("L1.resid_post.f5") and result.model == "gpt2-shakespeare"
     assert all(len(m.tokens) == 4 for m in result.frontier)
     assert "zoo:heldout: max" in out and (tmp_path / "out" / "dream.html").exists()
+    assert result.config["surrogate_used"] is True and "(firing-margin surrogate)" in out  # top-k: on by default
     # the saved activation is the dictionary's own value on the dreamed prompt
     from mechscope.interp.capture import capture
     from mechscope.interp.models import load_model
@@ -39,6 +40,17 @@ def test_dream_a_feature_of_a_saved_dictionary(tmp_path, capsys):
     with torch.no_grad():
         code = sae.encode(x).dense(32)[:, 5]
     assert best.activation == pytest.approx(float(code.max()), abs=1e-4)
+
+
+def test_no_surrogate_flag(tmp_path):
+    from mechscope.sae.config import TopKConfig
+    from mechscope.sae.factory import build_dictionary
+    from mechscope.sae.io import save_dictionary
+
+    folder = save_dictionary(build_dictionary(TopKConfig(d_in=128, d_dict=32, k=4, site_in="L1.resid_post")),
+                             tmp_path / "sae")
+    assert main(["dream", *SMALL, "--feature", f"{folder}:5", "--no-surrogate", "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "dream.json").read_text())["config"]["surrogate_used"] is False
 
 
 def test_dream_a_neuron_and_a_logit(tmp_path):
@@ -57,3 +69,20 @@ def test_dream_rejects_bad_flags(tmp_path, capsys):
     assert "valid layers" in capsys.readouterr().err
     assert main(["dream", *SMALL, "--logit", "thou art", "--out", str(tmp_path)]) == 2
     assert "give one token" in capsys.readouterr().err
+
+
+def test_features_dream_flags_fail_before_work(tmp_path, capsys):
+    from mechscope.sae.config import TopKConfig
+    from mechscope.sae.factory import build_dictionary
+    from mechscope.sae.io import save_dictionary
+
+    folder = save_dictionary(build_dictionary(TopKConfig(d_in=128, d_dict=32, k=4, site_in="L1.resid_post")),
+                             tmp_path / "sae")
+    out = tmp_path / "fb"
+    assert main(["features", str(folder), "--out", str(out), "--dream-features", "3,40"]) == 2
+    assert "0..31" in capsys.readouterr().err
+    assert main(["features", str(folder), "--out", str(out), "--dream-features", "3,x"]) == 2
+    assert "comma-separated feature indices" in capsys.readouterr().err
+    assert main(["features", str(folder), "--out", str(out), "--dream", "1", "--dream-steps", "0"]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+    assert not (out / "index.html").exists()

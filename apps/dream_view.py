@@ -83,7 +83,7 @@ def write_dream_html(result: DreamResult, path: "str | Path", reference: dict[st
             f"<h2>Frontier prompts</h2>{prompts_html(result)}"
             f'<p class="meta">{result.evaluated} prompts evaluated in {result.seconds:.1f} s</p>')
     page = standalone_page(f"mechscope dream: {result.target}", body, {"figure": json.loads(fig.to_json())},
-                           [asset("graph.js")], css=asset("common.css"),
+                           [asset("figure.js")], css=asset("common.css"),
                            plotly_src=shared_plotly(Path(path).parent))
     return write_text(path, page)
 

@@ -95,3 +95,25 @@ def test_dreams_of_a_dead_feature_and_model_text_stay_inert(chrome, nasty_cards,
     assert page.eval(f"{PROMPTS}[1].querySelector('.tok').textContent") == EVIL  # text, not markup
     assert page.eval("document.getElementById('f-dream-plot')._fullLayout.shapes.length") == 0  # no dataset max
     _clean(page)
+
+
+def test_dream_page_draws_the_frontier_and_lists_the_prompts(chrome, tmp_path):
+    """The `mechscope dream` page (dream.html): the frontier is drawn (points = the result's
+    cross-entropy / activation), the prompt table shows each prompt's text, no console errors."""
+    from mechscope.apps.dream_view import write_dream_html
+
+    evil = "<script>alert(1)</script>"
+    members = (DreamMember((1, 2), "a b", ("a", " b"), 0.5, 2.0, (0.1, 0.5), 5.0),
+               DreamMember((3, 4), evil, (evil, "x"), 2.0, 6.0, (2.0, -0.3), None))
+    result = DreamResult("L0.resid_post.f3 (max over positions)", "m", {"steps": 3}, (0.1, 5.0),
+                         members, (members[1], members[0]), 12, 0.5)
+    path = write_dream_html(result, tmp_path / "dream.html", {"held-out max": 1.5})
+    page = chrome.page(path.as_uri())
+    page.wait_for("document.body.getAttribute('data-graph-ready') === '1'", timeout=WAIT)
+    _clean(page)
+    frontier = page.eval("(function () { var t = document.getElementById('graph')._fullData[0];"
+                         " return [Array.from(t.x), Array.from(t.y)]; })()")
+    assert frontier == [[2.0, 6.0], [0.5, 2.0]]
+    cells = page.eval("Array.from(document.querySelectorAll('table tr td:last-child')).map(td => td.textContent)")
+    assert sorted(cells) == sorted(["a b", evil + "x"])  # model text shown as text, never run
+    _screenshot(page, tmp_path / "dream.png")

@@ -38,6 +38,15 @@ from mechscope.sae.config import DictionaryConfig, JumpReluConfig, TrainConfig
 from mechscope.sae.topk import _Encoder
 
 
+# W_enc starts as W_dec (unit rows) times 2·d_in / d_dict. With W_enc = W_dec the normalised
+# pre-activations are ~N(0, 1) and the latents that fire at θ₀ are those aligned with x: their
+# decoder rows add up coherently, x̂ ≈ (d_dict / 2·d_in)·x, an 8x-too-large output at
+# d_dict = 16·d_in (FVU ~10 on the zoo model) that a short run never undid. The scale makes the
+# first reconstruction about x itself (SAELens' decoder_init_norm = 0.1 is this scale at 20·d_in).
+def _encoder_init_scale(d_in: int, d_dict: int) -> float:
+    return min(1.0, 2 * d_in / d_dict)
+
+
 def _rect(u: Tensor) -> Tensor:
     return (u.abs() < 0.5).to(u.dtype)
 
@@ -84,6 +93,8 @@ class JumpReluSAE(_Encoder):
     def __init__(self, cfg: DictionaryConfig, train: TrainConfig | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, train, generator)
+        with torch.no_grad():
+            self.W_enc.mul_(_encoder_init_scale(self.d_in, self.d_dict))
         self.threshold = nn.Parameter(torch.full((self.d_dict,), cfg.jumprelu_init_threshold))
 
     def param_groups(self) -> list[dict]:

@@ -232,3 +232,20 @@ def test_gated_paths_loss_and_gradients(make_cfg, tmp_path):
     m.zero_grad(set_to_none=True)
     (rec + 0.5 * l1).backward()
     assert torch.allclose(g_total, m.W_dec.grad, atol=1e-5)  # aux adds nothing to W_dec's gradient
+
+
+def test_jumprelu_starts_at_the_scale_of_its_input():
+    """At d_dict = 16·d_in an untrained JumpReLU's reconstruction has about the input's squared
+    norm (W_enc = (2·d_in/d_dict)·W_dec); with W_enc = W_dec the firing latents' rows add up to
+    ~8·x (FVU ~10 on the zoo model), which short runs never undid."""
+    import torch
+
+    from mechscope.sae.config import JumpReluConfig
+    from mechscope.sae.factory import build_dictionary
+
+    torch.manual_seed(0)
+    sae = build_dictionary(JumpReluConfig(d_in=32, d_dict=512, site_in="L0.resid_post"))
+    x = torch.randn(4096, 32)
+    with torch.no_grad():
+        ratio = (sae.decode(sae.encode(x)) - sae.b_dec).pow(2).sum(-1).mean() / x.pow(2).sum(-1).mean()
+    assert 0.3 < float(ratio) < 3.0, float(ratio)

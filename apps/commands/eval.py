@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.apps.cli import command
+from mechscope.apps.commands.common import beside, device_options, load_model_from
 
 EVALS = ("core", "absorption", "sparse_probing")
 
@@ -51,6 +52,7 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
                    "first-letter probe of test F1 >= 0.6 (SAEBench: 20)")
     p.add_argument("--probe-lines", type=int, default=300, help="lines per play for sparse probing")
     p.add_argument("--ks", default="1,2,5", help="k of the k-sparse probes")
+    device_options(p)
     p.add_argument("--json", default=None, help="write the report here (default SAE_DIR/eval.json)")
 
 
@@ -145,14 +147,14 @@ def _sparse_probing(model: Any, dictionary: Any, site_in: str, args: argparse.Na
          "dead / dense fractions, shrinkage), first-letter absorption, sparse probing.", _eval_options)
 def eval_cmd(args: argparse.Namespace) -> int:
     from mechscope.files import write_json
-    from mechscope.interp.models import load_model
     from mechscope.sae.absorption import AbsorptionError
     from mechscope.sae.io import load_dictionary
 
     evals, ks = _parse(args)
     dictionary = load_dictionary(args.sae_dir)
     site_in, site_out = _sites(dictionary, args)
-    model = load_model(args.model)
+    model = load_model_from(args)
+    dictionary = beside(dictionary, model)
     where = f"{args.sae_dir} at {site_in}{' -> ' + site_out if site_out else ''} on {args.model}"
     out: dict[str, Any] = {"sae_dir": str(args.sae_dir), "model": args.model, "site_in": site_in,
                            "site_out": site_out, "wall_seconds": {}}
